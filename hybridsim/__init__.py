@@ -1,0 +1,48 @@
+"""hybridsim: Genesis physics, Gaussian-splat renders and a causal video-diffusion refiner.
+
+Quick to import: the heavy stages load on first use.
+
+    import hybridsim
+    result = hybridsim.run("default", n_envs=2)          # writes runs/default/
+    sim = hybridsim.Simulation(hybridsim.compose(["scenario=stack_topple"]))
+    for frame in sim.frames(): ...
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "run": "hybridsim.runner",
+    "RunResult": "hybridsim.runner",
+    "Simulation": "hybridsim.pipeline",
+    "Frame": "hybridsim.pipeline",
+    "compose": "hybridsim.config",
+    "load_scenario": "hybridsim.config",
+    "scenario_names": "hybridsim.config",
+    "RunConfig": "hybridsim.config",
+    "Scenario": "hybridsim.spec",
+    "Entity": "hybridsim.spec",
+    "Camera": "hybridsim.spec",
+    "Event": "hybridsim.spec",
+    "Timing": "hybridsim.spec",
+    "Appearance": "hybridsim.spec",
+    "SpecError": "hybridsim.spec",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'hybridsim' has no attribute {name!r}")
+
+
+def frames(scenario="default", overrides=(), **kwargs):
+    """Generator of `Frame`s for one episode (no files written)."""
+    from hybridsim.pipeline import Simulation
+    from hybridsim.runner import resolve_config
+
+    cfg, base = resolve_config(scenario, overrides, **kwargs)
+    yield from Simulation(cfg, base_dir=base).frames()

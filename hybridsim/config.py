@@ -1,0 +1,183 @@
+"""Config composition: Hydra YAML shipped in the package -> typed `RunConfig`.
+
+`compose(overrides)` is the one entry point (CLI and Python alike). Stage constructors never see a
+DictConfig: everything is converted to dataclasses here and validated before heavy work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hybridsim.spec import Scenario, SpecError, _build, _plain
+
+
+@dataclass
+class RenderConfig:
+    enabled: bool = True  # coarse splat render + labels
+    backend: str = "auto"  # auto | torch | gsplat
+    density: float = 6000.0  # Gaussians per m^2 on object surfaces
+    plane_density: float = 60.0  # Gaussians per m^2 on ground planes
+    plane_size: float = 6.0  # metres: splatted extent of an infinite plane
+    max_gaussians: int = 6000  # per body
+    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+
+
+@dataclass
+class RefineSettings:
+    enabled: bool = True  # refined_<camera>.mp4 when a refiner is available
+    weights: str | None = None  # folder with a saved refiner; None = the default shipped model
+    steps: int | None = None  # denoising steps per block; None = the model's default
+    device: str = "auto"
+
+
+@dataclass
+class RunConfig:
+    scenario: Scenario
+    n_envs: int = 1
+    episode: int = 0
+    out_dir: str | None = None  # default: runs/<scenario.name>
+    reference: bool = True  # Genesis raster camera (ground truth)
+    progress: bool = True
+    overwrite: bool = False
+    render: RenderConfig = field(default_factory=RenderConfig)
+    refine: RefineSettings = field(default_factory=RefineSettings)
+
+    @classmethod
+    def from_dict(cls, data: dict, base_dir=None) -> "RunConfig":
+        data = dict(data)
+        if "scenario" not in data:
+            raise SpecError("scenario", "missing; pass scenario=NAME")
+        scenario = Scenario.from_dict(data.pop("scenario"), "scenario", base_dir)
+        rest = _build(_RunRest, data, "")
+        cfg = cls(scenario=scenario, **{f.name: getattr(rest, f.name) for f in dataclasses.fields(_RunRest)})
+        if cfg.n_envs < 1:
+            raise SpecError("n_envs", f"must be >= 1, got {cfg.n_envs}")
+        if cfg.episode < 0:
+            raise SpecError("episode", f"must be >= 0, got {cfg.episode}")
+        if cfg.render.backend not in ("auto", "torch", "gsplat"):
+            raise SpecError("render.backend", f"'{cfg.render.backend}' is not one of auto, torch, gsplat")
+        return cfg
+
+    def to_dict(self) -> dict:
+        out = {"scenario": self.scenario.to_dict()}
+        out.update({k: v for k, v in _plain(self).items() if k != "scenario"})
+        return out
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.out_dir) if self.out_dir else Path("runs") / self.scenario.name
+
+
+@dataclass
+class _RunRest:  # RunConfig without the scenario, for the generic validating builder
+    n_envs: int = 1
+    episode: int = 0
+    out_dir: str | None = None
+    reference: bool = True
+    progress: bool = True
+    overwrite: bool = False
+    render: RenderConfig = field(default_factory=RenderConfig)
+    refine: RefineSettings = field(default_factory=RefineSettings)
+
+
+def config_dir() -> Path:
+    """The YAML tree shipped inside the package (`configs/` in the source tree)."""
+    from importlib.resources import files
+
+    return Path(str(files("hybridsim.configs")))
+
+
+def scenario_names() -> list[str]:
+    return sorted(p.stem for p in (config_dir() / "scenario").glob("*.yaml"))
+
+
+def compose_dict(overrides: list[str] | tuple[str, ...] = (), config_name: str = "run") -> tuple[dict, Path | None]:
+    """Compose the named config with Hydra overrides; returns (plain data, base dir for files).
+
+    `scenario=` takes a shipped scenario name or a path to a YAML file of the same layout.
+    """
+    from omegaconf import OmegaConf
+
+    overrides = list(overrides)
+    for o in overrides:
+        if "=" not in o:
+            raise SpecError(f"override '{o}'", "expected key=value (e.g. scenario=default n_envs=2)")
+    scen_file = _scenario_file(overrides)
+    hydra_overrides = [o for o in overrides if not (scen_file and _is_scenario_override(o))]
+    cfg = _hydra_compose(config_name, hydra_overrides)
+    base_dir = None
+    if scen_file is not None:
+        loaded = OmegaConf.load(scen_file)
+        scen_over = [o.split(".", 1)[1] for o in overrides if o.startswith("scenario.")]
+        try:
+            loaded = OmegaConf.merge(loaded, OmegaConf.from_dotlist(scen_over))
+        except Exception as exc:
+            raise SpecError(f"override {scen_over}", str(exc).splitlines()[0]) from None
+        OmegaConf.set_struct(cfg, False)
+        cfg.scenario = loaded
+        base_dir = scen_file.parent
+    return OmegaConf.to_container(cfg, resolve=True), base_dir
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), config_name: str = "run") -> RunConfig:
+    data, base_dir = compose_dict(overrides, config_name)
+    return RunConfig.from_dict(data, base_dir)
+
+
+def load_scenario(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> Scenario:
+    """A validated Scenario from a shipped name or a YAML path, with `key=value` overrides
+    relative to the scenario (e.g. `seed=3`, `entities.box.mass=2`)."""
+    cfg = compose([f"scenario={name_or_path}", *(f"scenario.{o}" for o in overrides)])
+    return cfg.scenario
+
+
+def save_yaml(data: dict, path: str | Path) -> None:
+    from omegaconf import OmegaConf
+
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.create(data)))
+
+
+def _is_scenario_override(o: str) -> bool:
+    return o.startswith("scenario=") or o.startswith("scenario.")
+
+
+def _scenario_file(overrides: list[str]) -> Path | None:
+    for o in overrides:
+        if o.startswith("scenario="):
+            value = o.split("=", 1)[1]
+            if value.endswith((".yaml", ".yml")) or "/" in value:
+                p = Path(value).expanduser()
+                if not p.is_file():
+                    raise SpecError("scenario", f"file not found: '{value}'; give a YAML path or one of {scenario_names()}")
+                return p.resolve()
+            if value not in scenario_names():
+                raise SpecError("scenario", f"unknown scenario '{value}'; choose from {scenario_names()} or a YAML path")
+    return None
+
+
+def _hydra_compose(config_name: str, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base=None):
+            return hydra_compose(config_name=config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        raise SpecError("override", _hydra_message(exc)) from None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _hydra_message(exc: Exception) -> str:
+    msg = " ".join(str(exc).split())
+    cause = exc.__cause__
+    if cause is not None and "not in struct" in str(cause):
+        key = getattr(cause, "full_key", None) or str(cause).split("'")[1]
+        return f"unknown key '{key}' ({msg.split('.')[0]}); check the spelling or prefix with + to add a key"
+    return msg
