@@ -38,7 +38,7 @@ def world_spec(s: Scenario, reference: bool = True, base_dir=None):
             file=str(resolve_file(e.file, "", base_dir)) if e.file else None, scale=e.scale,
             pos=e.pos, quat=entity_quat(e), fixed=e.fixed, mass=e.mass, density=e.density,
             friction=e.friction, restitution=e.restitution, lin_vel=e.lin_vel, ang_vel=e.ang_vel,
-            color=e.appearance.color, texture=tex, joints=dict(e.joints),
+            color=e.appearance.color, texture=tex, joints=dict(e.joints), decompose=e.decompose,
         ))
     cams = [CameraSpec(c.name, c.pos, c.lookat, c.up, c.fov, tuple(c.res)) for c in s.cameras]
     t = s.timing

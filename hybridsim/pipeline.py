@@ -157,7 +157,7 @@ def build_splat_scene(world, scenario, rcfg):
         seed = len(assets)
         if ent.type == "plane":
             asset = primitive_splats("plane", size=(rcfg.plane_size,) * 3, density=rcfg.plane_density,
-                                     base_color=ent.appearance.color, seed=seed,
+                                     base_color=ent.appearance.color or vis.color, seed=seed,
                                      max_gaussians=rcfg.max_gaussians)
         else:
             texture = load_texture(ent.appearance.texture) if ent.appearance.texture else vis.texture

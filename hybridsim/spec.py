@@ -34,7 +34,7 @@ class SpecError(ValueError):
 
 @dataclass
 class Appearance:
-    color: Vec3 = (0.7, 0.7, 0.7)  # linear RGB in [0, 1]
+    color: Vec3 | None = None  # RGB in [0, 1]; None = the asset's own materials, else grey
     texture: str | None = None  # image file, or "skimage:NAME" for a scikit-image photograph
 
 
@@ -61,6 +61,7 @@ class Entity:
     semantic_class: str = "object"
     pos_jitter: float = 0.0  # metres: uniform x/y offset drawn per environment from its seed
     joints: dict[str, float] = field(default_factory=dict)  # robots: initial joint positions
+    decompose: bool = False  # mesh: convex decomposition instead of a single convex hull
 
 
 @dataclass
@@ -197,13 +198,20 @@ def _convert(value, tp, path: str):
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise SpecError(path, f"expected a list, got {type(value).__name__}")
-        return [_convert(v, args[0], f"{path}[{i}]") for i, v in enumerate(value)]
+        return [_convert(v, args[0], _item_path(path, i, v)) for i, v in enumerate(value)]
     if origin is dict:
         mapping = _require_mapping(value if value is not None else {}, path)
         return {str(k): _convert(v, args[1], f"{path}.{k}") for k, v in mapping.items()}
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, path)
     return _scalar(value, tp, path)
+
+
+def _item_path(path: str, i: int, item) -> str:
+    """Named items (entities, cameras) are addressed by name, as they are keyed in YAML."""
+    if isinstance(item, dict) and isinstance(item.get("name"), str) and not path.endswith("events"):
+        return f"{path}.{item['name']}"
+    return f"{path}[{i}]"
 
 
 def _scalar(value, tp, path: str):
@@ -289,7 +297,7 @@ def _validate_entity(e: Entity, path: str, base_dir) -> None:
         raise SpecError(f"{path}.euler", "give either quat or euler, not both")
     if e.quat is not None and abs(math.sqrt(sum(q * q for q in e.quat)) - 1.0) > 1e-3:
         raise SpecError(f"{path}.quat", f"must be a unit quaternion (wxyz), got {list(e.quat)}")
-    if any(not 0.0 <= c <= 1.0 for c in e.appearance.color):
+    if e.appearance.color is not None and any(not 0.0 <= c <= 1.0 for c in e.appearance.color):
         raise SpecError(f"{path}.appearance.color", f"RGB values must be in [0, 1], got {list(e.appearance.color)}")
     if e.pos_jitter < 0:
         raise SpecError(f"{path}.pos_jitter", f"must be >= 0, got {e.pos_jitter}")

@@ -34,9 +34,10 @@ class BodySpec:
     restitution: float = 0.0
     lin_vel: tuple[float, float, float] = (0.0, 0.0, 0.0)
     ang_vel: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    color: tuple[float, float, float] = (0.7, 0.7, 0.7)
+    color: tuple[float, float, float] | None = None  # None: the file's own materials (grey for primitives)
     texture: str | None = None  # image path used by the reference raster render
     joints: dict[str, float] = field(default_factory=dict)  # initial joint positions (robots), rad or m
+    decompose: bool = False  # mesh: convex decomposition (slow first build) instead of one convex hull
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch
 from physics.spec import BodySpec, CameraSpec, PhysicsError, WorldSpec
 
 _GS_READY = False
+DEFAULT_COLOR = (0.7, 0.7, 0.7)
 
 
 def init_genesis(logging_level: str = "warning") -> None:
@@ -159,7 +160,9 @@ class World:
         elif b.kind == "cylinder":
             morph = gs.morphs.Cylinder(radius=b.radius, height=b.height, fixed=b.fixed, **common)
         elif b.kind == "mesh":
-            morph = gs.morphs.Mesh(file=b.file, scale=b.scale, fixed=b.fixed, **common)
+            threshold = 0.15 if b.decompose else float("inf")  # inf: a single convex hull
+            morph = gs.morphs.Mesh(file=b.file, scale=b.scale, fixed=b.fixed,
+                                   decompose_object_error_threshold=threshold, **common)
         elif b.kind == "urdf":
             morph = gs.morphs.URDF(file=b.file, scale=b.scale, fixed=b.fixed, **common)
         elif b.kind == "mjcf":
@@ -168,7 +171,7 @@ class World:
             raise PhysicsError(f"body '{b.name}': unknown kind {b.kind!r}")
         material = gs.materials.Rigid(rho=b.density if b.density is not None else None, friction=b.friction)
         out = dict(morph=morph, material=material)
-        if b.kind not in ("urdf", "mjcf") or b.texture:
+        if b.texture or b.color is not None or b.kind not in ("urdf", "mjcf", "mesh"):
             out["surface"] = self._surface(b)
         return out
 
@@ -177,7 +180,7 @@ class World:
         if b.texture:
             tex = gs.textures.ImageTexture(image_path=b.texture)
             return gs.surfaces.Rough(diffuse_texture=tex)
-        return gs.surfaces.Rough(color=tuple(b.color))
+        return gs.surfaces.Rough(color=tuple(b.color) if b.color is not None else DEFAULT_COLOR)
 
     def _index_bodies(self) -> None:
         self.bodies: list[BodyInfo] = []
@@ -397,8 +400,18 @@ class World:
         rgb = np.asarray(rgb).reshape(B, *np.shape(rgb)[-3:])
         depth = np.asarray(depth, dtype=np.float32).reshape(B, *np.shape(depth)[-2:])
         seg = np.asarray(seg).reshape(B, *np.shape(seg)[-2:]).astype(np.int64)
-        body = np.where(seg >= 0, self._link_lut[np.clip(seg, 0, len(self._link_lut) - 1)], -1)
+        body = self._seg_lut()[np.clip(seg, 0, None)]
         return ReferenceFrame(rgb=rgb.astype(np.uint8), depth=depth, body=body.astype(np.int32))
+
+    def _seg_lut(self) -> np.ndarray:
+        """Segmentation colour index -> body slot. Genesis numbers (entity, link) keys in the order
+        it first draws them, so the table is read from its visualiser each time."""
+        idxc_map = self.scene.visualizer.context.seg_idxc_map
+        lut = np.full(max(idxc_map) + 1, -1, dtype=np.int32)
+        for idxc, key in idxc_map.items():
+            if isinstance(key, tuple):
+                lut[idxc] = self._slot_of_link.get(int(key[1]), -1)
+        return lut
 
     def camera_matrices(self, camera: str) -> tuple[np.ndarray, np.ndarray]:
         """(viewmat [4,4] world->camera OpenCV, K [3,3]) as Genesis reports them."""
@@ -420,7 +433,7 @@ def _link_visual(slot: int, vg, b: BodySpec) -> LinkVisual:
     q = np.asarray(vg.init_quat, dtype=np.float64)  # wxyz, geom in link frame
     rot = Rotation.from_quat([q[1], q[2], q[3], q[0]]).as_matrix()
     verts = verts @ rot.T + np.asarray(vg.init_pos, dtype=np.float64)
-    color, texture = tuple(b.color), None
+    color, texture = tuple(b.color) if b.color is not None else DEFAULT_COLOR, None
     tex = getattr(vg.vmesh.surface, "diffuse_texture", None)
     if tex is not None and getattr(tex, "image_array", None) is not None:
         texture = np.asarray(tex.image_array)[..., :3]
