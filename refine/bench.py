@@ -1,0 +1,234 @@
+"""Benchmarks that `hybridsim bench` calls; every result is a typed dataclass.
+
+(a) cached vs recompute-window speed-up, (b) per-frame cost and memory early vs late in a long
+rollout, (c) achieved FLOP/s against a float32 matmul measured in the same run, (d) frames/s and
+per-block latency. FLOPs come from the analytic model below (multiply-adds x 2).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from refine.config import ModelConfig, SamplerConfig
+
+
+@dataclass(frozen=True)
+class FlopEstimate:
+    params: int  # parameters of the transformer
+    tokens_per_frame: int
+    context_tokens: int  # keys each query sees once the cache is full
+    forwards_per_block: int
+    flops_per_forward: float  # one forward over one block at full context
+    flops_per_frame: float  # all forwards of a block / F
+
+
+@dataclass(frozen=True)
+class MatmulResult:
+    shape: tuple[int, int, int]  # (m, k, n)
+    gflops: float
+
+
+@dataclass(frozen=True)
+class Throughput:
+    batch_size: int
+    threads: int  # torch.get_num_threads() during the run
+    frames_per_s: float  # refined frames per second over all envs
+    block_latency_ms: float  # median
+    block_latency_p95_ms: float
+    flops_per_frame: float
+    achieved_gflops: float
+    matmul_gflops: float  # float32 matmul of the model's own FFN shape, same run
+    fraction_of_matmul: float
+
+
+@dataclass(frozen=True)
+class CacheSpeedup:
+    cached_block_ms: float
+    recompute_block_ms: float
+    speedup: float
+    context_frames: int
+
+
+@dataclass(frozen=True)
+class LongRollout:
+    frames: int
+    early_frame: int
+    early_ms_per_frame: float
+    late_ms_per_frame: float
+    late_over_early: float
+    cache_bytes_early: int
+    cache_bytes_late: int
+    rss_early_mb: float
+    rss_late_mb: float
+
+
+@dataclass(frozen=True)
+class RefineBench:
+    flops: FlopEstimate
+    throughput: Throughput
+    cache: CacheSpeedup
+    rollout: LongRollout | None
+
+
+def estimate_flops(spec: ModelConfig, sampler: SamplerConfig | None = None, height: int | None = None,
+                   width: int | None = None) -> FlopEstimate:
+    """FLOPs of a cached block at full context: forwards = steps + 1, each over F frames."""
+    sampler = sampler or SamplerConfig()
+    h, w = height or spec.sample_height, width or spec.sample_width
+    p, d = spec.patch_size, spec.dim
+    tokens = (h // p) * (w // p)
+    n = spec.frames_per_block * tokens  # query tokens per forward
+    ctx = spec.cache_frames * tokens
+    per_layer = 2 * n * (4 * d * d + 2 * d * spec.ffn_dim) + 4 * n * ctx * d
+    if spec.cross_attn_tokens:
+        per_layer += 2 * n * 2 * d * d + 4 * n * spec.cross_attn_tokens * d
+    embed = 2 * n * d * (spec.in_channels * p * p + spec.out_channels * p * p)
+    fwd = spec.num_layers * per_layer + embed
+    forwards = sampler.num_steps if sampler.sigmas is None else len(sampler.sigmas)
+    forwards += 1
+    params = _param_count(spec)
+    return FlopEstimate(params, tokens, ctx, forwards, float(fwd), float(fwd * forwards / spec.frames_per_block))
+
+
+def _param_count(spec: ModelConfig) -> int:
+    d, p = spec.dim, spec.patch_size
+    layer = 4 * (d * d + d) + 2 * d + spec.ffn_dim * d * 2 + spec.ffn_dim + d + 6 * d
+    if spec.cross_attn_tokens:
+        layer += 4 * (d * d + d) + 2 * d + 2 * d
+    head = spec.in_channels * p * p * d + d + d * spec.out_channels * p * p + spec.out_channels * p * p + 2 * d
+    time = spec.freq_dim * d + d + d * d + d + d * 6 * d + 6 * d
+    return spec.num_layers * layer + head + time + (spec.cross_attn_tokens * d)
+
+
+def matmul_gflops(m: int, k: int, n: int, seconds: float = 0.5) -> MatmulResult:
+    """Float32 matmul throughput on this machine, now (same threads as the model)."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):
+        a @ b
+    reps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        reps += 1
+    dt = (time.perf_counter() - start) / reps
+    return MatmulResult((m, k, n), 2.0 * m * k * n / dt / 1e9)
+
+
+def rss_mb() -> float:
+    """Current resident set size (Linux /proc; falls back to peak RSS elsewhere)."""
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _cond(model, batch: int, frames: int, seed: int) -> torch.Tensor:
+    spec = model.spec
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, frames, spec.cond_channels, spec.sample_height, spec.sample_width, generator=g)
+
+
+def _time_blocks(refiner, cond: torch.Tensor) -> list[float]:
+    """Push every block of cond [B, T, C, H, W]; seconds per block."""
+    f = refiner.frames_per_block
+    times = []
+    for i in range(0, cond.shape[1], f):
+        t0 = time.perf_counter()
+        refiner.push(cond[:, i:i + f])
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def bench_throughput(model, sampler: SamplerConfig | None = None, batch_size: int = 1, blocks: int = 12,
+                     seed: int = 0) -> Throughput:
+    """Steady-state frames/s (cache full) and block latency, with achieved FLOP/s."""
+    from refine.refiner import Refiner
+
+    spec = model.spec
+    refiner = Refiner(model, sampler)
+    warm = -(-spec.cache_frames // spec.frames_per_block) + 1  # fill the window first
+    refiner.reset(batch_size, seed)
+    f = spec.frames_per_block
+    _time_blocks(refiner, _cond(model, batch_size, warm * f, seed))
+    times = _time_blocks(refiner, _cond(model, batch_size, blocks * f, seed + 1))
+    est = estimate_flops(spec, sampler)
+    mm = matmul_gflops(f * est.tokens_per_frame * batch_size, spec.dim, spec.ffn_dim)
+    total = sum(times)
+    fps = blocks * f * batch_size / total
+    achieved = est.flops_per_frame * fps / 1e9
+    times_ms = sorted(t * 1e3 for t in times)
+    p95 = times_ms[min(len(times_ms) - 1, int(round(0.95 * (len(times_ms) - 1))))]
+    return Throughput(batch_size, torch.get_num_threads(), fps, statistics.median(times_ms), p95, est.flops_per_frame, achieved,
+                      mm.gflops, achieved / mm.gflops)
+
+
+def bench_cache_speedup(model, sampler: SamplerConfig | None = None, batch_size: int = 1, blocks: int = 6,
+                        seed: int = 0) -> CacheSpeedup:
+    """Cached blocks vs recomputing the full sink + window context at every denoising step."""
+    from refine.refiner import Refiner
+
+    spec = model.spec
+    f = spec.frames_per_block
+    warm = -(-spec.cache_frames // f) + 1
+    cond = _cond(model, batch_size, (warm + blocks) * f, seed)
+    result = []
+    for recompute in (False, True):
+        refiner = Refiner(model, sampler, recompute=recompute)
+        refiner.reset(batch_size, seed)
+        times = _time_blocks(refiner, cond)[warm:]
+        result.append(statistics.median(times) * 1e3)
+    context = spec.sink_frames + spec.window_frames - f
+    return CacheSpeedup(result[0], result[1], result[1] / result[0], context)
+
+
+def bench_long_rollout(model, sampler: SamplerConfig | None = None, frames: int = 500, early_frame: int = 20,
+                       batch_size: int = 1, seed: int = 0, span_blocks: int = 4) -> LongRollout:
+    """Per-frame cost and memory around `early_frame` and around the end of a `frames` rollout."""
+    from refine.refiner import Refiner
+
+    spec = model.spec
+    f = spec.frames_per_block
+    refiner = Refiner(model, sampler)
+    refiner.reset(batch_size, seed)
+    n_blocks = -(-frames // f)
+    early_block = max(0, early_frame // f - span_blocks // 2)
+    early, late = [], []
+    cache_early = rss_early = 0
+    for i in range(n_blocks):
+        cond = _cond(model, batch_size, f, seed + i)
+        t0 = time.perf_counter()
+        refiner.push(cond)
+        dt = time.perf_counter() - t0
+        if early_block <= i < early_block + span_blocks:
+            early.append(dt)
+            cache_early, rss_early = refiner.cache.nbytes, rss_mb()
+        elif i >= n_blocks - span_blocks:
+            late.append(dt)
+    e, l_ = statistics.median(early) * 1e3 / f, statistics.median(late) * 1e3 / f
+    return LongRollout(n_blocks * f, early_frame, e, l_, l_ / e, cache_early, refiner.cache.nbytes,
+                       rss_early, rss_mb())
+
+
+def run_benchmarks(model=None, sampler: SamplerConfig | None = None, batch_size: int = 1,
+                   rollout_frames: int | None = 500, seed: int = 0) -> RefineBench:
+    """All refine benchmarks; model defaults to a randomly initialised default-size model
+    (speed does not depend on the weights)."""
+    if model is None:
+        from refine.model import CausalWanRefiner
+
+        torch.manual_seed(seed)
+        model = CausalWanRefiner()
+    model.eval()
+    rollout = bench_long_rollout(model, sampler, rollout_frames, batch_size=batch_size, seed=seed) \
+        if rollout_frames else None
+    return RefineBench(estimate_flops(model.spec, sampler),
+                       bench_throughput(model, sampler, batch_size, seed=seed),
+                       bench_cache_speedup(model, sampler, batch_size, seed=seed),
+                       rollout)

@@ -1,0 +1,164 @@
+"""Light configuration dataclasses for the refiner (stdlib only, so importing them is free).
+
+The heavy modelling code lives in `refine.model`; `ModelConfig` documents and validates the
+defaults that `CausalWanRefiner` registers with diffusers' `ConfigMixin`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from refine.errors import RefineError
+
+
+def _positive(name: str, value: int | float) -> None:
+    if not value > 0:
+        raise RefineError(f"{name}={value!r} must be > 0; pass a positive value")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Size and causal layout of `CausalWanRefiner`.
+
+    The default is sized for real time on a 2-core CPU at 128x128 (see refine/NOTES.md for the
+    measured numbers): patch 8 gives 16x16 = 256 tokens per frame; 4 layers of dim 192
+    (3 heads x 64, FFN 768), 2.2 M parameters; blocks of 2 frames; 1 sink frame + a rolling
+    window of 4 frames; with the 3-step sampler that is 8.0 GFLOP per refined frame.
+    """
+
+    patch_size: int = 8  # pixels per token side (Wan: (1, p, p) patches, no temporal patching)
+    num_attention_heads: int = 3
+    attention_head_dim: int = 64
+    cond_channels: int = 7  # coarse RGB (3) | 1/(1+depth) (1) | alpha (1) | flow/16 (2)
+    out_channels: int = 3  # noisy/predicted channels (RGB)
+    freq_dim: int = 256  # sinusoidal timestep features
+    ffn_dim: int = 768
+    num_layers: int = 4
+    eps: float = 1e-6
+    cross_attn_tokens: int = 0  # >0: Wan-style cross-attention to a learned null context
+    cross_attn_norm: bool = True
+    rope_max_seq_len: int = 1024
+    rope_theta: float = 10000.0
+    frames_per_block: int = 2  # F: bidirectional inside a block, causal across blocks
+    sink_frames: int = 1  # first frames kept in the cache forever
+    window_frames: int = 4  # non-sink frames in the cache, the current block included
+    residual_space: bool = True  # diffuse x = residual_scale * (rgb - coarse rgb)
+    residual_scale: float = 2.0
+    sample_height: int = 128
+    sample_width: int = 128
+
+    def __post_init__(self) -> None:
+        for name in ("patch_size", "num_attention_heads", "attention_head_dim", "out_channels",
+                     "freq_dim", "ffn_dim", "num_layers", "frames_per_block", "window_frames",
+                     "sample_height", "sample_width", "rope_max_seq_len"):
+            _positive(name, getattr(self, name))
+        _positive("residual_scale", self.residual_scale)
+        if self.cond_channels < 0 or self.cross_attn_tokens < 0 or self.sink_frames < 0:
+            raise RefineError("cond_channels, cross_attn_tokens and sink_frames must be >= 0, got "
+                              f"{self.cond_channels}, {self.cross_attn_tokens}, {self.sink_frames}")
+        d = self.attention_head_dim
+        if d % 2 or d - 4 * (d // 6) <= 0:
+            raise RefineError(f"attention_head_dim={d} must be even and >= 6 so that rotary "
+                              "embeddings can split it over (frame, y, x); use e.g. 16, 48 or 64")
+        if self.residual_space and self.cond_channels < self.out_channels:
+            raise RefineError(f"residual_space=True needs the coarse image in the first "
+                              f"{self.out_channels} condition channels, but cond_channels="
+                              f"{self.cond_channels}; add them or set residual_space=False")
+        if self.window_frames < self.frames_per_block:
+            raise RefineError(f"window_frames={self.window_frames} < frames_per_block="
+                              f"{self.frames_per_block}: the current block must fit in the window; "
+                              "raise window_frames")
+        for name, size in (("sample_height", self.sample_height), ("sample_width", self.sample_width)):
+            if size % self.patch_size:
+                raise RefineError(f"{name}={size} is not a multiple of patch_size={self.patch_size}; "
+                                  "pick a frame size divisible by the patch size")
+        if self.sink_frames + self.window_frames > self.rope_max_seq_len:
+            raise RefineError(f"sink_frames + window_frames = {self.sink_frames + self.window_frames} "
+                              f"exceeds rope_max_seq_len={self.rope_max_seq_len}; raise rope_max_seq_len")
+
+    @property
+    def dim(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    @property
+    def in_channels(self) -> int:
+        return self.out_channels + self.cond_channels
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.sample_height // self.patch_size) * (self.sample_width // self.patch_size)
+
+    @property
+    def cache_frames(self) -> int:
+        return self.sink_frames + self.window_frames
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    """Few-step flow-matching sampler run once per block.
+
+    `sigmas` overrides the schedule. Otherwise `num_steps` sigmas are spaced linearly from
+    `sigma_max` towards 0 and warped by `shift` (as FlowMatchEulerDiscreteScheduler does):
+    sigma' = shift * s / (1 + (shift - 1) * s). With `sigma_max < 1` the block starts from the
+    coarse render noised to sigma_max (SDEdit); with 1 it starts from pure noise.
+    """
+
+    num_steps: int = 3
+    sigma_max: float = 1.0
+    shift: float = 3.0
+    sigmas: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.sigmas is not None:
+            s = tuple(float(x) for x in self.sigmas)
+            object.__setattr__(self, "sigmas", s)
+            if not s or any(not 0.0 < x <= 1.0 for x in s) or any(a <= b for a, b in zip(s, s[1:])):
+                raise RefineError(f"sigmas={s} must be non-empty, strictly decreasing and in (0, 1]; "
+                                  "e.g. (0.909, 0.725, 0.422)")
+            object.__setattr__(self, "num_steps", len(s))
+        _positive("num_steps", self.num_steps)
+        _positive("shift", self.shift)
+        if not 0.0 < self.sigma_max <= 1.0:
+            raise RefineError(f"sigma_max={self.sigma_max} must be in (0, 1]; use 1.0 to start from "
+                              "noise or 0.6-0.9 to start from the noised coarse render")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training schedule: teacher forcing, then few-step specialisation, optionally self-rollout."""
+
+    phase1_steps: int = 2000  # teacher forcing, sigma ~ shifted uniform
+    phase2_steps: int = 500  # teacher forcing, sigma drawn from the sampler's sigma list
+    phase3_steps: int = 0  # self-rollout with the cache, supervised loss (see NOTES.md)
+    batch_size: int = 4
+    clip_frames: int | None = None  # random crop of this many frames (multiple of F); None = whole clip
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    context_noise: float = 0.05  # max sigma of the noise put on the clean context
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    seed: int = 0
+    device: str = "cpu"
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("phase1_steps", "phase2_steps", "phase3_steps"):
+            if getattr(self, name) < 0:
+                raise RefineError(f"{name}={getattr(self, name)} must be >= 0")
+        if self.total_steps == 0:
+            raise RefineError("phase1_steps + phase2_steps + phase3_steps is 0; train at least one step")
+        for name in ("batch_size", "lr", "checkpoint_every", "keep_checkpoints"):
+            _positive(name, getattr(self, name))
+        if not 0.0 <= self.context_noise < 1.0 or not math.isfinite(self.grad_clip):
+            raise RefineError(f"context_noise={self.context_noise} must be in [0, 1) and grad_clip "
+                              f"finite (got {self.grad_clip})")
+        if self.clip_frames is not None:
+            _positive("clip_frames", self.clip_frames)
+
+    @property
+    def total_steps(self) -> int:
+        return self.phase1_steps + self.phase2_steps + self.phase3_steps

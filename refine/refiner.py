@@ -1,0 +1,150 @@
+"""Streaming refiner: push one block of condition frames, get the refined RGB block back."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from refine.cache import KVCache
+from refine.config import SamplerConfig
+from refine.errors import RefineError
+from refine.layout import FrameLayout
+from refine.sampler import FewStepSampler, draw_noise, env_seeds, make_generators
+
+
+class Refiner:
+    """Holds a CausalWanRefiner, its KV cache and per-env noise generators.
+
+    Cached mode (default): each block costs len(sigmas) forwards over the block's tokens plus one
+    clean pass at t = 0 that writes the block's K/V. recompute=True keeps the clean frames
+    themselves instead and re-runs the whole sink + window context in every denoising step (no
+    cache, no clean pass): the baseline that the cache speed-up is measured against.
+    """
+
+    def __init__(self, model, sampler: SamplerConfig | None = None, device: str | torch.device = "cpu",
+                 recompute: bool = False, height: int | None = None, width: int | None = None):
+        spec = model.spec
+        if spec.out_channels != 3:
+            raise RefineError(f"model predicts {spec.out_channels} channels; the pixel refiner needs 3 (RGB)")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.sampler = FewStepSampler(sampler)
+        self.recompute = recompute
+        self.height, self.width = height or spec.sample_height, width or spec.sample_width
+        self.frames_per_block = spec.frames_per_block
+        self.batch_size = 0
+        self.cache: KVCache | None = None
+        self._gens: list[torch.Generator] = []
+        self._ctx_x0: Tensor | None = None  # recompute: [B, n, 3, H, W] clean context frames
+        self._ctx_cond: Tensor | None = None  # [B, n, Cc, H, W]
+        self._ctx_block: list[int] = []
+        self._ctx_sink = 0  # how many of the context frames are sinks
+        self.blocks_done = 0
+
+    @property
+    def frames_done(self) -> int:
+        return self.blocks_done * self.frames_per_block
+
+    def reset(self, batch_size: int = 1, seed: int | Sequence[int] = 0) -> None:
+        """Start a new rollout for B envs; int seeds are hashed per env (see sampler.env_seeds)."""
+        if batch_size <= 0:
+            raise RefineError(f"batch_size={batch_size} must be > 0")
+        self._gens = make_generators(env_seeds(seed, batch_size), self.device)
+        if not self.recompute:
+            if self.cache is None or self.cache.batch_size != batch_size:
+                self.cache = self.model.new_cache(batch_size, self.height, self.width)
+            self.cache.reset()
+        self.batch_size = batch_size
+        self._ctx_x0 = self._ctx_cond = None
+        self._ctx_block, self._ctx_sink = [], 0
+        self.blocks_done = 0
+
+    def _check(self, cond: Tensor) -> None:
+        spec = self.model.spec
+        want = (self.batch_size, self.frames_per_block, spec.cond_channels, self.height, self.width)
+        if self.batch_size == 0:
+            raise RefineError("push() before reset(); call refiner.reset(batch_size, seed) first")
+        if not isinstance(cond, Tensor) or tuple(cond.shape) != want:
+            got = tuple(cond.shape) if isinstance(cond, Tensor) else type(cond).__name__
+            raise RefineError(f"cond {got} must be [B, F, C, H, W] = {want}: exactly one block")
+        if cond.dtype != torch.float32:
+            raise RefineError(f"cond dtype {cond.dtype} must be float32; convert with cond.float()")
+
+    @torch.no_grad()
+    def push(self, cond: Tensor) -> Tensor:
+        """cond [B, F, C_cond, H, W] float32 -> refined rgb [B, F, 3, H, W] in [0, 1]."""
+        self._check(cond)
+        src_device = cond.device
+        cond = cond.to(self.device)
+        model = self.model
+        f = self.frames_per_block
+        shape = (f, model.spec.out_channels, self.height, self.width)
+
+        def noise() -> Tensor:
+            return draw_noise(self._gens, shape, self.device)
+
+        start = model.coarse_x0(cond)  # [B, F, 3, H, W]
+        if self.recompute:
+            x0 = self.sampler.sample(lambda x, s, first: self._recompute_step(x, cond, s), start, noise)
+            self._remember(x0, cond)
+        else:
+            def denoise(x: Tensor, sigma: float, first: bool) -> Tensor:
+                t = torch.full((self.batch_size, f), 1000.0 * sigma, device=self.device)
+                return model.forward_cached(x, cond, t, self.cache, "append" if first else "overwrite")
+
+            x0 = self.sampler.sample(denoise, start, noise)
+            zero_t = torch.zeros(self.batch_size, f, device=self.device)
+            model.forward_cached(x0, cond, zero_t, self.cache, "overwrite")  # clean K/V
+        self.blocks_done += 1
+        return model.from_diffusion(x0, cond).to(src_device)
+
+    def _recompute_step(self, x: Tensor, cond: Tensor, sigma: float) -> Tensor:
+        """Dense forward over [sink + window context (t=0) | noisy block] -> block velocity."""
+        f = self.frames_per_block
+        if self._ctx_x0 is None:
+            seq_x, seq_c, blocks = x, cond, []
+        else:
+            seq_x = torch.cat([self._ctx_x0, x], 1)  # [B, n + F, 3, H, W]
+            seq_c = torch.cat([self._ctx_cond, cond], 1)
+            blocks = self._ctx_block
+        n = seq_x.shape[1]
+        t = torch.zeros(self.batch_size, n, device=self.device)
+        t[:, n - f:] = 1000.0 * sigma
+        # positions are the cache slots 0..n-1; blocks keep their original numbers
+        layout = FrameLayout(torch.arange(n), torch.tensor(blocks + [self.blocks_done] * f, dtype=torch.long),
+                             torch.zeros(n, dtype=torch.bool))
+        return self.model(seq_x, seq_c, t, layout=layout, use_window=False)[:, n - f:]
+
+    def _remember(self, x0: Tensor, cond: Tensor) -> None:
+        """Keep the same frames the cache would: all sinks, then the newest W - F window frames."""
+        spec = self.model.spec
+        f = self.frames_per_block
+        if self._ctx_x0 is None:
+            self._ctx_x0, self._ctx_cond = x0, cond
+        else:
+            self._ctx_x0 = torch.cat([self._ctx_x0, x0], 1)
+            self._ctx_cond = torch.cat([self._ctx_cond, cond], 1)
+        self._ctx_block += [self.blocks_done] * f
+        self._ctx_sink = min(spec.sink_frames, self.frames_done + f)
+        keep = spec.window_frames - f  # non-sink frames the next block can still see
+        n, s = self._ctx_x0.shape[1], self._ctx_sink
+        if n - s > keep:
+            idx = list(range(s)) + list(range(n - keep, n))
+            self._ctx_x0, self._ctx_cond = self._ctx_x0[:, idx], self._ctx_cond[:, idx]
+            self._ctx_block = [self._ctx_block[i] for i in idx]
+
+    def refine_video(self, cond: Tensor, seed: int | Sequence[int] = 0) -> Tensor:
+        """cond [B, T, C_cond, H, W] -> rgb [B, T, 3, H, W]; a ragged last block is padded by
+        repeating the last frame and cropped again."""
+        if cond.ndim != 5:
+            raise RefineError(f"cond {tuple(cond.shape)} must be [B, T, C, H, W]")
+        b, t = cond.shape[:2]
+        f = self.frames_per_block
+        pad = (-t) % f
+        if pad:
+            cond = torch.cat([cond, cond[:, -1:].expand(-1, pad, -1, -1, -1)], 1)
+        self.reset(b, seed)
+        out = [self.push(cond[:, i:i + f].contiguous()) for i in range(0, t + pad, f)]
+        return torch.cat(out, 1)[:, :t]

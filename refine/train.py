@@ -1,0 +1,278 @@
+"""Training: teacher forcing, few-step specialisation, optional self-rollout; resumable.
+
+clips: a map-style dataset (len + getitem) of (cond [T, C, H, W], target [T, 3, H, W]) pairs.
+Phase 1 draws one sigma per block from the shifted uniform distribution, phase 2 from the
+sampler's sigma list, both through one teacher-forcing forward over [clean context | noisy]
+(refine.layout). Phase 3 rolls the sampler out through the KV cache and back-propagates a
+supervised x0 loss at one random exit step per block (see NOTES.md for whether it helps).
+
+Checkpoints: out_dir/checkpoints/step-XXXXXX/{config.json, diffusion_pytorch_model.safetensors,
+trainer.safetensors (optimizer tensors + RNG state), state.json}, written to a temp folder and
+renamed; out_dir/checkpoints/latest names the newest. Loss log: out_dir/loss.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as Fn
+from torch import Tensor
+
+from refine.checkpoint import atomic_write_bytes, check_state_dict, read_json, read_safetensors, WEIGHTS_NAME
+from refine.config import TrainConfig
+from refine.errors import RefineError
+from refine.layout import FrameLayout
+from refine.sampler import sigma_schedule
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    start_step: int  # step resumed from (0 for a fresh run)
+    end_step: int
+    final_loss: float
+    model_dir: Path | None  # out_dir/model once all steps are done
+    checkpoint_dir: Path | None
+
+
+def _phase(step: int, cfg: TrainConfig) -> int:
+    if step < cfg.phase1_steps:
+        return 1
+    return 2 if step < cfg.phase1_steps + cfg.phase2_steps else 3
+
+
+def _lr(step: int, cfg: TrainConfig) -> float:
+    return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+
+
+def _check_clips(clips: Sequence, model) -> None:
+    if not hasattr(clips, "__len__") or not hasattr(clips, "__getitem__") or len(clips) == 0:
+        raise RefineError("clips must be a non-empty map-style dataset (len + getitem) of (cond, target) "
+                          "pairs; wrap an iterable in list(...)")
+    cond, target = clips[0]
+    spec = model.spec
+    if cond.ndim != 4 or target.ndim != 4 or cond.shape[0] != target.shape[0] \
+            or cond.shape[1] != spec.cond_channels or target.shape[1] != spec.out_channels:
+        raise RefineError(f"clip 0: cond {tuple(cond.shape)} / target {tuple(target.shape)} must be "
+                          f"[T, {spec.cond_channels}, H, W] / [T, {spec.out_channels}, H, W]")
+
+
+def _batch(clips: Sequence, cfg: TrainConfig, f: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """-> cond [B, T, C, H, W], target [B, T, 3, H, W], T a multiple of F."""
+    idx = torch.randint(len(clips), (cfg.batch_size,), generator=gen).tolist()
+    conds, targets = [], []
+    for i in idx:
+        cond, target = clips[i]
+        t = cond.shape[0]
+        n = cfg.clip_frames or t - t % f
+        if n % f or n > t or n == 0:
+            raise RefineError(f"clip {i} has {t} frames; clip_frames={cfg.clip_frames} must be a multiple "
+                              f"of frames_per_block={f} and <= every clip's length")
+        start = int(torch.randint(t - n + 1, (1,), generator=gen))
+        conds.append(cond[start:start + n].float())
+        targets.append(target[start:start + n].float())
+    if len({c.shape for c in conds}) != 1:
+        raise RefineError("clips in a batch differ in shape; set TrainConfig.clip_frames to crop them equally")
+    return torch.stack(conds), torch.stack(targets)
+
+
+def _block_sigmas(b: int, n_blocks: int, phase: int, cfg: TrainConfig, sig_list: list[float],
+                  gen: torch.Generator) -> Tensor:
+    """One sigma per (env, block) -> [B, n_blocks]."""
+    if phase == 1:
+        u = torch.rand(b, n_blocks, generator=gen).clamp(1e-3, 1.0)
+        s = cfg.sampler.shift
+        return s * u / (1 + (s - 1) * u)
+    table = torch.tensor(sig_list)
+    return table[torch.randint(len(sig_list), (b, n_blocks), generator=gen)]
+
+
+def teacher_forcing_loss(model, cond: Tensor, target: Tensor, sigma_blocks: Tensor, ctx_sigma: Tensor,
+                         gen: torch.Generator) -> Tensor:
+    """Flow-matching loss of one teacher-forcing forward.
+
+    cond [B, T, C, H, W]; target [B, T, 3, H, W]; sigma_blocks, ctx_sigma [B, T/F].
+    """
+    f = model.spec.frames_per_block
+    b, t = target.shape[:2]
+    dev = target.device
+    x0 = model.to_diffusion(target, cond)  # [B, T, 3, H, W]
+    noise = torch.randn(x0.shape, generator=gen).to(dev)
+    ctx_noise = torch.randn(x0.shape, generator=gen).to(dev)
+    sig = sigma_blocks.repeat_interleave(f, dim=1).to(dev)  # [B, T]
+    csig = ctx_sigma.repeat_interleave(f, dim=1).to(dev)
+    s5, c5 = sig[:, :, None, None, None], csig[:, :, None, None, None]
+    noisy = (1 - s5) * x0 + s5 * noise
+    clean = (1 - c5) * x0 + c5 * ctx_noise
+    v = model(torch.cat([clean, noisy], 1), torch.cat([cond, cond], 1), 1000.0 * torch.cat([csig, sig], 1),
+              layout=FrameLayout.teacher_forcing(t, f))[:, t:]  # [B, T, 3, H, W]
+    return Fn.mse_loss(v, noise - x0)
+
+
+def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen: torch.Generator) -> Tensor:
+    """Self-rollout through the KV cache; supervised x0 loss at one random exit step per block.
+
+    Gradients flow through the exit step's forward only (earlier steps, the clean passes and
+    the cached context are computed without gradient), and are accumulated block by block.
+    Returns the mean loss (already back-propagated).
+    """
+    f = model.spec.frames_per_block
+    b, t, _, h, w = target.shape
+    dev = target.device
+    x0_target = model.to_diffusion(target, cond)
+    cache = model.new_cache(b, h, w)
+    n_blocks, total = t // f, 0.0
+    for i in range(n_blocks):
+        c, tgt = cond[:, i * f:(i + 1) * f], x0_target[:, i * f:(i + 1) * f]
+        exit_k = int(torch.randint(len(sig_list), (1,), generator=gen))
+        start = model.coarse_x0(c)
+        x = (1 - sig_list[0]) * start + sig_list[0] * torch.randn(start.shape, generator=gen).to(dev)
+        for k, s in enumerate(sig_list[:exit_k + 1]):
+            tt = torch.full((b, f), 1000.0 * s, device=dev)
+            mode = "append" if k == 0 else "overwrite"
+            if k < exit_k:
+                with torch.no_grad():
+                    x0 = x - s * model.forward_cached(x, c, tt, cache, mode)
+                    x = (1 - sig_list[k + 1]) * x0 + sig_list[k + 1] * torch.randn(x0.shape, generator=gen).to(dev)
+            else:
+                cache.detach_()
+                x0 = x - s * model.forward_cached(x, c, tt, cache, mode)
+                loss = Fn.mse_loss(x0, tgt)
+                (loss / n_blocks).backward()
+                total += float(loss.detach())
+        with torch.no_grad():
+            cache.detach_()
+            model.forward_cached(x0.detach(), c, torch.zeros(b, f, device=dev), cache, "overwrite")
+    return torch.tensor(total / n_blocks)
+
+
+# ---- checkpoints ------------------------------------------------------------------------------
+
+def _save_checkpoint(root: Path, step: int, model, opt: torch.optim.Optimizer, gen: torch.Generator,
+                     cfg: TrainConfig) -> Path:
+    from safetensors.torch import save_file
+
+    ckpt_root = root / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ckpt_root))
+    try:
+        model.save_pretrained(tmp)
+        sd = opt.state_dict()
+        tensors = {"rng.train": gen.get_state()}
+        for pid, st in sd["state"].items():
+            for key, val in st.items():
+                tensors[f"optim.{pid}.{key}"] = val.detach().cpu().contiguous() if torch.is_tensor(val) \
+                    else torch.tensor(val)
+        save_file(tensors, str(tmp / "trainer.safetensors"))
+        state = {"step": step, "param_groups": sd["param_groups"], "config": asdict(cfg)}
+        (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
+        final = ckpt_root / name
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write_bytes(ckpt_root / "latest", name.encode())
+    old = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
+    for p in old[:-cfg.keep_checkpoints]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def _load_checkpoint(root: Path, model, opt: torch.optim.Optimizer, gen: torch.Generator) -> int:
+    """Restore model, optimizer and RNG from root/checkpoints/latest; returns its step (0 if none)."""
+    latest = root / "checkpoints" / "latest"
+    if not latest.is_file():
+        return 0
+    ckpt = root / "checkpoints" / latest.read_text().strip()
+    state = read_json(ckpt / "state.json", "training state")
+    weights = read_safetensors(ckpt / WEIGHTS_NAME, "checkpoint weights")
+    check_state_dict(model, weights, ckpt / WEIGHTS_NAME)
+    model.load_state_dict(weights, strict=True)
+    tensors = read_safetensors(ckpt / "trainer.safetensors", "trainer state")
+    optim_state: dict[int, dict] = {}
+    for key, val in tensors.items():
+        if key.startswith("optim."):
+            _, pid, name = key.split(".", 2)
+            optim_state.setdefault(int(pid), {})[name] = val
+    try:
+        opt.load_state_dict({"state": optim_state, "param_groups": state["param_groups"]})
+        gen.set_state(tensors["rng.train"])
+    except (KeyError, ValueError, RuntimeError) as err:
+        raise RefineError(f"checkpoint {ckpt} does not fit this model/optimizer ({err}); start a fresh "
+                          "out_dir or use the same model config") from err
+    return int(state["step"])
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop log lines after `step` (a run that died after its last checkpoint)."""
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] < step]
+    atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
+
+
+def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) -> TrainResult:
+    """Train `model` in place; resumes from out_dir/checkpoints/latest if present.
+
+    stop_after: return after this global step (e.g. to split a run); the run can be resumed.
+    """
+    from tqdm import tqdm
+
+    _check_clips(clips, model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(cfg.device)
+    model.to(dev).train()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    start = _load_checkpoint(out, model, opt, gen)
+    log_path = out / "loss.jsonl"
+    _trim_log(log_path, start)
+    sig_list = sigma_schedule(cfg.sampler)
+    f = model.spec.frames_per_block
+    end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
+    loss_val, ckpt = float("nan"), None
+    bar = tqdm(total=cfg.total_steps, initial=start, disable=not cfg.progress, desc="refine train")
+    with log_path.open("a") as log:
+        for step in range(start, end):
+            phase = _phase(step, cfg)
+            for group in opt.param_groups:
+                group["lr"] = _lr(step, cfg)
+            cond, target = _batch(clips, cfg, f, gen)
+            cond, target = cond.to(dev), target.to(dev)
+            if phase == 3:
+                loss = rollout_loss(model, cond, target, sig_list, gen)
+            else:
+                n_blocks = target.shape[1] // f
+                sig = _block_sigmas(target.shape[0], n_blocks, phase, cfg, sig_list, gen)
+                ctx = torch.rand(target.shape[0], n_blocks, generator=gen) * cfg.context_noise
+                loss = teacher_forcing_loss(model, cond, target, sig, ctx, gen)
+                loss.backward()
+            loss_val = float(loss.detach())
+            if not math.isfinite(loss_val):
+                raise RefineError(f"loss became {loss_val} at step {step}; lower TrainConfig.lr={cfg.lr}")
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            log.write(json.dumps({"step": step, "phase": phase, "loss": loss_val, "lr": _lr(step, cfg)}) + "\n")
+            log.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_val:.4f}", phase=phase)
+            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+                ckpt = _save_checkpoint(out, step + 1, model, opt, gen, cfg)
+    bar.close()
+    model.eval()
+    model_dir = None
+    if end == cfg.total_steps:
+        model_dir = out / "model"
+        model.save_pretrained(model_dir)
+    return TrainResult(start, end, loss_val, model_dir, ckpt)
