@@ -12,7 +12,7 @@ import numpy as np
 
 from hybridsim.config import RunConfig, compose, save_yaml
 from hybridsim.spec import Scenario, SpecError
-from hybridsim.writers import TableWriter, VideoWriter, to_uint8, write_json
+from hybridsim.writers import TableWriter, VideoWriter, linear_to_srgb, to_uint8, write_json
 
 
 @dataclass
@@ -129,8 +129,8 @@ class RunSink:
             for b in range(B):
                 if name in frame.reference:
                     self._video("reference", cam, b).write(frame.reference[name].rgb[b])
-                if name in frame.gbuffer:
-                    self._video("coarse", cam, b).write(to_uint8(frame.gbuffer[name].rgb[b, 0]))
+                if name in frame.gbuffer:  # splat colours are linear; videos are sRGB like the reference
+                    self._video("coarse", cam, b).write(to_uint8(linear_to_srgb(frame.gbuffer[name].rgb[b, 0])))
         self.poses.append(self._pose_rows(frame))
         self.cams.append(self._camera_rows(frame))
         if self.labels is not None:

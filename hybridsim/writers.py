@@ -58,6 +58,12 @@ def to_uint8(img) -> np.ndarray:
     return (np.clip(a, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
+def linear_to_srgb(img):
+    from render import linear_to_srgb as f
+
+    return f(img)
+
+
 class TableWriter:
     """Rows appended per frame, flushed to one Parquet file in row groups."""
 

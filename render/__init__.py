@@ -23,6 +23,7 @@ _EXPORTS = {
     "SplatScene": "render.scene",
     "look_at": "render.camera",
     "intrinsics": "render.camera",
+    "tune_cpu_allocator": "render._scratch",
     "rasterize": "render.rasterize",
     "rasterize_reference": "render.rasterize",
 }

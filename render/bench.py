@@ -13,6 +13,7 @@ import time
 import numpy as np
 import torch
 
+from render._scratch import tune_cpu_allocator
 from render.assets import primitive_splats
 from render.camera import intrinsics, look_at
 from render.rasterize import rasterize
@@ -59,9 +60,12 @@ def main(argv=None) -> None:
     ap.add_argument("--envs", type=int, default=1, help="B: environments (the scene is replicated)")
     ap.add_argument("--cameras", type=int, default=1, help="C: cameras per environment")
     ap.add_argument("--instance-mode", default="instance", choices=["instance", "gaussian"])
+    ap.add_argument("--tune-allocator", action="store_true", help="call render.tune_cpu_allocator() first")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.tune_allocator:
+        tune_cpu_allocator()
     scene, pos, quat = demo_scene()
     g = scene.posed(pos.expand(args.envs, -1, -1), quat.expand(args.envs, -1, -1))
     frames = args.envs * args.cameras

@@ -1,18 +1,23 @@
 """Vectorised tile compositor for the CPU path (gsplat's front-to-back blending, no per-tile loop).
 
-Binning: every projected Gaussian is expanded to the tiles its bounding box touches and the
-pairs are sorted once by an int64 key (tile << 32 | float bits of depth); positive float32 bits
+Binning: every projected Gaussian is expanded to the tiles (8x8 px by default) its bounding box
+touches, pairs whose ellipse misses the tile are dropped (exact test, ~25% of pairs), and the
+rest are sorted once by an int64 key (tile << 32 | float bits of depth); positive float32 bits
 order like the floats, and an integer sort is far faster than a float sort on CPU.
 
 Compositing runs in rounds. Each round takes the next G Gaussians of every still-active tile,
-evaluates alpha for [tiles, pixels, G] in chunks that fit in cache, and carries transmittance
+evaluates alpha for [tiles, pixels, G] in chunks of ~0.5M values, and carries transmittance
 between rounds. Within a round the sequential recurrence T <- T (1 - alpha) is one cumprod over
 [T_carry, 1 - alpha_1, ..., 1 - alpha_G]; gsplat's exclusive stop (a Gaussian whose next_T would
 be <= 1e-4 is dropped, and so is everything behind it) is a threshold on that cumprod, because
 next_T only falls along the list. The weight alpha * T_before is recovered as
 next_T * alpha / (1 - alpha), so the threshold zeroes the stopping Gaussian and all behind it in
 one pass. A tile leaves the active set when its lists are used up or all its pixels have stopped,
-which is what makes opaque scenes cheap: hidden layers are never evaluated.
+so hidden layers behind opaque surfaces are never evaluated. One bmm per chunk turns the weights
+into sums of every feature channel (colour, depth, flow, alpha, per-label weights).
+
+Not reproduced from gsplat: its `sigma < 0` skip, which cannot trigger for the positive-definite
+conics produced here except by rounding at the exact centre.
 """
 
 from __future__ import annotations
@@ -68,9 +73,10 @@ def bin_tiles(proj: Projected, num_images: int, width: int, height: int, tile_si
     ty = torch.floor(local / wxe)
     tx = x0.index_select(0, entry) + local - ty * wxe
     ty = ty + y0.index_select(0, entry)
-    hit = _ellipse_hits_tile(proj, entry, tx * tile_size, ty * tile_size, tile_size)
-    entry, tx, ty = entry[hit], tx[hit], ty[hit]
-    tile = (ty * tw + tx).long() + proj.image_ids.index_select(0, entry) * (tw * th)
+    tile = ty * tw + tx
+    hit = _ellipse_hits_tile(proj, entry, tx.mul_(tile_size), ty.mul_(tile_size), tile_size)
+    entry, tile = entry[hit], tile[hit]
+    tile = tile.long() + proj.image_ids.index_select(0, entry) * (tw * th)
     depth_bits = proj.depths.float().contiguous().view(torch.int32).long()  # z > 0: bits sort like floats
     key, order = torch.sort((tile << 32) | depth_bits.index_select(0, entry), stable=True)
     count = torch.bincount(key >> 32, minlength=num_images * tw * th)
@@ -83,21 +89,31 @@ def _ellipse_hits_tile(proj: Projected, entry: Tensor, ox: Tensor, oy: Tensor, t
 
     The minimum of a positive-definite quadratic over a rectangle is 0 if the centre is inside,
     else on an edge, where it is a clamped 1D minimum. Testing the continuous rectangle of pixel
-    centres is conservative: it never drops a pixel that gsplat would blend.
+    centres is conservative: it never drops a pixel that gsplat would blend. In-place ops keep
+    the number of E-sized temporaries (each a fresh, page-faulting allocation) low.
     """
-    mx, my = proj.means2d.index_select(0, entry).unbind(-1)
+    m = proj.means2d.index_select(0, entry)  # [E, 2]
     a, b, c = proj.conics.index_select(0, entry).unbind(-1)
-    lo_x, hi_x = ox + 0.5 - mx, ox + (ts - 0.5) - mx  # rectangle in coordinates relative to the mean
-    lo_y, hi_y = oy + 0.5 - my, oy + (ts - 0.5) - my
-    best = torch.where((lo_x <= 0) & (hi_x >= 0) & (lo_y <= 0) & (hi_y >= 0), 0.0, math.inf)
-    for dx in (lo_x, hi_x):  # vertical edges: x fixed, y minimises at -b x / c
-        dy = torch.minimum(torch.maximum(-b * dx / c, lo_y), hi_y)
-        best = torch.minimum(best, 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy)
-    for dy in (lo_y, hi_y):
-        dx = torch.minimum(torch.maximum(-b * dy / a, lo_x), hi_x)
-        best = torch.minimum(best, 0.5 * (a * dx * dx + c * dy * dy) + b * dx * dy)
+    lo_x = ox.sub_(m[:, 0]).add_(0.5)  # rectangle relative to the mean (reuses ox / oy)
+    lo_y = oy.sub_(m[:, 1]).add_(0.5)
+    hi_x, hi_y = lo_x + (ts - 1), lo_y + (ts - 1)
+    inside = (lo_x <= 0) & (hi_x >= 0) & (lo_y <= 0) & (hi_y >= 0)
+    best = torch.full_like(a, math.inf)
+    kx, ky = -b / c, -b / a  # minimiser of the other coordinate along a vertical / horizontal edge
+    ha, hc = 0.5 * a, 0.5 * c
+    for x in (lo_x, hi_x):  # vertical edges: x fixed
+        torch.minimum(best, _edge_min(x, lo_y, hi_y, kx, ha, hc, b), out=best)
+    for y in (lo_y, hi_y):  # horizontal edges: y fixed
+        torch.minimum(best, _edge_min(y, lo_x, hi_x, ky, hc, ha, b), out=best)
+    best.masked_fill_(inside, 0.0)
     # 1e-5 slack: float rounding must never cull a pair whose best pixel sits on the threshold.
-    return best <= torch.log(proj.opacities.index_select(0, entry) / ALPHA_MIN) + 1e-5
+    return best <= torch.log(proj.opacities / ALPHA_MIN).index_select(0, entry).add_(1e-5)
+
+
+def _edge_min(d: Tensor, lo: Tensor, hi: Tensor, k: Tensor, hd: Tensor, ho: Tensor, b: Tensor) -> Tensor:
+    """min over o in [lo, hi] of hd d^2 + b d o + ho o^2 (one coordinate fixed at d), per pair."""
+    o = torch.clamp(k * d, min=lo, max=hi)
+    return (hd * d).addcmul_(b, o).mul_(d).addcmul_(ho * o, o)
 
 
 def composite(
@@ -109,13 +125,13 @@ def composite(
     tile_size: int,
     *,
     best_instance: Tensor | None = None,  # [M] int32: track the max-weight Gaussian's label per pixel
-    chunk_elems: int = 1 << 18,
+    chunk_elems: int = 1 << 19,
     round_size: int = 32,
 ) -> tuple[Tensor, Tensor | None]:
     """Blend every tile's list front to back.
 
-    Returns ([I * tiles, ts * ts, D] weighted feature sums in tile layout, a view of a scratch
-    buffer: untile or copy before the next call) and [I * tiles, ts * ts] labels or None.
+    Returns ([I * tiles, D, ts * ts] weighted feature sums in tile layout, channels first, held in
+    a scratch buffer: use them before the next call) and [I * tiles, ts * ts] labels or None.
     """
     state = _Compositor(proj, bins, num_images, width, height, tile_size, best_instance)
     P = tile_size * tile_size
@@ -130,7 +146,7 @@ def composite(
             state.blend(active[s:s + per_chunk], pos, g)
         pos += g
         active = active[(bins.count[active] > pos) & (state.trans[active] > 0).any(dim=1)]
-    return state.acc.transpose(1, 2), None if state.best is None else state.best[1]
+    return state.acc, None if state.best is None else state.best[1]
 
 
 class _Compositor:
@@ -221,3 +237,13 @@ def untile(x: Tensor, num_images: int, bins: Bins, ts: int, width: int, height: 
     rest = x.shape[2:]
     img = x.view(num_images, bins.tiles_y, bins.tiles_x, ts, ts, *rest).transpose(2, 3)
     return img.reshape(num_images, bins.tiles_y * ts, bins.tiles_x * ts, *rest)[:, :height, :width]
+
+
+def channel_argmax(w: Tensor) -> Tensor:  # [n, U, P] -> [n, P] int64
+    """First index of the largest channel: torch's argmax / max(dim) are ~20x slower than amax on
+    CPU for this shape, so take amax, then mark equal channels from the last to the first."""
+    top = w.amax(dim=1)
+    arg = torch.zeros(top.shape, dtype=torch.int64, device=w.device)
+    for u in range(w.shape[1] - 1, 0, -1):
+        arg.masked_fill_(w[:, u] == top, u)
+    return arg

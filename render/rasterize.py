@@ -94,24 +94,29 @@ def rasterize_reference(
     prev_viewmats: Tensor | None = None,  # [B, C, 4, 4]
     instance_mode: str = "instance",
     alpha_min: float = 0.01,
-    **_ignored,
+    tile_size: int = 8,
+    timings: dict | None = None,
 ) -> GBuffer:
     """Same contract as rasterize(), computed by a per-pixel loop on CPU (tiny images only).
 
-    `backend` is accepted for signature parity and ignored; inputs are moved to the CPU.
+    `backend` and `tile_size` are accepted for signature parity and ignored (inputs are moved to
+    the CPU; there are no tiles); timings, if a dict, receives the total ms.
     """
     from render.raster_ref import reference_sums
 
+    t0 = time.perf_counter()
     inputs = _prepare(gaussians, viewmats, Ks, width, height, prev_means, prev_viewmats, background,
-                      backend, instance_mode, near, far)
+                      backend, instance_mode, near, far, tile_size)
     inputs = {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in inputs.items()}
     best = inputs["instance_id"] if instance_mode == "gaussian" else None
     sums, labels = reference_sums(**_args(inputs), near=near, far=far, best_instance=best)
-    return _finish(*_resolve(sums, labels, inputs), inputs, alpha_min)
+    out = _finish(*_resolve(sums, labels, inputs), inputs, alpha_min)
+    _lap(timings, "total", t0)
+    return out
 
 
 def _torch_sums(inputs: dict, width, height, near, far, tile_size, timings) -> tuple[Tensor, Tensor]:
-    from render.raster_cpu import bin_tiles, composite, untile
+    from render.raster_cpu import bin_tiles, channel_argmax, composite, untile
 
     t = time.perf_counter()
     proj = project_packed(**_args(inputs), near=near, far=far)
@@ -120,11 +125,11 @@ def _torch_sums(inputs: dict, width, height, near, far, tile_size, timings) -> t
     bins = bin_tiles(proj, num_images, width, height, tile_size)
     t = _lap(timings, "bin", t)
     best = None if inputs["ranks"] is not None else inputs["instance_id"][proj.gauss_ids]
-    sums, labels = composite(proj, bins, num_images, width, height, tile_size, best_instance=best)
-    # Reduce to the final channels while still in tile layout: fewer bytes to reorder.
-    core, labels = _resolve(sums, labels, inputs)
-    core = untile(core, num_images, bins, tile_size, width, height)
-    labels = untile(labels, num_images, bins, tile_size, width, height)
+    sums, labels = composite(proj, bins, num_images, width, height, tile_size, best_instance=best)  # [n, D, P]
+    if labels is None:  # per-label weight channels, resolved in tile layout before reordering pixels
+        labels = inputs["instance_ids"].to(sums.device)[channel_argmax(sums[:, ONE + 1:])]
+    core = untile(sums[:, : ONE + 1].transpose(1, 2), num_images, bins, tile_size, width, height)
+    labels = untile(labels.to(torch.int32), num_images, bins, tile_size, width, height)
     _lap(timings, "composite", t)
     if timings is not None:
         timings["visible"] = proj.image_ids.numel()
@@ -147,7 +152,7 @@ def _args(inputs: dict) -> dict:
 
 def _resolve(sums: Tensor, labels: Tensor | None, inputs: dict) -> tuple[Tensor, Tensor]:
     """[..., D] weighted sums -> ([..., 7] rgb/depth/flow/alpha sums, [...] int32 labels)."""
-    if labels is None:  # one weight channel per label: the heaviest label wins
+    if labels is None:  # one weight channel per label: the heaviest label wins (first on ties)
         ids = inputs["instance_ids"].to(sums.device)
         labels = ids[sums[..., ONE + 1:].argmax(dim=-1)]
     return sums[..., : ONE + 1], labels.to(torch.int32)

@@ -227,3 +227,51 @@ def test_gsplat_cuda_matches_cpu_path():
         a, b = getattr(cpu, name), getattr(gpu, name).cpu()
         assert (a - b).abs().max() < 1e-3 * max(1.0, a.abs().max().item()), name
     assert (cpu.instance_id != gpu.instance_id.cpu()).float().mean() < 1e-3
+
+
+def _dense_rasterization(means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane=0.01,
+                         far_plane=1e10, eps2d=0.3, render_mode="RGB", **_):
+    """A CPU stand-in for gsplat.rasterization (dense [pixels, Gaussians] blending, tiny images)."""
+    from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
+
+    covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
+    radii, m2d, depths, conics, _ = _fully_fused_projection(means, covars, viewmats, Ks, width, height, eps2d=eps2d,
+                                                            near_plane=near_plane, far_plane=far_plane)
+    feats = torch.cat((colors, depths[..., None]), dim=-1)  # render_mode "RGB+ED": depth appended last
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    out = torch.zeros(*viewmats.shape[:2], height, width, feats.shape[-1])
+    alpha_out = torch.zeros(*viewmats.shape[:2], height, width, 1)
+    for b in range(viewmats.shape[0]):
+        for c in range(viewmats.shape[1]):
+            ids = ((radii[b, c] > 0).all(-1)).nonzero().squeeze(1)
+            ids = ids[torch.sort(depths[b, c, ids], stable=True).indices]
+            dx, dy = xs[..., None] - m2d[b, c, ids, 0], ys[..., None] - m2d[b, c, ids, 1]  # [H, W, n]
+            a, bq, cq = conics[b, c, ids].unbind(-1)
+            sigma = 0.5 * (a * dx * dx + cq * dy * dy) + bq * dx * dy
+            alpha = (opacities[b, ids] * torch.exp(-sigma)).clamp(max=0.999)
+            alpha = torch.where((alpha < 1 / 255) | (sigma < 0), 0.0, alpha)
+            next_t = torch.cumprod(1 - alpha, dim=-1)
+            before = torch.cat((torch.ones_like(next_t[..., :1]), next_t[..., :-1]), dim=-1)
+            w = torch.where(next_t > 1e-4, alpha * before, 0.0)
+            out[b, c] = w @ feats[b, c, ids]
+            alpha_out[b, c, ..., 0] = w.sum(-1)
+    out[..., -1:] = out[..., -1:] / alpha_out.clamp(min=1e-10)  # "ED": expected depth
+    return out, alpha_out, {}
+
+
+def test_gsplat_path_plumbing_with_a_cpu_stand_in(monkeypatch):
+    # The CUDA path cannot run here; swap gsplat.rasterization for a dense CPU stand-in to check
+    # how render.raster_gsplat packs colour / flow / label channels and unpacks "RGB+ED".
+    import gsplat
+
+    from render.raster_gsplat import gsplat_sums
+    from render.rasterize import _args, _finish, _prepare, _resolve
+
+    monkeypatch.setattr(gsplat, "rasterization", _dense_rasterization)
+    g = _random_gaussians(B=2, N=30, seed=5, sh_degree=1)
+    viewmats, Ks = _cameras(2, 2)
+    prev = g.means + 0.04
+    inputs = _prepare(g, viewmats, Ks, W, H, prev, None, (0.1, 0.2, 0.3), "gsplat", "instance", 0.01, 100.0)
+    out = _finish(*_resolve(gsplat_sums(**_args(inputs), near=0.01, far=100.0), None, inputs), inputs, 0.01)
+    ref = rasterize_reference(g, viewmats, Ks, W, H, prev_means=prev, background=(0.1, 0.2, 0.3))
+    _assert_gbuffers_close(ref, out)
