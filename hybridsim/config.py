@@ -18,9 +18,9 @@ class RenderConfig:
     enabled: bool = True  # coarse splat render + labels
     backend: str = "auto"  # auto | torch | gsplat
     density: float = 6000.0  # Gaussians per m^2 on object surfaces
-    plane_density: float = 60.0  # Gaussians per m^2 on ground planes
+    plane_density: float = 150.0  # Gaussians per m^2 on ground planes
     plane_size: float = 6.0  # metres: splatted extent of an infinite plane
-    max_gaussians: int = 6000  # per body
+    max_gaussians: int = 20000  # per body
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
 

