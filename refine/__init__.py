@@ -27,6 +27,9 @@ _LAZY = {
     "train": "refine.train",
     "TrainResult": "refine.train",
     "evaluate": "refine.evaluate",
+    "load_default_model": "refine.pretrained",
+    "DEFAULT_WEIGHTS_DIR": "refine.pretrained",
+    "run_benchmarks": "refine.bench",
     "EvalResult": "refine.evaluate",
 }
 
@@ -37,7 +40,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from refine.conditioning import encode_condition
     from refine.evaluate import EvalResult, evaluate
     from refine.layout import FrameLayout, plan_attention
+    from refine.bench import run_benchmarks
     from refine.model import CausalWanRefiner
+    from refine.pretrained import DEFAULT_WEIGHTS_DIR, load_default_model
     from refine.refiner import Refiner
     from refine.sampler import FewStepSampler, sigma_schedule
     from refine.train import TrainResult, train

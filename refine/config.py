@@ -98,15 +98,16 @@ class ModelConfig:
 class SamplerConfig:
     """Few-step flow-matching sampler run once per block.
 
-    `sigmas` overrides the schedule. Otherwise `num_steps` sigmas are spaced linearly from
-    `sigma_max` towards 0 and warped by `shift` (as FlowMatchEulerDiscreteScheduler does):
-    sigma' = shift * s / (1 + (shift - 1) * s). With `sigma_max < 1` the block starts from the
-    coarse render noised to sigma_max (SDEdit); with 1 it starts from pure noise.
+    `sigmas` overrides the schedule. Otherwise sigma_k = sigma_max * shift(1 - k / num_steps)
+    with shift(s) = shift * s / (1 + (shift - 1) * s) (FlowMatchEulerDiscreteScheduler's warp).
+    With `sigma_max < 1` the block starts from the coarse render noised to sigma_max (SDEdit);
+    with 1 it starts from pure noise. Default: 0.75, 0.5, 0.25 (RealWonder's 750/500/250), which
+    beat a pure-noise start by ~4 dB PSNR on synthetic pairs (refine/NOTES.md).
     """
 
     num_steps: int = 3
-    sigma_max: float = 1.0
-    shift: float = 3.0
+    sigma_max: float = 0.75
+    shift: float = 1.0
     sigmas: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:

@@ -15,112 +15,25 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
 import torch.nn.functional as Fn
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import FeedForward
-from diffusers.models.embeddings import TimestepEmbedding, Timesteps, get_1d_rotary_pos_embed
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.normalization import FP32LayerNorm
 from torch import Tensor, nn
 
+from refine.attention import CachedAttention, RotaryTables, grouped_attention, masked_attention
 from refine.cache import KVCache, WriteMode
 from refine.config import ModelConfig
 from refine.errors import RefineError
 from refine.layout import FrameLayout, plan_attention
 
 _D = ModelConfig()
-
-
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate interleaved pairs (Wan's convention). x [B, N, h, d]; cos, sin [N, d/2]."""
-    x1, x2 = x[..., 0::2], x[..., 1::2]  # [B, N, h, d/2] each
-    c, s = cos[:, None, :], sin[:, None, :]  # [N, 1, d/2]
-    return torch.stack((x1 * c - x2 * s, x1 * s + x2 * c), dim=-1).flatten(-2)  # [B, N, h, d]
-
-
-class RotaryTables(nn.Module):
-    """Per-axis rotary tables; head_dim is split (frame, y, x) exactly like WanRotaryPosEmbed."""
-
-    def __init__(self, head_dim: int, max_len: int, theta: float):
-        super().__init__()
-        hw = 2 * (head_dim // 6)
-        self.split = (head_dim - 2 * hw, hw, hw)
-        for axis, dim in zip("thw", self.split):
-            cos, sin = get_1d_rotary_pos_embed(dim, max_len, theta, use_real=True,
-                                               repeat_interleave_real=True, freqs_dtype=torch.float64)
-            self.register_buffer(f"cos_{axis}", cos[:, 0::2].contiguous(), persistent=False)  # [max_len, dim/2]
-            self.register_buffer(f"sin_{axis}", sin[:, 0::2].contiguous(), persistent=False)
-
-    def forward(self, frame_pos: Tensor, hp: int, wp: int) -> tuple[Tensor, Tensor]:
-        """frame_pos [T'] long -> (cos, sin) [T' * hp * wp, d/2], frame-major token order."""
-        if int(frame_pos.max()) >= self.cos_t.shape[0] or int(frame_pos.min()) < 0:
-            raise RefineError(f"frame positions {int(frame_pos.min())}..{int(frame_pos.max())} fall "
-                              f"outside rope_max_seq_len={self.cos_t.shape[0]}; shorten the dense "
-                              "sequence or raise rope_max_seq_len")
-        t, n = frame_pos.to(self.cos_t.device), frame_pos.numel()
-        y = torch.arange(hp, device=t.device)
-        x = torch.arange(wp, device=t.device)
-        out = []
-        for name in ("cos", "sin"):
-            tab_t, tab_h, tab_w = (getattr(self, f"{name}_{a}") for a in "thw")
-            parts = (tab_t[t][:, None, None].expand(n, hp, wp, -1),  # [T', hp, wp, dt/2]
-                     tab_h[y][None, :, None].expand(n, hp, wp, -1),
-                     tab_w[x][None, None, :].expand(n, hp, wp, -1))
-            out.append(torch.cat(parts, dim=-1).reshape(n * hp * wp, -1))  # [N, d/2]
-        return out[0], out[1]
-
-
-@dataclass
-class DenseAttention:
-    """Self-attention over the forward's own tokens, with a frame-derived mask."""
-
-    cos: Tensor  # [N, d/2] absolute positions
-    sin: Tensor
-    mask: Tensor | None  # [N, N] bool, None = all visible
-    cos_shift: Tensor | None = None  # [N, d/2] query positions shifted by -off(q) (vs sink keys)
-    sin_shift: Tensor | None = None
-    sink_key: Tensor | None = None  # [N] bool
-
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, layer: int) -> Tensor:
-        """q, k, v [B, N, h, d] (pre-RoPE) -> [B, N, h, d]"""
-        qa, ka = apply_rope(q, self.cos, self.sin), apply_rope(k, self.cos, self.sin)
-        if self.sink_key is None:
-            out = Fn.scaled_dot_product_attention(qa.transpose(1, 2), ka.transpose(1, 2), v.transpose(1, 2),
-                                                  attn_mask=self.mask)  # [B, h, N, d]
-            return out.transpose(1, 2)
-        # plain reference path: sink keys see each query at its window-relative position
-        scale = q.shape[-1] ** -0.5
-        qs = apply_rope(q, self.cos_shift, self.sin_shift)
-        logits = torch.einsum("bqhd,bkhd->bhqk", qa, ka) * scale  # [B, h, N, N]
-        logits_s = torch.einsum("bqhd,bkhd->bhqk", qs, ka) * scale
-        logits = torch.where(self.sink_key, logits_s, logits)
-        if self.mask is not None:
-            logits = logits.masked_fill(~self.mask, float("-inf"))
-        return torch.einsum("bhqk,bkhd->bqhd", logits.softmax(-1), v)
-
-
-@dataclass
-class CachedAttention:
-    """Self-attention of a block's tokens over the KV cache (which includes the block itself)."""
-
-    cache: KVCache
-    cos_k: Tensor  # [S, d/2] slot positions 0..S-1 of the valid cache
-    sin_k: Tensor
-    cos_q: Tensor  # [n, d/2] the newest block's slots
-    sin_q: Tensor
-
-    def __call__(self, q: Tensor, k: Tensor, v: Tensor, layer: int) -> Tensor:
-        """q, k, v [B, n, h, d] (pre-RoPE) -> [B, n, h, d]"""
-        self.cache.write(layer, k, v)
-        keys, values = self.cache.read(layer)  # [B, S, h, d] each
-        qr = apply_rope(q, self.cos_q, self.sin_q)
-        kr = apply_rope(keys, self.cos_k, self.sin_k)
-        out = Fn.scaled_dot_product_attention(qr.transpose(1, 2), kr.transpose(1, 2), values.transpose(1, 2))
-        return out.transpose(1, 2)  # [B, n, h, d]
 
 
 class CausalWanAttention(nn.Module):
@@ -299,14 +212,15 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
 
     # ---- public forwards ----------------------------------------------------------------------
     def forward(self, sample: Tensor, cond: Tensor, timestep: Tensor, layout: FrameLayout | None = None,
-                use_window: bool = True) -> Tensor:
+                use_window: bool = True, attention: str = "grouped") -> Tensor:
         """Dense forward with the block-causal (or teacher-forcing) mask from `layout`.
 
         sample [B, T', Cs, H, W] in diffusion space; cond [B, T', Cc, H, W]; timestep [B, T'] in
         [0, 1000] (= 1000 * sigma). layout defaults to FrameLayout.causal(T', F). With use_window
         the config's sink + window eviction and window-relative positions apply (the reference
         for cached inference); without it every earlier block is visible at positions `frame`.
-        Returns the velocity [B, T', Cs, H, W].
+        attention: "grouped" (fast: one unmasked attention per group of frames that see the same
+        keys) or "masked" (the plain N x N reference). Returns the velocity [B, T', Cs, H, W].
         """
         self._check(sample, cond, timestep)
         cfg = self.spec
@@ -316,16 +230,12 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
         plan = plan_attention(layout, cfg.sink_frames if use_window else 0,
                               cfg.window_frames if use_window else None)
         hp, wp = sample.shape[-2] // cfg.patch_size, sample.shape[-1] // cfg.patch_size
-        tokens = hp * wp
-        dev = sample.device
-        cos, sin = self.rope(layout.frame, hp, wp)  # [N, d/2]
-        visible = plan.visible.to(dev)
-        mask = None if bool(visible.all()) else \
-            visible.repeat_interleave(tokens, 0).repeat_interleave(tokens, 1)  # [N, N]
-        attend = DenseAttention(cos, sin, mask)
-        if plan.sink_shift is not None:
-            attend.cos_shift, attend.sin_shift = self.rope(layout.frame - plan.sink_shift, hp, wp)
-            attend.sink_key = plan.sink_key.to(dev).repeat_interleave(tokens)  # [N]
+        if attention == "grouped":
+            attend = grouped_attention(layout, plan, self.rope, hp, wp)
+        elif attention == "masked":
+            attend = masked_attention(layout, plan, self.rope, hp, wp, sample.device)
+        else:
+            raise RefineError(f"attention={attention!r} is not 'grouped' or 'masked'")
         return self._run(sample, cond, timestep, attend)
 
     def new_cache(self, batch_size: int, height: int | None = None, width: int | None = None) -> KVCache:

@@ -152,3 +152,32 @@ def test_cache_misuse_raises():
     x, cond, ts, _ = _inputs(1, 2, seed=0)
     with pytest.raises(RefineError, match="new_cache"):
         model.forward_cached(x, cond, ts, wrong, "append")
+
+
+@pytest.mark.parametrize("layout_kind,f,sink,window,t", [
+    ("causal", 1, 1, 3, 7), ("causal", 3, 1, 4, 12), ("causal", 2, 3, 4, 10),
+    ("teacher", 2, 1, 4, 8), ("teacher", 3, 0, 3, 9),
+])
+def test_grouped_fast_path_equals_masked_reference(layout_kind, f, sink, window, t):
+    """The grouped attention (one unmasked SDPA per group) == the plain N x N masked reference."""
+    model = tiny_model(seed=4, frames_per_block=f, sink_frames=sink, window_frames=window)
+    n = t if layout_kind == "causal" else 2 * t
+    x, cond, ts, _ = _inputs(2, n, seed=9)
+    layout = FrameLayout.causal(t, f) if layout_kind == "causal" else FrameLayout.teacher_forcing(t, f)
+    with torch.no_grad():
+        for use_window in (True, False):
+            fast = model(x, cond, ts, layout=layout, use_window=use_window)
+            ref = model(x, cond, ts, layout=layout, use_window=use_window, attention="masked")
+            torch.testing.assert_close(fast, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_fast_path_gradients_match_reference():
+    model = tiny_model(seed=4, frames_per_block=2, sink_frames=1, window_frames=2)
+    x, cond, ts, _ = _inputs(1, 12, seed=2)
+    layout = FrameLayout.teacher_forcing(6, 2)
+    grads = []
+    for attention in ("grouped", "masked"):
+        model.zero_grad()
+        model(x, cond, ts, layout=layout, attention=attention).square().mean().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)

@@ -131,3 +131,14 @@ def test_wan_checkpoint_options_and_errors(tmp_path):
     (folder / WEIGHTS).write_bytes(b"broken")
     with pytest.raises(RefineError, match="corrupt"):
         load_wan_checkpoint(folder)
+
+
+def test_default_weights_missing_or_present_is_clear():
+    import refine
+
+    if (refine.DEFAULT_WEIGHTS_DIR / "config.json").is_file():
+        model = refine.load_default_model()
+        assert model.spec.out_channels == 3
+    else:
+        with pytest.raises(RefineError, match="no default weights"):
+            refine.load_default_model()

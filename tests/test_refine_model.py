@@ -117,3 +117,20 @@ def test_import_refine_is_light_and_local():
                          cwd=REFINE_DIR.parent, env={"PYTHONPATH": str(REFINE_DIR.parent), "PATH": ""})
     assert out.returncode == 0, out.stderr
     assert Path(out.stdout.strip()).resolve().parent == REFINE_DIR
+
+
+def test_encode_condition_channels():
+    from refine.conditioning import encode_condition
+
+    rgb = torch.rand(2, 3, 8, 8, 3)
+    depth = torch.full((2, 3, 8, 8), 3.0)
+    depth[0, 0, 0, 0] = float("inf")  # empty pixel
+    alpha = torch.ones(2, 3, 8, 8)
+    flow = torch.full((2, 3, 8, 8, 2), 8.0)
+    cond = encode_condition(rgb, depth, alpha, flow)
+    assert cond.shape == (2, 3, 7, 8, 8) and cond.dtype == torch.float32
+    torch.testing.assert_close(cond[:, :, :3], rgb.movedim(-1, 2))
+    assert cond[0, 0, 3, 0, 0] == 0 and cond[0, 0, 3, 1, 1] == 0.25
+    assert cond[:, :, 5:].eq(0.5).all()
+    with pytest.raises(RefineError, match="depth"):
+        encode_condition(rgb, depth[..., :4], alpha, flow)
