@@ -42,8 +42,10 @@ def world_spec(s: Scenario, reference: bool = True, base_dir=None):
         ))
     cams = [CameraSpec(c.name, c.pos, c.lookat, c.up, c.fov, tuple(c.res)) for c in s.cameras]
     t = s.timing
+    lt = s.lighting
     return WorldSpec(bodies=bodies, cameras=cams, dt=t.dt, substeps=t.substeps, gravity=s.gravity,
-                     reference_render=reference)
+                     reference_render=reference, light_dir=lt.direction, light_color=lt.color,
+                     light_intensity=lt.intensity, ambient=lt.ambient)
 
 
 def initial_offsets(s: Scenario, seeds: list[int]) -> dict[str, np.ndarray]:

@@ -103,6 +103,16 @@ class Event:
 
 
 @dataclass
+class Lighting:
+    """Lights of the reference raster render (the splat render is unlit)."""
+
+    direction: Vec3 = (-1.0, -1.0, -1.0)  # directional light, world frame
+    color: Vec3 = (1.0, 1.0, 1.0)
+    intensity: float = 5.0
+    ambient: Vec3 = (0.1, 0.1, 0.1)
+
+
+@dataclass
 class Scenario:
     name: str
     seed: int = 0
@@ -112,6 +122,7 @@ class Scenario:
     entities: list[Entity] = field(default_factory=list)
     cameras: list[Camera] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    lighting: Lighting = field(default_factory=Lighting)
 
     # ------------------------------------------------------------ conversion
     @classmethod
@@ -263,6 +274,7 @@ def validate(s: Scenario, path: str = "scenario", base_dir: str | Path | None = 
                         f"pick dt = 1/(fps*n), e.g. dt={1.0 / (t.fps * max(1, round(ratio))):.6g}")
     if s.seed < 0:
         raise SpecError(f"{path}.seed", f"must be >= 0, got {s.seed}")
+    _validate_lighting(s.lighting, f"{path}.lighting")
     names: set[str] = set()
     for e in s.entities:
         _validate_entity(e, f"{path}.entities.{e.name}", base_dir)
@@ -309,6 +321,16 @@ def _validate_entity(e: Entity, path: str, base_dir) -> None:
         resolve_file(e.file, f"{path}.file", base_dir)
     if e.appearance.texture is not None:
         resolve_texture(e.appearance.texture, f"{path}.appearance.texture", base_dir)
+
+
+def _validate_lighting(lt: Lighting, path: str) -> None:
+    for key in ("color", "ambient"):
+        if any(not 0.0 <= c <= 1.0 for c in getattr(lt, key)):
+            raise SpecError(f"{path}.{key}", f"RGB values must be in [0, 1], got {list(getattr(lt, key))}")
+    if lt.intensity < 0:
+        raise SpecError(f"{path}.intensity", f"must be >= 0, got {lt.intensity}")
+    if sum(c * c for c in lt.direction) < 1e-12:
+        raise SpecError(f"{path}.direction", "must be a non-zero vector")
 
 
 def _validate_camera(c: Camera, path: str) -> None:

@@ -60,3 +60,7 @@ class WorldSpec:
     max_speed: float = 100.0  # m/s; anything faster is treated as a blow-up
     reference_render: bool = True  # attach Genesis raster cameras (needs EGL)
     shadows: bool = True
+    light_dir: tuple[float, float, float] = (-1.0, -1.0, -1.0)  # directional light (reference render)
+    light_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    light_intensity: float = 5.0
+    ambient: tuple[float, float, float] = (0.1, 0.1, 0.1)

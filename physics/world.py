@@ -129,7 +129,10 @@ class World:
             sim_options=gs.options.SimOptions(dt=spec.dt, substeps=spec.substeps, gravity=spec.gravity),
             rigid_options=gs.options.RigidOptions(enable_self_collision=False),
             vis_options=gs.options.VisOptions(
-                shadow=spec.shadows, split_envs=True, segmentation_level="link", background_color=(0.0, 0.0, 0.0)
+                shadow=spec.shadows, split_envs=True, segmentation_level="link", background_color=(0.0, 0.0, 0.0),
+                ambient_light=spec.ambient,
+                lights=[{"type": "directional", "dir": spec.light_dir, "color": spec.light_color,
+                         "intensity": spec.light_intensity}],
             ),
             show_viewer=False,
         )
