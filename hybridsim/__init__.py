@@ -4,6 +4,7 @@ Quick to import: the heavy stages load on first use.
 
     import hybridsim
     result = hybridsim.run("default", n_envs=2)          # writes runs/default/
+    ds = hybridsim.generate("default", episodes=100, n_envs=4)  # LeRobot v3.0 dataset in datasets/default/
     sim = hybridsim.Simulation(hybridsim.compose(["scenario=stack_topple"]))
     for frame in sim.frames(): ...
 """
@@ -13,6 +14,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "run": "hybridsim.runner",
     "RunResult": "hybridsim.runner",
+    "generate": "hybridsim.batch",
+    "BatchResult": "hybridsim.batch",
     "Simulation": "hybridsim.pipeline",
     "Frame": "hybridsim.pipeline",
     "compose": "hybridsim.config",
@@ -40,9 +43,17 @@ def __getattr__(name):
 
 
 def frames(scenario="default", overrides=(), **kwargs):
-    """Generator of `Frame`s for one episode (no files written)."""
+    """Generator of `Frame`s for one episode (no files written); with refine.enabled each frame
+    carries `frame.refined` (camera -> uint8 [B, H, W, 3]), delayed by at most one refiner block."""
     from hybridsim.pipeline import Simulation
-    from hybridsim.runner import resolve_config
+    from hybridsim.runner import make_refiner, resolve_config
 
     cfg, base = resolve_config(scenario, overrides, **kwargs)
-    yield from Simulation(cfg, base_dir=base).frames()
+    sim = Simulation(cfg, base_dir=base)
+    refiner = make_refiner(cfg, sim)
+    if refiner is None:
+        yield from sim.frames()
+    else:
+        from hybridsim.refining import refined_frames
+
+        yield from refined_frames(sim.frames(), refiner)

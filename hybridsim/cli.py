@@ -7,7 +7,10 @@ import sys
 
 COMMANDS = {
     "run": "simulate one episode of a scenario and write a run folder",
+    "batch": "generate many episodes into a LeRobot v3.0 dataset (resumable; launcher=ray; merge)",
     "bench": "measure render / refiner / physics speed side by side and write a report",
+    "train-refiner": "make paired clips from randomised scenes and train the refiner (resumable)",
+    "eval-refiner": "refined vs coarse quality (PSNR, SSIM, temporal stability) on held-out scenarios",
     "scenarios": "list the scenarios shipped in the package",
     "show-config": "print the composed, validated config for the given overrides",
 }
@@ -49,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("HYBRIDSIM_DEBUG"):
             raise
         name = type(exc).__name__
-        if name in ("PhysicsError", "RenderError", "RefineError", "DatasetError"):
+        if name in ("PhysicsError", "RenderError", "RefineError", "DatasetError", "DataError"):
             print(f"hybridsim: {name}: {exc}", file=sys.stderr)
             return 1
         raise
@@ -77,6 +80,18 @@ def _dispatch(command: str, overrides: list[str]) -> int:
 
         print(OmegaConf.to_yaml(OmegaConf.create(compose(overrides).to_dict())))
         return 0
+    if command == "train-refiner":
+        from hybridsim.train_refiner import main as train_main
+
+        return train_main(overrides)
+    if command == "eval-refiner":
+        from hybridsim.refine_eval import main as eval_main
+
+        return eval_main(overrides)
+    if command == "batch":
+        from hybridsim.batch import main as batch_main
+
+        return batch_main(overrides)
     if command == "bench":
         from hybridsim.bench import main as bench_main
 

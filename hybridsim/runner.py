@@ -58,10 +58,16 @@ def run(scenario: str | Scenario | RunConfig = "default", overrides=(), **kwargs
     t_start = time.perf_counter()
     save_yaml(cfg.to_dict(), out / "config.yaml")
     sim = Simulation(cfg, base_dir=base)
+    refiner = make_refiner(cfg, sim)
     sink = RunSink(out, sim)
     status, error = "ok", None
     try:
-        for frame in _progress(sim.frames(), sim.n_frames, cfg.progress, cfg.scenario.name):
+        stream = sim.frames()
+        if refiner is not None:
+            from hybridsim.refining import refined_frames
+
+            stream = refined_frames(stream, refiner)
+        for frame in _progress(stream, sim.n_frames, cfg.progress, cfg.scenario.name):
             sink.write(frame)
     except Exception as exc:  # keep every finished frame, record the failure, re-raise
         status, error = "failed", f"{type(exc).__name__}: {exc}"
@@ -69,10 +75,27 @@ def run(scenario: str | Scenario | RunConfig = "default", overrides=(), **kwargs
     finally:
         sink.close()
         timings = dict(sim.timings, total_s=time.perf_counter() - t_start, write_s=sink.write_s)
+        if refiner is not None:
+            timings.update(refiner.timings)
         timings["frames_per_s"] = sink.n_frames / max(timings["total_s"], 1e-9)
         write_json(out / "run.json", _run_record(cfg, sim, sink, status, error, timings))
     return RunResult(out, sink.n_frames, cfg.n_envs, status, sorted(sink.files + ["run.json", "config.yaml"]),
                      timings, error)
+
+
+def make_refiner(cfg: RunConfig, sim):
+    """The run's StreamRefiner, or None when refine.enabled is false."""
+    if not cfg.refine.enabled:
+        return None
+    if sim.splats is None:
+        raise SpecError("refine.enabled", "the refiner needs the splat render; set render.enabled=true "
+                        "or refine.enabled=false")
+    from hybridsim.refining import StreamRefiner
+
+    t0 = time.perf_counter()
+    refiner = StreamRefiner(cfg.refine, sim)
+    sim.timings["build_refiner_s"] = time.perf_counter() - t0
+    return refiner
 
 
 def _prepare_out_dir(cfg: RunConfig) -> Path:
@@ -114,23 +137,32 @@ class RunSink:
 
             self.labels = LabelWriter(out / "labels", sim)
 
-    def _video(self, kind: str, cam, env: int) -> VideoWriter:
+    def _video(self, kind: str, cam, env: int, panels: int = 1) -> VideoWriter:
         suffix = "" if self.sim.cfg.n_envs == 1 else f"_env{env}"
         name = f"{kind}_{cam.name}{suffix}.mp4"
         if name not in self.videos:
-            self.videos[name] = VideoWriter(self.out / name, self.sim.scenario.timing.fps, cam.width, cam.height)
+            self.videos[name] = VideoWriter(self.out / name, self.sim.scenario.timing.fps, cam.width * panels,
+                                            cam.height)
             self.files.append(name)
         return self.videos[name]
 
     def write(self, frame) -> None:
         t0 = time.perf_counter()
         B = self.sim.cfg.n_envs
+        refined = getattr(frame, "refined", None) or {}
         for name, cam in frame.cameras.items():
             for b in range(B):
-                if name in frame.reference:
-                    self._video("reference", cam, b).write(frame.reference[name].rgb[b])
+                ref = frame.reference[name].rgb[b] if name in frame.reference else None
+                coarse = None
+                if ref is not None:
+                    self._video("reference", cam, b).write(ref)
                 if name in frame.gbuffer:  # splat colours are linear; videos are sRGB like the reference
-                    self._video("coarse", cam, b).write(to_uint8(linear_to_srgb(frame.gbuffer[name].rgb[b, 0])))
+                    coarse = to_uint8(linear_to_srgb(frame.gbuffer[name].rgb[b, 0]))
+                    self._video("coarse", cam, b).write(coarse)
+                if name in refined:
+                    self._video("refined", cam, b).write(refined[name][b])
+                    panels = [p for p in (coarse, refined[name][b], ref) if p is not None]
+                    self._video("compare", cam, b, len(panels)).write(np.concatenate(panels, axis=1))
         self.poses.append(self._pose_rows(frame))
         self.cams.append(self._camera_rows(frame))
         if self.labels is not None:

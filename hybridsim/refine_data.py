@@ -1,0 +1,268 @@
+"""Paired training clips for the refiner: splat G-buffer (input) vs Genesis' raster render (target).
+
+Scenes are procedural and randomised from one data seed: a floor (plain plane or a textured slab),
+sometimes a table, 2-4 dropped or thrown objects (boxes textured with scikit-image photographs,
+coloured boxes, spheres, cylinders), random directional light and ambient level, and random cameras
+around the objects. None of the shipped scenarios (configs/scenario/) is used, so they stay held out
+for evaluation (`hybridsim.refine_eval`).
+
+One Genesis build per scene, `n_envs` environments (position jitter per environment) and
+`n_cameras` cameras give n_envs * n_cameras clips per build. Each scene is stored as
+`<out>/scene_XXXX.npz` (cond float16 [N, T, 7, H, W], target uint8 [N, T, H, W, 3]), written
+atomically, so an interrupted `make_clips` resumes by skipping finished scenes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hybridsim.seeding import derive_seed
+from hybridsim.spec import Appearance, Camera, Entity, Lighting, Scenario, Timing, validate
+from hybridsim.textures import skimage_names
+
+# Photographs used for training textures. Keep in sync with docs: `text` and `moon` are left out
+# because they are nearly flat grey at 128 px.
+TRAIN_TEXTURES = tuple(n for n in skimage_names() if n not in ("text", "moon"))
+
+
+class DataError(RuntimeError):
+    """Bad options for clip generation, or a clip folder that does not match them."""
+
+
+# ---------------------------------------------------------------------------- geometry helpers
+
+
+def textured_box_obj(size: tuple[float, float, float], tile: float = 0.25) -> Path:
+    """A box mesh (OBJ, centred, full extents `size`) with per-face UVs repeating every `tile` m.
+
+    Genesis primitives have no texture coordinates, so textured boxes are meshes. Files are cached
+    under $HYBRIDSIM_CACHE (default ~/.cache/hybridsim)/meshes, keyed by size and tile.
+    """
+    sx, sy, sz = (float(s) for s in size)
+    cache = Path(os.environ.get("HYBRIDSIM_CACHE", Path.home() / ".cache" / "hybridsim")) / "meshes"
+    path = cache / f"box2_{sx:.4f}_{sy:.4f}_{sz:.4f}_t{tile:.3f}.obj"  # box2: outward winding
+    if path.exists():
+        return path
+    h = np.array([sx, sy, sz]) / 2
+    lines, vt_lines, faces = [], [], []
+    # each face: (normal axis, sign); corners listed counter-clockwise seen from outside
+    for axis in range(3):
+        for sign in (1.0, -1.0):
+            u_ax, v_ax = (axis + 1) % 3, (axis + 2) % 3  # e_u x e_v = +e_axis: counter-clockwise from +axis
+            if sign < 0:
+                u_ax, v_ax = v_ax, u_ax
+            base = len(lines)
+            for cu, cv in ((-1, -1), (1, -1), (1, 1), (-1, 1)):
+                p = np.zeros(3)
+                p[axis], p[u_ax], p[v_ax] = sign * h[axis], cu * h[u_ax], cv * h[v_ax]
+                lines.append(p)
+                vt_lines.append(((cu + 1) * h[u_ax] / tile, (cv + 1) * h[v_ax] / tile))
+            faces += [(base, base + 1, base + 2), (base, base + 2, base + 3)]
+    text = ["# hybridsim textured box"]
+    text += [f"v {p[0]:.6f} {p[1]:.6f} {p[2]:.6f}" for p in lines]
+    text += [f"vt {u:.6f} {v:.6f}" for u, v in vt_lines]
+    text += [f"f {a + 1}/{a + 1} {b + 1}/{b + 1} {c + 1}/{c + 1}" for a, b, c in faces]
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text("\n".join(text) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def _look_from(rng: np.random.Generator, target: np.ndarray, res: int, name: str) -> Camera:
+    az = rng.uniform(0, 2 * math.pi)
+    el = math.radians(rng.uniform(18, 60))
+    dist = rng.uniform(1.3, 2.8)
+    pos = target + dist * np.array([math.cos(az) * math.cos(el), math.sin(az) * math.cos(el), math.sin(el)])
+    look = target + rng.normal(0, 0.05, 3)
+    return Camera(name=name, pos=tuple(float(v) for v in pos), lookat=tuple(float(v) for v in look),
+                  fov=float(rng.uniform(35, 55)), res=(res, res))
+
+
+def _color(rng: np.random.Generator) -> tuple[float, float, float]:
+    import colorsys
+
+    r, g, b = colorsys.hsv_to_rgb(rng.uniform(0, 1), rng.uniform(0.2, 0.9), rng.uniform(0.3, 0.95))
+    return (float(r), float(g), float(b))
+
+
+def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int = 2,
+                 fps: float = 20.0) -> Scenario:
+    """A randomised training scene (see the module docstring). Deterministic in `seed`."""
+    rng = np.random.default_rng(derive_seed(seed, "refine-data-scene"))
+    ents: list[Entity] = []
+    if rng.random() < 0.5:
+        ents.append(Entity(name="ground", type="plane", appearance=Appearance(color=_color(rng)),
+                           semantic_class="floor"))
+    else:
+        tex = str(rng.choice(TRAIN_TEXTURES))
+        ents.append(Entity(name="ground", type="mesh", file=str(textured_box_obj((4.0, 4.0, 0.1), tile=0.6)),
+                           pos=(0.0, 0.0, -0.05), fixed=True, semantic_class="floor",
+                           appearance=Appearance(texture=f"skimage:{tex}")))
+    top = 0.0
+    if rng.random() < 0.5:  # a table
+        w, d, h = rng.uniform(0.7, 1.2), rng.uniform(0.5, 0.9), rng.uniform(0.35, 0.7)
+        app = (Appearance(texture=f"skimage:{rng.choice(TRAIN_TEXTURES)}") if rng.random() < 0.5
+               else Appearance(color=_color(rng)))
+        kind = "mesh" if app.texture else "box"
+        ents.append(Entity(name="table", type=kind, size=None if app.texture else (w, d, h),
+                           file=str(textured_box_obj((w, d, h))) if app.texture else None,
+                           pos=(0.0, 0.0, h / 2), fixed=True, friction=0.8, appearance=app,
+                           semantic_class="table"))
+        top = h
+    n_obj = int(rng.integers(2, 5))
+    for i in range(n_obj):
+        kind = rng.choice(["tex_box", "box", "sphere", "cylinder"], p=[0.35, 0.2, 0.25, 0.2])
+        s = rng.uniform(0.06, 0.22)
+        pos = (float(rng.uniform(-0.3, 0.3)), float(rng.uniform(-0.25, 0.25)), float(top + rng.uniform(0.15, 0.6)))
+        common = dict(name=f"obj{i}", pos=pos, euler=tuple(float(v) for v in rng.uniform(-180, 180, 3)),
+                      density=float(rng.uniform(200, 1000)), friction=float(rng.uniform(0.3, 1.0)),
+                      restitution=float(rng.uniform(0.0, 0.5)), pos_jitter=0.05,
+                      lin_vel=tuple(float(v) for v in rng.normal(0, 0.5, 3)),
+                      ang_vel=tuple(float(v) for v in rng.normal(0, 2.0, 3)))
+        if kind == "tex_box":
+            size = tuple(float(v) for v in s * rng.uniform(0.6, 1.4, 3))
+            ents.append(Entity(type="mesh", file=str(textured_box_obj(size, tile=max(size))),
+                               appearance=Appearance(texture=f"skimage:{rng.choice(TRAIN_TEXTURES)}"),
+                               semantic_class="box", **common))
+        elif kind == "box":
+            ents.append(Entity(type="box", size=tuple(float(v) for v in s * rng.uniform(0.6, 1.4, 3)),
+                               appearance=Appearance(color=_color(rng)), semantic_class="box", **common))
+        elif kind == "sphere":
+            ents.append(Entity(type="sphere", radius=float(s / 2), appearance=Appearance(color=_color(rng)),
+                               semantic_class="ball", **common))
+        else:
+            ents.append(Entity(type="cylinder", radius=float(s / 3), height=float(s),
+                               appearance=Appearance(color=_color(rng)), semantic_class="can", **common))
+    target = np.array([0.0, 0.0, top + 0.1])
+    cams = [_look_from(rng, target, res, f"cam{i}") for i in range(n_cameras)]
+    el, az = math.radians(rng.uniform(25, 80)), rng.uniform(0, 2 * math.pi)
+    direction = (-math.cos(az) * math.cos(el), -math.sin(az) * math.cos(el), -math.sin(el))
+    tint = 1.0 - rng.uniform(0, 0.25, 3) * (rng.random(3) < 0.5)
+    amb = float(rng.uniform(0.05, 0.3))
+    lighting = Lighting(direction=direction, color=tuple(float(v) for v in tint),
+                        intensity=float(rng.uniform(2.5, 7.0)), ambient=(amb, amb, amb))
+    scen = Scenario(name=f"refine_data_{seed}", seed=int(seed) % (2**31), entities=ents, cameras=cams,
+                    timing=Timing(duration=frames / fps, fps=fps, dt=1.0 / (fps * 5), substeps=2),
+                    lighting=lighting)
+    validate(scen)
+    return scen
+
+
+# ---------------------------------------------------------------------------- conditions
+
+
+def condition_from_gbuffer(gb):  # -> Tensor [B, 1, 7, H, W] float32
+    """Refiner condition channels from one camera's G-buffer (C = 1).
+
+    The splat render is linear; the target (Genesis' render, and every video we write) is sRGB,
+    so the coarse RGB goes in sRGB-encoded: then a perfect coarse render is exactly the target.
+    """
+    from refine import encode_condition
+    from render import linear_to_srgb
+
+    return encode_condition(linear_to_srgb(gb.rgb), gb.depth, gb.alpha, gb.flow)
+
+
+# ---------------------------------------------------------------------------- clip generation
+
+
+@dataclass(frozen=True)
+class ClipOptions:
+    scenes: int = 12
+    frames: int = 16
+    res: int = 128
+    n_envs: int = 4
+    n_cameras: int = 2
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("scenes", "frames", "res", "n_envs", "n_cameras"):
+            if getattr(self, name) < 1:
+                raise DataError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.res % 8:
+            raise DataError(f"res={self.res} must be a multiple of 8 (the refiner's patch size)")
+
+
+def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True) -> list[Path]:
+    """Generate (or resume) the paired clips. Returns the scene files in order."""
+    import json
+
+    import torch
+
+    from hybridsim.config import RunConfig, RenderConfig
+    from hybridsim.pipeline import Simulation
+
+    opts.check()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {k: getattr(opts, k) for k in ("scenes", "frames", "res", "n_envs", "n_cameras", "seed")}
+    meta_path = out / "clips.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        diff = {k: (old.get(k), v) for k, v in meta.items() if k != "scenes" and old.get(k) != v}
+        if diff:
+            raise DataError(f"{out} holds clips made with other options {diff} (old, new); use another "
+                            "data folder or the same options")
+    meta_path.write_text(json.dumps(meta, indent=1))
+    files = [out / f"scene_{i:04d}.npz" for i in range(opts.scenes)]
+    todo = [i for i, f in enumerate(files) if not f.exists()]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=opts.scenes, initial=opts.scenes - len(todo), desc="paired clips", unit="scene",
+                   dynamic_ncols=True)
+    for i in todo:
+        scen = random_scene(derive_seed(opts.seed, "scene", i), frames=opts.frames, res=opts.res,
+                            n_cameras=opts.n_cameras)
+        cfg = RunConfig(scenario=scen, n_envs=opts.n_envs, reference=True, progress=False,
+                        render=RenderConfig())
+        sim = Simulation(cfg)
+        conds, targets = [], []
+        with torch.no_grad():
+            for frame in sim.frames():
+                conds.append(torch.cat([condition_from_gbuffer(frame.gbuffer[c.name]) for c in scen.cameras], 0))
+                targets.append(np.concatenate([frame.reference[c.name].rgb for c in scen.cameras], 0))
+        # [C*B, T, 7, H, W] (camera-major), [C*B, T, H, W, 3]
+        cond = torch.cat(conds, 1).half().numpy()
+        target = np.stack(targets, 1).astype(np.uint8)
+        tmp = files[i].with_suffix(f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, cond=cond, target=target, scenario=json.dumps(scen.to_dict()))
+        os.replace(tmp, files[i])
+        del sim
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return files
+
+
+class ClipDataset:
+    """Map-style dataset over the scene files: item i -> (cond [T, 7, H, W], target [T, 3, H, W])."""
+
+    def __init__(self, files: list[Path]):
+        if not files:
+            raise DataError("no clip files; run make_clips first")
+        self.cond, self.target = [], []
+        for f in files:
+            with np.load(f) as z:
+                self.cond.append(z["cond"])
+                self.target.append(z["target"])
+        self.index = [(s, k) for s, c in enumerate(self.cond) for k in range(c.shape[0])]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int):
+        import torch
+
+        s, k = self.index[i]
+        cond = torch.from_numpy(self.cond[s][k].astype(np.float32))
+        target = torch.from_numpy(self.target[s][k]).permute(0, 3, 1, 2).float() / 255.0
+        return cond, target

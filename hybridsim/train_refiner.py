@@ -1,0 +1,115 @@
+"""`hybridsim train-refiner`: paired clips from randomised scenes, then refine.train, resumable.
+
+    hybridsim train-refiner out=refiner_train                       # data + training into out/
+    hybridsim train-refiner out=refiner_train install=true          # ... and ship as the default
+
+Both stages resume: finished scenes in out/clips/ are kept, training resumes from
+out/train/checkpoints/latest. With install=true the trained model is copied to refine/weights/
+with training.json recording the exact command, the data seed, the options and the final loss.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from hybridsim.options import parse_options, positive
+
+DEFAULTS = {
+    "out": "refiner_train",
+    # data
+    "scenes": 20, "frames": 12, "res": 128, "n_envs": 4, "cameras": 2, "data_seed": 0,
+    # training
+    "phase1": 700, "phase2": 300, "batch": 2, "clip_frames": 6, "lr": 3e-4, "seed": 0,
+    "checkpoint_every": 50, "threads": 0, "device": "cpu",
+    "install": False, "progress": True,
+}
+
+
+def main(overrides: list[str]) -> int:
+    opts = parse_options(overrides, DEFAULTS, "train-refiner")
+    positive(opts, "train-refiner", "scenes", "frames", "res", "n_envs", "cameras", "batch", "clip_frames", "lr")
+    result = train_refiner(opts, command="hybridsim train-refiner " + " ".join(shlex.quote(o) for o in overrides))
+    print(f"trained {result['steps']} steps (final loss {result['final_loss']:.4f}) -> {result['model_dir']}"
+          + (f"; installed to {result['installed']}" if result.get("installed") else ""))
+    return 0
+
+
+def train_refiner(opts: dict, command: str = "") -> dict:
+    import torch
+
+    from refine import ModelConfig, SamplerConfig, TrainConfig, train
+    from refine.model import CausalWanRefiner
+
+    from hybridsim.refine_data import ClipDataset, ClipOptions, make_clips
+
+    if opts["threads"] > 0:
+        torch.set_num_threads(opts["threads"])
+    out = Path(opts["out"])
+    t0 = time.perf_counter()
+    files = make_clips(out / "clips", ClipOptions(scenes=opts["scenes"], frames=opts["frames"], res=opts["res"],
+                                                  n_envs=opts["n_envs"], n_cameras=opts["cameras"],
+                                                  seed=opts["data_seed"]), progress=opts["progress"])
+    data_s = time.perf_counter() - t0
+    clips = ClipDataset(files)
+    mcfg = ModelConfig(sample_height=opts["res"], sample_width=opts["res"])
+    torch.manual_seed(opts["seed"])
+    model = CausalWanRefiner(**{k: getattr(mcfg, k) for k in mcfg.__dataclass_fields__})
+    tcfg = TrainConfig(phase1_steps=opts["phase1"], phase2_steps=opts["phase2"], batch_size=opts["batch"],
+                       clip_frames=opts["clip_frames"], lr=opts["lr"], seed=opts["seed"], device=opts["device"],
+                       checkpoint_every=opts["checkpoint_every"], progress=opts["progress"],
+                       sampler=SamplerConfig())
+    t1 = time.perf_counter()
+    res = train(model, clips, tcfg, out / "train")
+    train_s = time.perf_counter() - t1
+    record = {
+        "command": command,
+        "options": opts,
+        "data_seed": opts["data_seed"],
+        "train_seed": opts["seed"],
+        "clips": len(clips),
+        "steps": res.end_step,
+        "resumed_from_step": res.start_step,
+        "final_loss": res.final_loss,
+        "loss_tail_mean": _loss_tail(out / "train" / "loss.jsonl"),
+        "data_s_this_call": round(data_s, 1),
+        "train_s_this_call": round(train_s, 1),
+        "machine": {"platform": platform.platform(), "python": sys.version.split()[0],
+                    "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "model_dir": str(res.model_dir) if res.model_dir else None,
+    }
+    (out / "training.json").write_text(json.dumps(record, indent=1))
+    if opts["install"] and res.model_dir is not None:
+        record["installed"] = str(install(res.model_dir, record))
+    return record
+
+
+def install(model_dir: Path, record: dict) -> Path:
+    """Copy a trained model folder into refine/weights/ (the package's default) with its record."""
+    from refine import DEFAULT_WEIGHTS_DIR
+    from refine.model import CausalWanRefiner
+
+    CausalWanRefiner.from_pretrained(model_dir)  # refuse to install something that does not load
+    dest = Path(DEFAULT_WEIGHTS_DIR)
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(model_dir, tmp)
+    (tmp / "training.json").write_text(json.dumps(record, indent=1))
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
+def _loss_tail(path: Path, n: int = 50) -> float | None:
+    if not path.exists():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    tail = [r["loss"] for r in rows[-n:]]
+    return sum(tail) / len(tail) if tail else None

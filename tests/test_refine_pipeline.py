@@ -1,0 +1,302 @@
+"""The refiner inside hybridsim: streaming in the frame loop, run outputs, paired clips, training
+command, shipped default weights and the held-out evaluation."""
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+import hybridsim
+from hybridsim.config import RefineSettings
+
+DATA = Path(__file__).parent / "data"
+
+
+def _decode(path: Path) -> list[np.ndarray]:
+    import av
+
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    from refine.testing import tiny_model
+
+    path = tmp_path_factory.mktemp("tiny") / "refiner"
+    tiny_model(0, sample_height=48, sample_width=64).save_pretrained(path)
+    return path
+
+
+# ---------------------------------------------------------------------------- streaming
+
+
+def _fake_sim(n_envs=2, cams=(("a", 16, 16), ("b", 32, 16))):
+    cameras = {n: SimpleNamespace(name=n, width=w, height=h) for n, w, h in cams}
+    return SimpleNamespace(cameras=cameras, cfg=SimpleNamespace(n_envs=n_envs), seeds=[11, 12][:n_envs])
+
+
+def _fake_frames(sim, n, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        gb = {}
+        for c in sim.cameras.values():
+            B, H, W = sim.cfg.n_envs, c.height, c.width
+            gb[c.name] = SimpleNamespace(rgb=torch.rand(B, 1, H, W, 3, generator=g),
+                                         depth=1 + torch.rand(B, 1, H, W, generator=g),
+                                         alpha=torch.rand(B, 1, H, W, generator=g),
+                                         flow=torch.randn(B, 1, H, W, 2, generator=g))
+        out.append(SimpleNamespace(index=i, gbuffer=gb))
+    return out
+
+
+def test_streaming_equals_offline_refinement_and_keeps_order():
+    """Frame-by-frame streaming gives exactly what refining the whole video at once gives."""
+    from refine import Refiner
+    from refine.testing import tiny_model
+
+    from hybridsim.refine_data import condition_from_gbuffer
+    from hybridsim.refining import StreamRefiner, refined_frames
+    from hybridsim.seeding import derive_seed
+
+    model = tiny_model(0)
+    sim = _fake_sim()
+    frames = _fake_frames(sim, 7)  # 3 full blocks of 2 and a partial one
+    sr = StreamRefiner(RefineSettings(device="cpu"), sim, model=model)
+    out = list(refined_frames(iter(frames), sr))
+    assert [f.index for f in out] == list(range(7))
+    assert sr.timings["refine_blocks"] == 4
+    for cam in sim.cameras.values():
+        cond = torch.cat([condition_from_gbuffer(f.gbuffer[cam.name]) for f in frames], 1)
+        ref = Refiner(model, height=cam.height, width=cam.width)
+        seeds = [derive_seed(s, "refine", cam.name) % (2**63) for s in sim.seeds]
+        want = ref.refine_video(cond, seed=seeds)  # [B, T, 3, H, W]
+        want = want.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+        got = np.stack([f.refined[cam.name] for f in out], 1)
+        assert got.shape == (2, 7, cam.height, cam.width, 3)
+        np.testing.assert_array_equal(got, want)
+
+
+def test_streaming_emits_each_block_as_soon_as_it_is_complete():
+    from refine.testing import tiny_model
+
+    from hybridsim.refining import StreamRefiner
+
+    sim = _fake_sim(n_envs=1, cams=(("a", 16, 16),))
+    sr = StreamRefiner(RefineSettings(device="cpu"), sim, model=tiny_model(0))
+    emitted = [len(sr.push(f)) for f in _fake_frames(sim, 5)]
+    assert emitted == [0, 2, 0, 2, 0] and len(sr.flush()) == 1 and sr.flush() == []
+
+
+def test_failure_upstream_still_yields_received_frames():
+    from refine.testing import tiny_model
+
+    from hybridsim.refining import StreamRefiner, refined_frames
+
+    sim = _fake_sim(n_envs=1, cams=(("a", 16, 16),))
+    frames = _fake_frames(sim, 3)
+
+    def upstream():
+        yield from frames
+        raise RuntimeError("physics blew up")
+
+    got = []
+    with pytest.raises(RuntimeError, match="blew up"):
+        for f in refined_frames(upstream(), StreamRefiner(RefineSettings(device="cpu"), sim, model=tiny_model(0))):
+            got.append(f.index)
+    assert got == [0, 1, 2]
+
+
+def test_camera_size_not_multiple_of_patch_is_a_clear_error():
+    from refine.testing import tiny_model
+
+    from hybridsim.refining import StreamRefiner
+    from hybridsim.spec import SpecError
+
+    sim = _fake_sim(n_envs=1, cams=(("side", 18, 16),))
+    with pytest.raises(SpecError, match="side.*patch size 4"):
+        StreamRefiner(RefineSettings(device="cpu"), sim, model=tiny_model(0))
+
+
+def test_bad_weights_folder_is_a_clear_error(tmp_path):
+    from hybridsim.refining import load_model
+    from hybridsim.spec import SpecError
+
+    with pytest.raises(SpecError, match="not a folder"):
+        load_model(RefineSettings(weights=str(tmp_path / "nope")), "cpu")
+    (tmp_path / "config.json").write_text("{broken")
+    from refine import RefineError
+
+    with pytest.raises(RefineError):
+        load_model(RefineSettings(weights=str(tmp_path)), "cpu")
+
+
+# ---------------------------------------------------------------------------- run outputs
+
+
+def test_run_writes_refined_and_compare_videos(tmp_path, tiny_weights):
+    res = hybridsim.run(str(DATA / "drop.yaml"), ["scenario.timing.duration=0.55", f"refine.weights={tiny_weights}"],
+                        out_dir=tmp_path / "run", progress=False)
+    assert res.n_frames == 11  # an odd count: the last block is partial and still written
+    refined, compare = _decode(res.out_dir / "refined_main.mp4"), _decode(res.out_dir / "compare_main.mp4")
+    coarse, reference = _decode(res.out_dir / "coarse_main.mp4"), _decode(res.out_dir / "reference_main.mp4")
+    assert len(refined) == len(compare) == 11
+    assert refined[0].shape == (48, 64, 3) and compare[0].shape == (48, 192, 3)
+    # compare = coarse | refined | reference. H.264 is lossy (and the untrained tiny model's output
+    # is noise, which compresses badly), so each panel must be closest to its own video.
+    videos = (coarse, refined, reference)
+    for k in (0, 10):
+        for panel in range(3):
+            crop = compare[k][:, 64 * panel:64 * (panel + 1)].astype(int)
+            diffs = [np.abs(crop - v[k].astype(int)).mean() for v in videos]
+            assert int(np.argmin(diffs)) == panel and diffs[panel] < 12, diffs
+    rec = json.loads((res.out_dir / "run.json").read_text())
+    assert rec["timings"]["refine_blocks"] == 6 and rec["timings"]["refine_s"] > 0
+    assert "refined_main.mp4" in rec["files"] and "compare_main.mp4" in rec["files"]
+
+
+def test_refine_needs_the_splat_render(tmp_path):
+    from hybridsim.cli import main
+
+    rc = main(["run", f"scenario={DATA / 'drop.yaml'}", f"out_dir={tmp_path / 'r'}", "render.enabled=false",
+               "scenario.timing.duration=0.1"])
+    assert rc == 2
+
+
+# ---------------------------------------------------------------------------- training data
+
+
+def test_textured_box_mesh_has_extents_and_tiled_uvs(tmp_path, monkeypatch):
+    import trimesh
+
+    from hybridsim.refine_data import textured_box_obj
+
+    monkeypatch.setenv("HYBRIDSIM_CACHE", str(tmp_path))
+    path = textured_box_obj((0.4, 0.2, 0.1), tile=0.1)
+    mesh = trimesh.load(path, process=False)
+    np.testing.assert_allclose(mesh.bounds, [[-0.2, -0.1, -0.05], [0.2, 0.1, 0.05]], atol=1e-6)
+    assert len(mesh.faces) == 12
+    uv = mesh.visual.uv
+    assert uv.shape == (24, 2) and uv.max() == pytest.approx(4.0)  # 0.4 m face / 0.1 m tile
+    # outward normals: every face normal points away from the centre
+    centers = mesh.triangles_center
+    assert (np.einsum("ij,ij->i", mesh.face_normals, centers) > 0).all()
+
+
+def test_random_scenes_are_valid_deterministic_and_varied():
+    from hybridsim.refine_data import random_scene
+
+    a, b = random_scene(5), random_scene(5)
+    assert a.to_dict() == b.to_dict()
+    scenes = [random_scene(s) for s in range(12)]
+    assert len({len(s.entities) for s in scenes}) > 1
+    assert len({s.lighting.intensity for s in scenes}) == 12
+    assert any(e.appearance.texture for s in scenes for e in s.entities)
+    names = {"default", "stack_topple", "franka_push", "mesh_slope"}
+    assert not names & {s.name for s in scenes}
+    assert all(e.file is None or "duck" not in e.file for s in scenes for e in s.entities)  # mesh_slope held out
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    from hybridsim.refine_data import ClipOptions, make_clips
+
+    out = tmp_path_factory.mktemp("clips")
+    opts = ClipOptions(scenes=1, frames=4, res=32, n_envs=1, n_cameras=1, seed=3)
+    return out, opts, make_clips(out, opts, progress=False)
+
+
+def test_paired_clips_hold_srgb_condition_and_reference_target(clip_dir):
+    from hybridsim.refine_data import ClipDataset
+
+    _, _, files = clip_dir
+    ds = ClipDataset(files)
+    assert len(ds) == 1
+    cond, target = ds[0]
+    assert cond.shape == (4, 7, 32, 32) and target.shape == (4, 3, 32, 32)
+    assert 0 <= float(target.min()) and float(target.max()) <= 1 and float(target.std()) > 0.01
+    covered = cond[:, 4] > 0.99
+    assert covered.float().mean() > 0.2
+    # coarse and reference agree roughly where the splats cover (same camera, same state)
+    err = (cond[:, :3] - target).abs().mean(1)[covered].mean()
+    assert float(err) < 0.25
+
+
+def test_make_clips_resumes_and_refuses_other_options(clip_dir):
+    from hybridsim.refine_data import ClipOptions, DataError, make_clips
+
+    out, opts, files = clip_dir
+    before = files[0].stat().st_mtime_ns
+    assert make_clips(out, opts, progress=False) == files
+    assert files[0].stat().st_mtime_ns == before  # finished scenes are not redone
+    with pytest.raises(DataError, match="other options"):
+        make_clips(out, ClipOptions(scenes=1, frames=5, res=32, n_envs=1, n_cameras=1, seed=3), progress=False)
+
+
+def test_train_refiner_trains_resumes_and_installs(clip_dir, tmp_path, monkeypatch):
+    import refine
+
+    from hybridsim.train_refiner import DEFAULTS, train_refiner
+
+    src, _, _ = clip_dir
+    out = tmp_path / "train"
+    (out / "clips").parent.mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(src, out / "clips")
+    dest = tmp_path / "weights"
+    monkeypatch.setattr(refine, "DEFAULT_WEIGHTS_DIR", dest)
+    opts = dict(DEFAULTS, out=str(out), scenes=1, frames=4, res=32, n_envs=1, cameras=1, data_seed=3,
+                phase1=2, phase2=1, batch=1, clip_frames=4, checkpoint_every=1, progress=False, install=True)
+    rec = train_refiner(opts, command="hybridsim train-refiner test")
+    assert rec["steps"] == 3 and np.isfinite(rec["final_loss"])
+    assert (dest / "diffusion_pytorch_model.safetensors").is_file()
+    saved = json.loads((dest / "training.json").read_text())
+    assert saved["command"] == "hybridsim train-refiner test" and saved["data_seed"] == 3
+    again = train_refiner(dict(opts, install=False))
+    assert again["resumed_from_step"] == 3 and again["steps"] == 3  # nothing left to do
+
+
+def test_train_refiner_cli_rejects_bad_options(capsys):
+    from hybridsim.cli import main
+
+    assert main(["train-refiner", "scenes=0"]) == 2
+    assert "scenes: must be > 0" in capsys.readouterr().err
+    assert main(["train-refiner", "lr=fast"]) == 2
+    assert "expected float" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- default weights, eval
+
+
+def test_default_weights_are_shipped_and_recorded():
+    from refine import DEFAULT_WEIGHTS_DIR, load_default_model
+
+    model = load_default_model()
+    spec = model.spec
+    assert spec.sample_height >= 128 and spec.out_channels == 3
+    size = (Path(DEFAULT_WEIGHTS_DIR) / "diffusion_pytorch_model.safetensors").stat().st_size
+    assert size < 20e6
+    rec = json.loads((Path(DEFAULT_WEIGHTS_DIR) / "training.json").read_text())
+    assert rec["command"].startswith("hybridsim train-refiner") and "data_seed" in rec and rec["steps"] > 0
+
+
+def test_warp_back_undoes_a_known_shift():
+    from hybridsim.refine_eval import temporal_stats, warp_back
+
+    rng = np.random.default_rng(0)
+    prev = rng.random((16, 20, 3)).astype(np.float32)
+    cur = np.roll(prev, 2, axis=1)  # content moved 2 px right
+    flow = np.zeros((16, 20, 2), np.float32)
+    flow[..., 0] = 2.0
+    np.testing.assert_allclose(warp_back(prev, flow)[:, 2:], cur[:, 2:], atol=1e-6)
+    seq = [(prev * 255).astype(np.uint8), (cur * 255).astype(np.uint8)]
+    alpha = np.ones((16, 20))
+    alpha[:, :2] = 0  # the columns that np.roll wrapped around are not a motion
+    alpha = [alpha] * 2
+    stats = temporal_stats(seq, seq, seq, [flow, flow], alpha)
+    assert stats["flicker_refined"] == 0.0 and stats["refined"] < 0.02
