@@ -1,10 +1,15 @@
 """`hybridsim bench`: speed measured side by side in one run, written as report.json + report.md.
 
-Sections (select with `sections=render,physics,refine`):
+Sections (select with `sections=render,physics,refine,pipeline`):
 - render: CPU splat render per frame and its parts (project / bin / composite / finish) for the
   default scenario at 128² and 256², beside Genesis' raster camera on the same frames; ratio.
 - physics: physics step time for 1 and 4 batched environments.
-- refine: the refiner's own benchmarks (cache speed-up, flat cost, FLOP/s fraction, frames/s).
+- refine: the refiner's own benchmarks on the default model (cache speed-up vs recomputing the
+  window, per-frame cost and memory at frame ~500 vs ~20, FLOP/s as a fraction of a float32 matmul
+  on the same machine, refined frames/s).
+- pipeline: the default scenario end to end (physics -> splats -> refiner), per-stage ms per frame,
+  refined frames/s and the latency from a frame's physics step to its refined frame.
+`threads=N` sets torch's thread count first (on a shared CPU, 1 gives steady numbers).
 Targets are reported as measured ratios, never asserted.
 """
 
@@ -38,21 +43,26 @@ class PhysicsBench:
     step_ms: float  # median per physics step (all envs)
 
 
+SECTIONS = ("render", "physics", "refine", "pipeline", "throughput")
+
+
 @dataclass
 class BenchReport:
     machine: dict
     render: list[RenderBench] = field(default_factory=list)
     physics: list[PhysicsBench] = field(default_factory=list)
     refine: dict | None = None
+    pipeline: dict | None = None
 
 
 def _options(overrides: list[str]) -> dict:
-    opts = {"out": "bench", "sections": "render,physics,refine", "frames": 20, "scenario": "default"}
-    for o in overrides:
-        key, _, value = o.partition("=")
-        if key not in opts or not _:
-            raise SpecError(f"bench {o}", f"unknown option; options are {sorted(opts)} (key=value)")
-        opts[key] = int(value) if key == "frames" else value
+    from hybridsim.options import parse_options
+
+    opts = parse_options(overrides, {"out": "bench", "sections": "render,physics,refine,pipeline", "frames": 20,
+                                     "scenario": "default", "threads": 0, "rollout_frames": 500}, "bench")
+    unknown = set(opts["sections"].split(",")) - set(SECTIONS)
+    if unknown:
+        raise SpecError("bench sections", f"unknown {sorted(unknown)}; choose from {list(SECTIONS)}")
     if opts["frames"] < 2:
         raise SpecError("bench frames", f"must be >= 2, got {opts['frames']}")
     return opts
@@ -119,15 +129,73 @@ def bench_physics(scenario: str, n_envs: int, steps: int = 200) -> PhysicsBench:
     return PhysicsBench(n_envs, float(np.median(times)))
 
 
-def bench_refine() -> dict:
+def _default_model():
+    """The shipped model if there is one (speed does not depend on the weights, only the size)."""
+    import torch
+    from refine import RefineError, load_default_model
+
+    try:
+        return load_default_model(), "shipped default weights"
+    except RefineError:
+        from refine.model import CausalWanRefiner
+
+        torch.manual_seed(0)
+        return CausalWanRefiner().eval(), "random weights, default size (no shipped weights)"
+
+
+def bench_refine(rollout_frames: int = 500) -> dict:
     from refine.bench import run_benchmarks
 
-    res = run_benchmarks()
-    return asdict(res) if hasattr(res, "__dataclass_fields__") else dict(res)
+    model, which = _default_model()
+    res = run_benchmarks(model, rollout_frames=rollout_frames)
+    return {"model": which, **asdict(res)}
+
+
+def bench_pipeline(scenario: str, frames: int) -> dict:
+    """End to end: physics -> splat G-buffer -> refiner, one env, no reference render."""
+    from hybridsim.config import compose
+    from hybridsim.pipeline import Simulation
+    from hybridsim.refining import StreamRefiner, refined_frames
+
+    cfg = compose([f"scenario={scenario}", "reference=false", "render.enabled=true", "refine.enabled=true"])
+    sim = Simulation(cfg)
+    model, which = _default_model()
+    refiner = StreamRefiner(cfg.refine, sim, model=model)
+    for _ in refined_frames(_take(sim, 4), refiner):  # warm-up (first render / first block)
+        pass
+    sim.reset()
+    refiner.reset()
+    before = dict(sim.timings), dict(refiner.timings)
+    started: dict[int, float] = {}
+
+    def timed(it):
+        t = time.perf_counter()
+        for f in it:
+            started[f.index] = t  # the frame's physics step began when the previous frame was handed on
+            yield f
+            t = time.perf_counter()
+
+    latency, n = [], 0
+    t0 = time.perf_counter()
+    for f in refined_frames(timed(_take(sim, frames)), refiner):
+        latency.append((time.perf_counter() - started[f.index]) * 1e3)
+        n += 1
+    wall = time.perf_counter() - t0
+    per = {k: 1e3 * (sim.timings[k] - before[0].get(k, 0.0)) / n for k in ("physics_s", "splat_render_s")}
+    per["refine_s"] = 1e3 * (refiner.timings["refine_s"] - before[1].get("refine_s", 0.0)) / n
+    return {"scenario": scenario, "frames": n, "model": which, "frames_per_s": n / wall,
+            "ms_per_frame": {k.replace("_s", ""): v for k, v in per.items()},
+            "latency_ms_median": float(np.median(latency)), "latency_ms_max": float(np.max(latency)),
+            "frames_per_block": refiner.frames_per_block,
+            "resolution": [next(iter(sim.cameras.values())).width, next(iter(sim.cameras.values())).height]}
 
 
 def main(overrides: list[str]) -> int:
     opts = _options(overrides)
+    if opts["threads"] > 0:
+        import torch
+
+        torch.set_num_threads(opts["threads"])
     sections = set(opts["sections"].split(","))
     report = BenchReport(machine=_machine())
     if "physics" in sections:
@@ -135,7 +203,9 @@ def main(overrides: list[str]) -> int:
     if "render" in sections:
         report.render = [bench_render(opts["scenario"], r, opts["frames"]) for r in (128, 256)]
     if "refine" in sections:
-        report.refine = bench_refine()
+        report.refine = bench_refine(opts["rollout_frames"])
+    if "pipeline" in sections:
+        report.pipeline = bench_pipeline(opts["scenario"], max(opts["frames"], 8))
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=float))
@@ -160,7 +230,35 @@ def to_markdown(r: BenchReport) -> str:
         lines += ["\n## physics\n", "| envs | ms per step |", "|---|---|"]
         lines += [f"| {p.n_envs} | {p.step_ms:.2f} |" for p in r.physics]
     if r.refine:
-        lines += ["\n## refine\n", "```", json.dumps(r.refine, indent=1, default=float), "```"]
+        lines += _refine_markdown(r.refine)
+    if r.pipeline:
+        p = r.pipeline
+        stages = ", ".join(f"{k} {v:.1f}" for k, v in p["ms_per_frame"].items())
+        lines += [f"\n## pipeline ({p['scenario']}, {p['resolution'][0]}x{p['resolution'][1]}, {p['model']})\n",
+                  "| frames | refined frames/s | ms per frame by stage | latency physics step -> refined frame, "
+                  "median / max ms |", "|---|---|---|---|",
+                  f"| {p['frames']} | {p['frames_per_s']:.2f} | {stages} | {p['latency_ms_median']:.0f} / "
+                  f"{p['latency_ms_max']:.0f} |"]
+    return "\n".join(lines) + "\n"
+
+
+def _refine_markdown(d: dict) -> list[str]:
+    t, c, f = d["throughput"], d["cache"], d["flops"]
+    lines = [f"\n## refine ({d['model']}, batch {t['batch_size']}, {t['threads']} thread(s))\n",
+             "| measure | value |", "|---|---|",
+             f"| refined frames/s | {t['frames_per_s']:.2f} |",
+             f"| block latency median (F frames) | {t['block_latency_ms']:.0f} ms |",
+             f"| (a) cached vs recompute-window block | {c['cached_block_ms']:.0f} vs {c['recompute_block_ms']:.0f} ms: "
+             f"**{c['speedup']:.2f}x** ({c['context_frames']} context frames) |",
+             f"| (c) achieved / float32 matmul | {t['achieved_gflops']:.1f} / {t['matmul_gflops']:.1f} GFLOP/s = "
+             f"**{t['fraction_of_matmul']:.2f}** ({f['flops_per_frame'] / 1e9:.2f} GFLOP per frame) |"]
+    r = d.get("rollout")
+    if r:
+        lines.append(f"| (b) ms/frame at frame ~{r['early_frame']} vs ~{r['frames']} | {r['early_ms_per_frame']:.1f} vs "
+                     f"{r['late_ms_per_frame']:.1f}: ratio **{r['late_over_early']:.2f}**; cache bytes "
+                     f"{r['cache_bytes_early']} vs {r['cache_bytes_late']}; RSS {r['rss_early_mb']:.0f} vs "
+                     f"{r['rss_late_mb']:.0f} MB |")
+    return lines
     return "\n".join(lines) + "\n"
 
 

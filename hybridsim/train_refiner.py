@@ -75,7 +75,7 @@ def train_refiner(opts: dict, command: str = "") -> dict:
         "clips": len(clips),
         "steps": res.end_step,
         "resumed_from_step": res.start_step,
-        "final_loss": res.final_loss,
+        "final_loss": res.final_loss if res.end_step > res.start_step else _last_loss(out / "train" / "loss.jsonl"),
         "loss_tail_mean": _loss_tail(out / "train" / "loss.jsonl"),
         "data_s_this_call": round(data_s, 1),
         "train_s_this_call": round(train_s, 1),
@@ -107,9 +107,17 @@ def install(model_dir: Path, record: dict) -> Path:
     return dest
 
 
-def _loss_tail(path: Path, n: int = 50) -> float | None:
+def _losses(path: Path) -> list[float]:
     if not path.exists():
-        return None
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    tail = [r["loss"] for r in rows[-n:]]
+        return []
+    return [json.loads(line)["loss"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def _loss_tail(path: Path, n: int = 50) -> float | None:
+    tail = _losses(path)[-n:]
     return sum(tail) / len(tail) if tail else None
+
+
+def _last_loss(path: Path) -> float:
+    losses = _losses(path)
+    return losses[-1] if losses else float("nan")

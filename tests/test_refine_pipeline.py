@@ -259,6 +259,7 @@ def test_train_refiner_trains_resumes_and_installs(clip_dir, tmp_path, monkeypat
     assert saved["command"] == "hybridsim train-refiner test" and saved["data_seed"] == 3
     again = train_refiner(dict(opts, install=False))
     assert again["resumed_from_step"] == 3 and again["steps"] == 3  # nothing left to do
+    assert again["final_loss"] == rec["final_loss"]  # read back from the loss log
 
 
 def test_train_refiner_cli_rejects_bad_options(capsys):
