@@ -17,8 +17,8 @@ from hybridsim.spec import Scenario, SpecError, _build, _plain
 class RenderConfig:
     enabled: bool = True  # coarse splat render + labels
     backend: str = "auto"  # auto | torch | gsplat
-    density: float = 6000.0  # Gaussians per m^2 on object surfaces
-    plane_density: float = 150.0  # Gaussians per m^2 on ground planes
+    density: float = 48000.0  # Gaussians per m^2 on object surfaces (spacing ~0.5 cm)
+    plane_density: float = 555.0  # Gaussians per m^2 on ground planes (the cap over 6 m)
     plane_size: float = 6.0  # metres: splatted extent of an infinite plane
     max_gaussians: int = 20000  # per body
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
@@ -29,6 +29,7 @@ class RefineSettings:
     enabled: bool = True  # refined_<camera>.mp4 when a refiner is available
     weights: str | None = None  # folder with a saved refiner; None = the default shipped model
     steps: int | None = None  # denoising steps per block; None = the model's default
+    sigmas: list[float] | None = None  # explicit noise levels per block (overrides steps); None = default
     device: str = "auto"
 
 

@@ -1,7 +1,8 @@
 """EWA projection of 3D Gaussians (gsplat's pinhole model), packed per visible (image, Gaussian).
 
 Mirrors gsplat's CUDA `fully_fused_projection` (packed mode): the same Jacobian clamp (+0.3 of the
-half field of view), the same 0.3 px^2 blur (eps2d), conic = inverse of the blurred 2D covariance,
+half field of view), the same optional screen-space blur (eps2d px^2 added to the 2D covariance;
+gsplat's default is 0.3, ours 0: see EPS2D), conic = inverse of the blurred 2D covariance,
 and the opacity-aware bounding radius min(3.33, sqrt(2 ln(255 opacity))) sigma. Outside that box
 alpha < 1/255, so culling and tiling by it never change a pixel. tests/test_render_project.py
 checks it against gsplat's own pure-torch `_fully_fused_projection`.
@@ -25,6 +26,13 @@ MAX_ALPHA = 0.999  # gsplat clamps alpha so transmittance never reaches exactly 
 T_STOP = 1e-4  # a pixel stops (exclusively) once transmittance would fall to this
 EXTEND = 3.33  # gsplat's cap on the bounding box, in standard deviations
 RGB, DEPTH, FLOW, ONE, INST = slice(0, 3), 3, slice(4, 6), 6, 7
+# Default screen-space blur (px^2). gsplat adds 0.3 to every projected covariance as a low-pass
+# filter; on an opaque surface (optical depth ~5.6 per layer) that moves the alpha = 0.5 contour
+# ~0.5 px further out at any resolution (a 9 px ball went from 1.17x to 1.52x its true area).
+# Surface splats from meshes are smooth without it (tangent scale 0.75 x spacing), so the default
+# is no blur; pass 0.3 to render 3DGS captures that were trained with gsplat's default.
+# render/NOTES.md has the measurements.
+EPS2D = 0.0
 
 
 @dataclass
@@ -139,7 +147,7 @@ def project_packed(
     *,
     near: float,
     far: float,
-    eps2d: float = 0.3,
+    eps2d: float = EPS2D,
     prev_means: Tensor | None = None,  # [B, N, 3]
     prev_viewmats: Tensor | None = None,  # [B, C, 4, 4]
     ranks: Tensor | None = None,  # [N] int64 compact instance labels -> one-hot feature channels

@@ -28,6 +28,7 @@ def gsplat_sums(
     prev_viewmats: Tensor | None,  # [B, C, 4, 4]
     ranks: Tensor | None,  # [N] int64 compact labels (one-hot weight channels), or None
     num_labels: int,
+    eps2d: float,
     tile_size: int = 16,
 ) -> Tensor:
     """[B*C, H, W, D] weighted feature sums, the same layout the CPU paths produce."""
@@ -50,7 +51,7 @@ def gsplat_sums(
     feats = torch.cat(parts, dim=-1).contiguous()  # [B, C, N, 5 + U]
     render, alpha, _ = rasterization(
         means.contiguous(), quats.contiguous(), scales.contiguous(), opacities.contiguous(), feats,
-        viewmats.contiguous(), Ks.contiguous(), width, height, near_plane=near, far_plane=far, eps2d=0.3,
+        viewmats.contiguous(), Ks.contiguous(), width, height, near_plane=near, far_plane=far, eps2d=eps2d,
         render_mode="RGB+ED", packed=False, tile_size=tile_size)  # [B, C, H, W, 5 + U + 1], [B, C, H, W, 1]
     depth_sum = render[..., -1:] * alpha  # "ED" divided by alpha; undo it to match the other paths
     out = torch.cat((render[..., 0:3], depth_sum, render[..., 3:5], alpha, render[..., 5:-1]), dim=-1)

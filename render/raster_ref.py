@@ -30,6 +30,7 @@ def reference_sums(
     ranks: Tensor | None,  # [N] int64 compact labels (one-hot weight channels), or None
     num_labels: int,
     best_instance: Tensor | None,  # [N] int32
+    eps2d: float,
 ) -> tuple[Tensor, Tensor | None]:
     """([B*C, H, W, D] weighted feature sums, [B*C, H, W] max-weight labels or None)."""
     from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
@@ -38,7 +39,7 @@ def reference_sums(
     C = viewmats.shape[1]
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)  # [B, N, 3, 3]
     radii, means2d, depths, conics, _ = _fully_fused_projection(
-        means, covars, viewmats, Ks, width, height, eps2d=0.3, near_plane=near, far_plane=far)
+        means, covars, viewmats, Ks, width, height, eps2d=eps2d, near_plane=near, far_plane=far)
     pix2d = project_points(means, viewmats, Ks, near)  # [B, C, N, 2]
     if prev_means is None:
         flow = torch.zeros_like(pix2d)

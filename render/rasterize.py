@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from render.errors import RenderError
-from render.project import DEPTH, FLOW, ONE, RGB, instance_ranks, project_packed
+from render.project import DEPTH, EPS2D, FLOW, ONE, RGB, instance_ranks, project_packed
 from render.types import GBuffer, Gaussians
 
 BACKENDS = ("auto", "gsplat", "torch")
@@ -43,17 +43,21 @@ def rasterize(
     instance_mode: str = "instance",
     alpha_min: float = 0.01,
     tile_size: int = 8,
+    eps2d: float = EPS2D,
     timings: dict | None = None,
 ) -> GBuffer:
     """Render RGB, depth, alpha, instance labels and flow for B environments x C cameras.
 
     backend: "gsplat" (CUDA tensors), "torch" (any device; the CPU path) or "auto" (gsplat when
     the Gaussians are on a CUDA device). Depth and flow are alpha-normalised and 0 where
-    alpha < alpha_min. timings, if a dict, receives ms for project / bin / composite / finish / total.
+    alpha < alpha_min. eps2d: screen-space blur in px^2 added to every projected covariance;
+    0 (default) keeps silhouettes where the surfaces are, 0.3 is gsplat's default (use it for 3DGS
+    captures trained with it). timings, if a dict, receives ms for project / bin / composite /
+    finish / total.
     """
     t0 = time.perf_counter()
     inputs = _prepare(gaussians, viewmats, Ks, width, height, prev_means, prev_viewmats, background,
-                      backend, instance_mode, near, far, tile_size)
+                      backend, instance_mode, near, far, tile_size, eps2d)
     if backend == "auto":  # gsplat cannot do per-Gaussian labels, so "gaussian" mode stays on torch
         backend = "gsplat" if inputs["means"].is_cuda and instance_mode == "instance" else "torch"
     if backend == "gsplat":
@@ -95,6 +99,7 @@ def rasterize_reference(
     instance_mode: str = "instance",
     alpha_min: float = 0.01,
     tile_size: int = 8,
+    eps2d: float = EPS2D,
     timings: dict | None = None,
 ) -> GBuffer:
     """Same contract as rasterize(), computed by a per-pixel loop on CPU (tiny images only).
@@ -106,7 +111,7 @@ def rasterize_reference(
 
     t0 = time.perf_counter()
     inputs = _prepare(gaussians, viewmats, Ks, width, height, prev_means, prev_viewmats, background,
-                      backend, instance_mode, near, far, tile_size)
+                      backend, instance_mode, near, far, tile_size, eps2d)
     inputs = {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in inputs.items()}
     best = inputs["instance_id"] if instance_mode == "gaussian" else None
     sums, labels = reference_sums(**_args(inputs), near=near, far=far, best_instance=best)
@@ -146,7 +151,7 @@ def _lap(timings: dict | None, name: str, t: float) -> float:
 
 def _args(inputs: dict) -> dict:
     keys = ("means", "quats", "scales", "opacities", "colors", "sh", "viewmats", "Ks", "width", "height",
-            "prev_means", "prev_viewmats", "ranks", "num_labels")
+            "prev_means", "prev_viewmats", "ranks", "num_labels", "eps2d")
     return {k: inputs[k] for k in keys}
 
 
@@ -175,7 +180,7 @@ def _finish(core: Tensor, labels: Tensor, inputs: dict, alpha_min: float) -> GBu
 
 
 def _prepare(g, viewmats, Ks, width, height, prev_means, prev_viewmats, background, backend,
-             instance_mode, near, far, tile_size: int = 8) -> dict:
+             instance_mode, near, far, tile_size: int = 8, eps2d: float = EPS2D) -> dict:
     """Validate everything once and expand per-Gaussian attributes to [B, N, ...]."""
     if not isinstance(g, Gaussians):
         raise RenderError(f"rasterize takes a Gaussians (from SplatScene.posed), got {type(g).__name__}")
@@ -187,6 +192,9 @@ def _prepare(g, viewmats, Ks, width, height, prev_means, prev_viewmats, backgrou
         raise RenderError(f"width and height must be positive ints, got {width!r} x {height!r}")
     if not 0 < near < far:
         raise RenderError(f"need 0 < near < far, got near={near}, far={far}")
+    if not (isinstance(eps2d, (int, float)) and 0.0 <= float(eps2d) < float("inf")):
+        raise RenderError(f"eps2d={eps2d!r} must be a finite float >= 0 (px^2 of screen-space blur; 0 = none, "
+                          "gsplat's default is 0.3)")
     if not (isinstance(tile_size, int) and 1 <= tile_size <= 64):
         raise RenderError(f"tile_size={tile_size!r} must be an int in 1..64 (8 is fastest on CPU)")
     B, N = g.means.shape[:2]
@@ -217,4 +225,4 @@ def _prepare(g, viewmats, Ks, width, height, prev_means, prev_viewmats, backgrou
                 colors=f32(colors), sh=f32(sh), viewmats=f32(viewmats), Ks=f32(Ks), width=width,
                 height=height, prev_means=f32(prev_means), prev_viewmats=f32(prev_viewmats),
                 ranks=ranks if instance_mode == "instance" else None, num_labels=ids.numel(),
-                instance_id=g.instance_id.to(dev).int(), instance_ids=ids, background=bg)
+                instance_id=g.instance_id.to(dev).int(), instance_ids=ids, background=bg, eps2d=float(eps2d))

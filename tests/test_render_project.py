@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 
 from render import intrinsics, look_at
@@ -19,7 +20,8 @@ def _setup(B=2, C=3, N=300, W=40, H=30, seed=0):
     return means, quats, scales, opac, views.view(B, C, 4, 4), Ks
 
 
-def test_packed_projection_matches_gsplat_torch_reference():
+@pytest.mark.parametrize("eps2d", [0.0, 0.3])  # ours (no blur) and gsplat's default blur
+def test_packed_projection_matches_gsplat_torch_reference(eps2d):
     from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
 
     W, H = 40, 30
@@ -27,9 +29,9 @@ def test_packed_projection_matches_gsplat_torch_reference():
     B, N = means.shape[:2]
     C = views.shape[1]
     proj = project_packed(means, quats, scales, opac, torch.rand(B, N, 3), None, views, Ks, W, H,
-                          near=0.01, far=100.0)
+                          near=0.01, far=100.0, eps2d=eps2d)
     covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_preci=False)
-    radii, m2d, depths, conics, _ = _fully_fused_projection(means, covars, views, Ks, W, H, eps2d=0.3,
+    radii, m2d, depths, conics, _ = _fully_fused_projection(means, covars, views, Ks, W, H, eps2d=eps2d,
                                                             near_plane=0.01, far_plane=100.0)
     b, c, n = proj.image_ids // C, proj.image_ids % C, proj.gauss_ids
     assert proj.image_ids.numel() > 100

@@ -47,14 +47,14 @@ def _assert_gbuffers_close(a, b, atol=1e-4):
     assert torch.equal(a.instance_id, b.instance_id)
 
 
-@pytest.mark.parametrize("instance_mode", ["instance", "gaussian"])
-def test_fast_path_matches_reference(instance_mode):
+@pytest.mark.parametrize("instance_mode, eps2d", [("instance", 0.0), ("gaussian", 0.0), ("instance", 0.3)])
+def test_fast_path_matches_reference(instance_mode, eps2d):
     # Both paths blend in float32 with the same thresholds; they differ only in summation order
     # (cumprod vs a scalar loop in float64), so 1e-4 is ~100x the observed gap (~1e-6).
     g = _random_gaussians()
     viewmats, Ks = _cameras(2, 2)
     prev = g.means + 0.05 * torch.randn(g.means.shape, generator=torch.Generator().manual_seed(1))
-    kw = dict(prev_means=prev, background=(0.1, 0.2, 0.3), instance_mode=instance_mode)
+    kw = dict(prev_means=prev, background=(0.1, 0.2, 0.3), instance_mode=instance_mode, eps2d=eps2d)
     ref = rasterize_reference(g, viewmats, Ks, W, H, **kw)
     fast = rasterize(g, viewmats, Ks, W, H, backend="torch", **kw)
     _assert_gbuffers_close(ref, fast)
@@ -73,20 +73,26 @@ def test_fast_path_matches_reference_with_sh_and_tiles():
         _assert_gbuffers_close(ref, rasterize(g, viewmats, Ks, W, H, tile_size=tile_size))
 
 
-def test_pinned_values_of_a_small_scene():
+@pytest.mark.parametrize("eps2d", [0.0, 0.3])
+def test_pinned_values_of_a_small_scene(eps2d):
     g = _random_gaussians(B=1, N=30, seed=7)
     viewmats, Ks = _cameras(1, 1)
-    out = rasterize(g, viewmats, Ks, W, H)
+    out = rasterize(g, viewmats, Ks, W, H, eps2d=eps2d)
     # Values computed by this implementation and cross-checked against rasterize_reference.
-    torch.testing.assert_close(out.alpha.sum(), torch.tensor(_PINNED["alpha_sum"]), atol=1e-3, rtol=0)
-    torch.testing.assert_close(out.rgb[0, 0, 12, 16], torch.tensor(_PINNED["rgb_12_16"]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(out.depth[0, 0, 12, 16], torch.tensor(_PINNED["depth_12_16"]), atol=1e-4, rtol=0)
+    pin = _PINNED[eps2d]
+    torch.testing.assert_close(out.alpha.sum(), torch.tensor(pin["alpha_sum"]), atol=1e-3, rtol=0)
+    torch.testing.assert_close(out.rgb[0, 0, 12, 16], torch.tensor(pin["rgb_12_16"]), atol=1e-4, rtol=0)
+    torch.testing.assert_close(out.depth[0, 0, 12, 16], torch.tensor(pin["depth_12_16"]), atol=1e-4, rtol=0)
 
 
-_PINNED = {"alpha_sum": 80.97118, "rgb_12_16": [0.499979, 0.135208, 0.302217], "depth_12_16": 2.403277}
+_PINNED = {
+    0.3: {"alpha_sum": 80.97118, "rgb_12_16": [0.499979, 0.135208, 0.302217], "depth_12_16": 2.403277},
+    0.0: {"alpha_sum": 54.59629, "rgb_12_16": [0.495208, 0.129063, 0.293939], "depth_12_16": 2.403828},
+}
 
 
-def test_single_gaussian_projects_to_K_viewmat_pixel():
+@pytest.mark.parametrize("eps2d", [0.0, 0.3])
+def test_single_gaussian_projects_to_K_viewmat_pixel(eps2d):
     view = look_at((0.4, -2.0, 1.0), (0.0, 0.0, 0.2))
     K = intrinsics(60.0, W, H)
     # Place the Gaussian where K @ viewmat puts it at the centre of pixel (x=18, y=10).
@@ -94,22 +100,22 @@ def test_single_gaussian_projects_to_K_viewmat_pixel():
     depth = 2.0
     cam = torch.cat(((target_px - K[:2, 2]) / K[[0, 1], [0, 1]] * depth, torch.tensor([depth])))
     world = torch.linalg.solve(view[:3, :3], cam - view[:3, 3])
-    s, opacity = 0.01, 0.8
+    s, opacity = 0.04, 0.8  # ~0.4 px std: the next pixel still sees it without the eps2d blur
     g = Gaussians(means=world.view(1, 1, 3), quats=torch.tensor([[[1.0, 0, 0, 0]]]), scales=torch.full((1, 3), s),
                   opacities=torch.tensor([opacity]), colors=torch.tensor([[1.0, 0.5, 0.25]]),
                   instance_id=torch.tensor([5], dtype=torch.int32))
-    out = rasterize(g, view.view(1, 1, 4, 4), K.view(1, 1, 3, 3), W, H)
+    out = rasterize(g, view.view(1, 1, 4, 4), K.view(1, 1, 3, 3), W, H, eps2d=eps2d)
     alpha = out.alpha[0, 0]
     assert divmod(int(alpha.argmax()), W) == (10, 18)
     torch.testing.assert_close(alpha[10, 18], torch.tensor(opacity))  # sigma = 0 at the centre
     torch.testing.assert_close(out.depth[0, 0, 10, 18], torch.tensor(depth))
     torch.testing.assert_close(out.rgb[0, 0, 10, 18], opacity * torch.tensor([1.0, 0.5, 0.25]))
-    # One pixel to the right: EWA footprint s^2 J J^T + 0.3 px^2 blur, J the pinhole Jacobian.
+    # One pixel to the right: EWA footprint s^2 J J^T + eps2d px^2 blur, J the pinhole Jacobian.
     x, y, z = cam.tolist()
     fx, fy = K[0, 0].item(), K[1, 1].item()
     j0 = torch.tensor([fx / z, 0.0, -fx * x / z**2], dtype=torch.float64)
     j1 = torch.tensor([0.0, fy / z, -fy * y / z**2], dtype=torch.float64)
-    c00, c01, c11 = s**2 * j0 @ j0 + 0.3, s**2 * j0 @ j1, s**2 * j1 @ j1 + 0.3
+    c00, c01, c11 = s**2 * j0 @ j0 + eps2d, s**2 * j0 @ j1, s**2 * j1 @ j1 + eps2d
     expected = opacity * torch.exp(-0.5 * c11 / (c00 * c11 - c01**2))
     torch.testing.assert_close(alpha[10, 19].double(), expected, rtol=1e-5, atol=0)
     assert out.instance_id[0, 0, 10, 18] == 5 and out.instance_id[0, 0, 0, 0] == 0
@@ -195,6 +201,7 @@ def test_timings_are_reported():
         (dict(width=0), "width"),
         (dict(prev_means=torch.zeros(2, 5, 3)), "prev_means"),
         (dict(near=0.0), "near"),
+        (dict(eps2d=-0.1), "eps2d"),
     ],
 )
 def test_bad_inputs_raise_render_error(change, match):

@@ -54,7 +54,8 @@ def test_batched_environments_are_independent():
 
 def test_particle_assets_follow_particles():
     scene = SplatScene([primitive_splats("sphere", radius=0.05, density=500)], [0], [1])
-    scene.add_particle_asset(particle_splats(4, radius=0.01), particle_index=[3, 1, 0, 2], instance_id=9)
+    # radius 0.05 m: ~1 px std at 1 m in the 16 px image, so a splat covers pixel centres without a blur
+    scene.add_particle_asset(particle_splats(4, radius=0.05), particle_index=[3, 1, 0, 2], instance_id=9)
     particles = torch.arange(2 * 5 * 3, dtype=torch.float32).view(2, 5, 3)
     g = scene.posed(torch.zeros(2, 1, 3), torch.tensor([1.0, 0, 0, 0]).expand(2, 1, 4), particles=particles)
     n0 = scene.num_gaussians - 4

@@ -25,7 +25,8 @@ def test_flow_warp_beats_no_warp(report):
 
 
 def test_silhouettes_overlap(report):
-    # The large table meets the 0.9 target; the small objects (7-12 px across at 128²) lose most of
-    # their IoU to one-pixel boundary differences: see render/NOTES.md and the issue note.
-    assert report.iou["table"] >= 0.9, report.iou
-    assert min(report.iou.values()) >= 0.5, report.iou
+    # issue target: mean IoU >= 0.9 per visible entity (frames where Genesis' segmentation shows it).
+    # Needs the run.yaml render defaults (density 48000/m^2, plane_density 555) and eps2d = 0: with
+    # gsplat's 0.3 px^2 blur or 6000/m^2 the splat silhouettes are ~1 px fatter (render/NOTES.md).
+    assert set(report.iou) == {"table", "crate", "ball", "can"}, report.iou  # all were visible
+    assert min(report.iou.values()) >= 0.9, report.iou
