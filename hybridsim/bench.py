@@ -135,7 +135,11 @@ def _default_model():
     from refine import RefineError, load_default_model
 
     try:
-        return load_default_model(), "shipped default weights"
+        from refine import DEFAULT_WEIGHTS_DIR
+
+        model = load_default_model()
+        model.source_dir = Path(DEFAULT_WEIGHTS_DIR)  # its sampler.json applies
+        return model, "shipped default weights"
     except RefineError:
         from refine.model import CausalWanRefiner
 
@@ -146,8 +150,13 @@ def _default_model():
 def bench_refine(rollout_frames: int = 500) -> dict:
     from refine.bench import run_benchmarks
 
+    from hybridsim.config import RefineSettings
+    from hybridsim.refining import sampler_config
+
     model, which = _default_model()
-    res = run_benchmarks(model, rollout_frames=rollout_frames)
+    source = getattr(model, "source_dir", None)
+    res = run_benchmarks(model, sampler=sampler_config(RefineSettings(), Path(source) if source else None),
+                         rollout_frames=rollout_frames)
     return {"model": which, **asdict(res)}
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from hybridsim.options import parse_options, positive
 
 DEFAULTS = {"out": "eval_refiner", "scenarios": "default,stack_topple,franka_push,mesh_slope", "frames": 40,
-            "weights": "", "threads": 0, "progress": True}
+            "weights": "", "sigmas": "", "threads": 0, "progress": True}
 
 
 @dataclass
@@ -77,7 +77,8 @@ def temporal_stats(refined, coarse, reference, flows, alphas) -> dict[str, float
     return {k: float(np.mean(v)) if v else float("nan") for k, v in sums.items()}
 
 
-def evaluate_scenario(name: str, frames: int, weights: str | None, progress: bool = True) -> list[SceneQuality]:
+def evaluate_scenario(name: str, frames: int, weights: str | None, progress: bool = True,
+                      sigmas: str = "") -> list[SceneQuality]:
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
     from tqdm import tqdm
 
@@ -88,7 +89,8 @@ def evaluate_scenario(name: str, frames: int, weights: str | None, progress: boo
 
     n = frames
     cfg, base = resolve_config(name, [f"scenario.timing.duration={n / _fps(name) + 1e-6}",
-                                      f"refine.weights={weights or 'null'}"],
+                                      f"refine.weights={weights or 'null'}",
+                                      f"refine.sigmas=[{sigmas}]" if sigmas else "refine.sigmas=null"],
                                progress=False, reference=True)
     sim = Simulation(cfg, base_dir=base)
     refiner = make_refiner(cfg, sim)
@@ -151,7 +153,7 @@ def main(overrides: list[str]) -> int:
     t0 = time.perf_counter()
     rows: list[SceneQuality] = []
     for name in [s for s in opts["scenarios"].split(",") if s]:
-        rows += evaluate_scenario(name, opts["frames"], opts["weights"] or None, opts["progress"])
+        rows += evaluate_scenario(name, opts["frames"], opts["weights"] or None, opts["progress"], opts["sigmas"])
         (out / "eval.json").write_text(json.dumps({"options": opts, "rows": [asdict(r) for r in rows]}, indent=1))
     (out / "eval.md").write_text(to_markdown(rows))
     print(to_markdown(rows))

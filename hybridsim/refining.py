@@ -36,7 +36,11 @@ def load_model(settings: RefineSettings, device: str):
     from refine.model import CausalWanRefiner
 
     if settings.weights is None:
-        return load_default_model(device)
+        from refine import DEFAULT_WEIGHTS_DIR
+
+        model = load_default_model(device)
+        model.source_dir = Path(DEFAULT_WEIGHTS_DIR)
+        return model
     path = Path(settings.weights).expanduser()
     if not path.is_dir():
         raise SpecError("refine.weights", f"'{path}' is not a folder; give a folder written by "
@@ -46,8 +50,31 @@ def load_model(settings: RefineSettings, device: str):
         from refine import load_wan_checkpoint
 
         model, _report = load_wan_checkpoint(path, device=device)
-        return model
-    return CausalWanRefiner.from_pretrained(path, device=device)
+    else:
+        model = CausalWanRefiner.from_pretrained(path, device=device)
+    model.source_dir = path
+    return model
+
+
+def sampler_config(settings: RefineSettings, weights_dir: Path | None = None):
+    """The sampler: explicit `sigmas`, else `steps`, else the schedule saved beside the weights
+    (sampler.json, written by train-refiner), else refine's default."""
+    import json
+
+    from refine import RefineError, SamplerConfig
+
+    try:
+        if settings.sigmas:
+            return SamplerConfig(sigmas=tuple(settings.sigmas))
+        if settings.steps is not None:
+            return SamplerConfig(num_steps=settings.steps)
+    except RefineError as err:
+        raise SpecError("refine.sigmas" if settings.sigmas else "refine.steps", str(err)) from None
+    saved = Path(weights_dir) / "sampler.json" if weights_dir else None
+    if saved is not None and saved.is_file():
+        data = json.loads(saved.read_text())
+        return SamplerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    return SamplerConfig()
 
 
 class StreamRefiner:
@@ -61,7 +88,9 @@ class StreamRefiner:
         self.device = resolve_device(settings.device)
         self.model = model if model is not None else load_model(settings, self.device)
         spec = self.model.spec
-        sampler = SamplerConfig() if settings.steps is None else SamplerConfig(num_steps=settings.steps)
+        source = getattr(self.model, "source_dir", None)
+        sampler = sampler_config(settings, Path(source) if source else None)
+        self.sampler = sampler
         self.cameras = list(sim.cameras.values())
         for cam in self.cameras:
             if cam.width % spec.patch_size or cam.height % spec.patch_size:

@@ -16,6 +16,7 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from hybridsim.options import parse_options, positive
@@ -26,7 +27,7 @@ DEFAULTS = {
     "scenes": 20, "frames": 12, "res": 128, "n_envs": 4, "cameras": 2, "data_seed": 0,
     # training
     "phase1": 700, "phase2": 300, "batch": 2, "clip_frames": 6, "lr": 3e-4, "seed": 0,
-    "checkpoint_every": 50, "threads": 0, "device": "cpu",
+    "checkpoint_every": 50, "threads": 0, "device": "cpu", "prediction": "sample",
     "install": False, "progress": True,
 }
 
@@ -57,7 +58,7 @@ def train_refiner(opts: dict, command: str = "") -> dict:
                                                   seed=opts["data_seed"]), progress=opts["progress"])
     data_s = time.perf_counter() - t0
     clips = ClipDataset(files)
-    mcfg = ModelConfig(sample_height=opts["res"], sample_width=opts["res"])
+    mcfg = ModelConfig(sample_height=opts["res"], sample_width=opts["res"], prediction=opts["prediction"])
     torch.manual_seed(opts["seed"])
     model = CausalWanRefiner(**{k: getattr(mcfg, k) for k in mcfg.__dataclass_fields__})
     tcfg = TrainConfig(phase1_steps=opts["phase1"], phase2_steps=opts["phase2"], batch_size=opts["batch"],
@@ -67,12 +68,16 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     t1 = time.perf_counter()
     res = train(model, clips, tcfg, out / "train")
     train_s = time.perf_counter() - t1
+    sampler = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(tcfg.sampler).items()}
+    if res.model_dir is not None:  # the schedule phase 2 specialised on travels with the weights
+        (res.model_dir / "sampler.json").write_text(json.dumps(sampler, indent=1))
     record = {
         "command": command,
         "options": opts,
         "data_seed": opts["data_seed"],
         "train_seed": opts["seed"],
         "clips": len(clips),
+        "sampler": sampler,
         "steps": res.end_step,
         "resumed_from_step": res.start_step,
         "final_loss": res.final_loss if res.end_step > res.start_step else _last_loss(out / "train" / "loss.jsonl"),

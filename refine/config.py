@@ -47,6 +47,11 @@ class ModelConfig:
     residual_scale: float = 2.0
     sample_height: int = 128
     sample_width: int = 128
+    # what the network's last layer predicts: "velocity" v = noise - x0 (Wan's convention, needed to
+    # load Wan checkpoints) or "sample" x0 itself. Either way forward() returns the velocity
+    # (for "sample": (x - x0_hat) / sigma), so the sampler and cache code are shared. "sample"
+    # suits small few-step models: the output does not carry the input noise through v's error.
+    prediction: str = "velocity"
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "num_attention_heads", "attention_head_dim", "out_channels",
@@ -54,6 +59,8 @@ class ModelConfig:
                      "sample_height", "sample_width", "rope_max_seq_len"):
             _positive(name, getattr(self, name))
         _positive("residual_scale", self.residual_scale)
+        if self.prediction not in ("velocity", "sample"):
+            raise RefineError(f"prediction={self.prediction!r} must be 'velocity' or 'sample'")
         if self.cond_channels < 0 or self.cross_attn_tokens < 0 or self.sink_frames < 0:
             raise RefineError("cond_channels, cross_attn_tokens and sink_frames must be >= 0, got "
                               f"{self.cond_channels}, {self.cross_attn_tokens}, {self.sink_frames}")

@@ -113,6 +113,9 @@ class TimeEmbedder(nn.Module):
         self.time_proj = nn.Linear(dim, 6 * dim)
 
 
+SAMPLE_MIN_SIGMA = 1e-3  # prediction="sample": sigma floor when turning x0_hat into a velocity
+
+
 class CausalWanRefiner(ModelMixin, ConfigMixin):
     """Block-causal Wan DiT over pixel patches; predicts the flow-matching velocity v = noise - x0.
 
@@ -134,13 +137,13 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
                  frames_per_block: int = _D.frames_per_block, sink_frames: int = _D.sink_frames,
                  window_frames: int = _D.window_frames, residual_space: bool = _D.residual_space,
                  residual_scale: float = _D.residual_scale, sample_height: int = _D.sample_height,
-                 sample_width: int = _D.sample_width):
+                 sample_width: int = _D.sample_width, prediction: str = _D.prediction):
         super().__init__()
         cfg = ModelConfig(**{f.name: v for f, v in zip(fields(ModelConfig), (
             patch_size, num_attention_heads, attention_head_dim, cond_channels, out_channels, freq_dim,
             ffn_dim, num_layers, eps, cross_attn_tokens, cross_attn_norm, rope_max_seq_len, rope_theta,
             frames_per_block, sink_frames, window_frames, residual_space, residual_scale, sample_height,
-            sample_width))})
+            sample_width, prediction))})
         self.spec = cfg
         dim, p = cfg.dim, cfg.patch_size
         self.rope = RotaryTables(cfg.attention_head_dim, cfg.rope_max_seq_len, cfg.rope_theta)
@@ -208,7 +211,11 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
         x = _modulate(self.norm_out(x), shift, scale, t)
         x = self.proj_out(x)  # [B, N, p*p*Cs]
         x = x.reshape(b, t, hp, wp, p, p, -1).permute(0, 1, 6, 2, 4, 3, 5)  # [B, T, Cs, hp, p, wp, p]
-        return x.reshape(b, t, -1, h, w)
+        out = x.reshape(b, t, -1, h, w)
+        if self.spec.prediction == "sample":  # out is x0_hat; return the velocity it implies
+            sigma = (timestep.to(out.dtype) / 1000.0).clamp(min=SAMPLE_MIN_SIGMA)[:, :, None, None, None]
+            return (sample - out) / sigma
+        return out
 
     # ---- public forwards ----------------------------------------------------------------------
     def forward(self, sample: Tensor, cond: Tensor, timestep: Tensor, layout: FrameLayout | None = None,

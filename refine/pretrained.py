@@ -16,6 +16,6 @@ def load_default_model(device: str | torch.device = "cpu"):
     from refine.model import CausalWanRefiner
 
     if not (DEFAULT_WEIGHTS_DIR / "config.json").is_file():
-        raise RefineError(f"no default weights in {DEFAULT_WEIGHTS_DIR}; train a model (refine.train) and "
-                          "save it there with model.save_pretrained(refine.DEFAULT_WEIGHTS_DIR)")
+        raise RefineError(f"no default weights in {DEFAULT_WEIGHTS_DIR}; train and install one with "
+                          "`hybridsim train-refiner install=true` (or refine.train + model.save_pretrained there)")
     return CausalWanRefiner.from_pretrained(DEFAULT_WEIGHTS_DIR, device=device)

@@ -29,6 +29,7 @@ from refine.checkpoint import atomic_write_bytes, check_state_dict, read_json, r
 from refine.config import TrainConfig
 from refine.errors import RefineError
 from refine.layout import FrameLayout
+from refine.model import SAMPLE_MIN_SIGMA
 from refine.sampler import sigma_schedule
 
 
@@ -112,6 +113,8 @@ def teacher_forcing_loss(model, cond: Tensor, target: Tensor, sigma_blocks: Tens
     clean = (1 - c5) * x0 + c5 * ctx_noise
     v = model(torch.cat([clean, noisy], 1), torch.cat([cond, cond], 1), 1000.0 * torch.cat([csig, sig], 1),
               layout=FrameLayout.teacher_forcing(t, f))[:, t:]  # [B, T, 3, H, W]
+    if model.spec.prediction == "sample":  # x0 loss (= v loss weighted by sigma^2): bounded at small sigma
+        return Fn.mse_loss(noisy - s5.clamp(min=SAMPLE_MIN_SIGMA) * v, x0)
     return Fn.mse_loss(v, noise - x0)
 
 

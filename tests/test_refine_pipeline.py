@@ -301,3 +301,34 @@ def test_warp_back_undoes_a_known_shift():
     alpha = [alpha] * 2
     stats = temporal_stats(seq, seq, seq, [flow, flow], alpha)
     assert stats["flicker_refined"] == 0.0 and stats["refined"] < 0.02
+
+
+def test_sample_prediction_head_returns_the_velocity_its_x0_implies(tmp_path):
+    """prediction="sample": the network outputs x0_hat; forward returns (x - x0_hat) / sigma so the
+    sampler's x0 = x - sigma * v is exactly the network output. Same weights as a velocity model."""
+    from refine.model import CausalWanRefiner
+    from refine.testing import tiny_model
+
+    vel, smp = tiny_model(3), tiny_model(3, prediction="sample")
+    g = torch.Generator().manual_seed(0)
+    x, cond = torch.randn(2, 4, 3, 16, 16, generator=g), torch.rand(2, 4, 7, 16, 16, generator=g)
+    t = torch.tensor([[750.0, 750.0, 250.0, 250.0], [500.0, 500.0, 100.0, 100.0]])
+    with torch.no_grad():
+        raw, v = vel(x, cond, t), smp(x, cond, t)
+    sigma = (t / 1000)[:, :, None, None, None]
+    torch.testing.assert_close(x - sigma * v, raw, atol=1e-5, rtol=1e-5)
+    smp.save_pretrained(tmp_path / "m")
+    assert CausalWanRefiner.from_pretrained(tmp_path / "m").spec.prediction == "sample"
+
+
+def test_sample_prediction_trains_on_the_x0_error():
+    from refine.layout import FrameLayout  # noqa: F401  (the loss builds the teacher-forcing layout)
+    from refine.testing import tiny_model
+    from refine.train import teacher_forcing_loss
+
+    model = tiny_model(0, prediction="sample")
+    g = torch.Generator().manual_seed(1)
+    cond, target = torch.rand(1, 4, 7, 16, 16, generator=g), torch.rand(1, 4, 3, 16, 16, generator=g)
+    sig = torch.tensor([[1e-4, 0.5]])  # a tiny sigma would blow a velocity loss up; the x0 loss stays bounded
+    loss = teacher_forcing_loss(model, cond, target, sig, torch.zeros(1, 2), torch.Generator().manual_seed(2))
+    assert torch.isfinite(loss) and float(loss) < 10
