@@ -3,6 +3,14 @@
 `Simulation` is dm_control-like: build once, then either iterate `frames()` (offline, streaming) or
 call `step()` yourself (interactive). Frame 0 is the initial state; frame i is the state after
 i * steps_per_frame physics steps.
+
+Episodes: environment b runs `episodes[b]`, a concrete scenario (hybridsim.sampling); all must
+share one `layout_key`. Without `episodes`, env b runs `sample_scenario(cfg.scenario, seeds[b])`
+with its derived seed `env_seeds(scenario.seed, cfg.episode, n_envs)[b]`, as v1's pos_jitter did
+(a scenario without distributions runs identically in every env). Triggers are checked before
+every physics step (hybridsim.events); `Frame.events` lists what fired during the steps leading to
+the frame, so an event at t = 0 is reported on frame 1. An env is `done` at its time limit or
+`terminate` condition; `frames()` stops when all are done, `end_frame[b]` is its last frame.
 """
 
 from __future__ import annotations
@@ -14,9 +22,10 @@ from typing import Iterator
 
 import numpy as np
 
-from hybridsim.bridge import apply_event, camera_matrices, initial_offsets, schedule, world_spec
+from hybridsim.bridge import camera_matrices_per_env, expand_templates, schedule, world_spec
 from hybridsim.config import RunConfig
 from hybridsim.seeding import env_seeds
+from hybridsim.spec import Scenario, SpecError
 
 
 @dataclass
@@ -36,77 +45,169 @@ class Frame:
     cameras: dict[str, CameraParams]
     reference: dict[str, object] = field(default_factory=dict)  # camera -> physics.ReferenceFrame
     gbuffer: dict[str, object] = field(default_factory=dict)  # camera -> render.GBuffer
-    fired: list[int] = field(default_factory=list)  # indices of scenario.events fired since last frame
+    fired: list[int] = field(default_factory=list)  # indices of scenario.events fired since last frame (any env)
+    events: list[dict] = field(default_factory=list)  # event records fired since last frame (hybridsim.events)
+    refined: dict = field(default_factory=dict)  # camera -> uint8 [B, H, W, 3], filled by the refiner
+
+
+@dataclass
+class SimulationSnapshot:
+    world: object  # physics.Snapshot
+    engine: dict
+    frame_index: int
+    viewmats: dict
+    done: np.ndarray
+    end_frame: np.ndarray
+    prev_means: object
 
 
 class Simulation:
-    """A built world (+ splat scene) for one episode of a scenario, batched over n_envs."""
+    """A built world (+ splat scene) for one batch of episodes, one per environment."""
 
-    def __init__(self, cfg: RunConfig, base_dir=None):
+    def __init__(self, cfg: RunConfig, base_dir=None, episodes: list[Scenario] | None = None):
         from physics import World
 
-        self.cfg, self.scenario = cfg, cfg.scenario
+        self.cfg, self.base_dir = cfg, base_dir
         self.timings: dict[str, float] = defaultdict(float)
         t0 = time.perf_counter()
-        self.seeds = env_seeds(self.scenario.seed, cfg.episode, cfg.n_envs)
-        spec = world_spec(self.scenario, reference=cfg.reference, base_dir=base_dir)
-        self.world = World(spec, n_envs=cfg.n_envs, pos_offsets=initial_offsets(self.scenario, self.seeds))
+        self._set_episodes(episodes)
+        specs = [world_spec(ep, reference=cfg.reference, base_dir=base_dir) for ep in self.episodes]
+        self.world = World(specs[0], n_envs=cfg.n_envs, env_specs=specs if self._varied else None)
         self.timings["build_physics_s"] = time.perf_counter() - t0
-        self.cameras = {
-            name: CameraParams(name, w, h, view, K)
-            for name, (view, K, w, h) in camera_matrices(self.scenario, cfg.n_envs).items()
-        }
         self.splats = None
         if cfg.render.enabled:
             t0 = time.perf_counter()
             self.splats = build_splat_scene(self.world, self.scenario, cfg.render)
             self.timings["build_splats_s"] = time.perf_counter() - t0
-        self._events = schedule(self.scenario)
-        self._next_event = 0
-        self._prev_means = None
-        self.frame_index = 0
+        self._load()
+
+    # ------------------------------------------------------------ episodes
+    def _set_episodes(self, episodes: list[Scenario] | None) -> None:
+        from hybridsim.sampling import has_distributions, layout_key, sample_scenario
+
+        cfg = self.cfg
+        derived = env_seeds(cfg.scenario.seed, cfg.episode, cfg.n_envs)
+        if episodes is None:
+            template = cfg.scenario
+            episodes = [sample_scenario(template, s) for s in derived] if has_distributions(template) \
+                else [template] * cfg.n_envs
+            self.seeds = derived
+        else:
+            if len(episodes) != cfg.n_envs:
+                raise SpecError("episodes", f"got {len(episodes)} episodes for n_envs={cfg.n_envs}; give one per env")
+            if any(has_distributions(ep) for ep in episodes):
+                raise SpecError("episodes", "episodes must be concrete; pass them through sampling.sample_scenario")
+            template = episodes[0]
+            self.seeds = [getattr(ep, "_sample_seed", s) for ep, s in zip(episodes, derived)]
+        keys = [layout_key(ep) for ep in episodes]
+        if len(set(keys)) > 1:
+            b = keys.index(next(k for k in keys if k != keys[0]))
+            raise SpecError("scenario", f"env {b}'s episode needs another Genesis build than env 0's (a distribution "
+                                        "changes a size, shape, camera or event structure); run such scenarios "
+                                        "with n_envs=1 or batch episodes by sampling.layout_key")
+        if getattr(self, "key", keys[0]) != keys[0]:
+            raise SpecError("episodes", "these episodes need another Genesis build; make a new Simulation")
+        self.key, self.episodes = keys[0], list(episodes)
+        self._varied = any(ep != episodes[0] for ep in episodes)
+        self.scenario = expand_templates(template)
+
+    def _load(self) -> None:
+        """Per-episode state on the built world: cameras, events, time limits, the initial snapshot."""
+        from hybridsim.events import EventEngine
+
+        self.cameras = {name: CameraParams(name, w, h, view, K)
+                        for name, (view, K, w, h) in camera_matrices_per_env(self.episodes).items()}
+        self.engine = EventEngine(self.episodes, self.world, self.cameras, self.steps_per_frame)
+        self._events = schedule(self.episodes[0])  # v1 view of the timed events
+        self._last_frame = np.array([_last_frame(ep) for ep in self.episodes])
+        self.frame_index, self._prev_means = 0, None
+        self.done = np.zeros(self.cfg.n_envs, dtype=bool)
+        self.end_frame = self._last_frame.copy()
+        self._update_done()
         self._initial = self.world.save()
+        self._initial_sim = self.save()
 
     @property
     def n_frames(self) -> int:
-        return self.scenario.timing.n_frames
+        return int(self._last_frame.max()) + 1
 
     @property
     def steps_per_frame(self) -> int:
         return self.scenario.timing.steps_per_frame
 
-    def reset(self) -> Frame:
-        self.world.restore(self._initial)
-        self._next_event, self._prev_means, self.frame_index = 0, None, 0
+    @property
+    def event_log(self) -> list[dict]:
+        """Every event record so far, all envs, in firing order."""
+        return list(self.engine.log)
+
+    def events_of(self, env: int) -> list[dict]:
+        """Env `env`'s event records within its episode (frames up to end_frame)."""
+        return [r for r in self.engine.log if r["env"] == env and r["frame"] <= self.end_frame[env]]
+
+    def require_status(self) -> list[str | None]:
+        """Per env: None if every `require` holds, else why not (the batch driver resamples those)."""
+        return self.engine.require_status()
+
+    # ------------------------------------------------------------ control
+    def reset(self, episodes: list[Scenario] | None = None) -> Frame:
+        """Back to frame 0; with `episodes`, load new ones of the same layout (no rebuild)."""
+        if episodes is not None:
+            self._set_episodes(episodes)
+            specs = [world_spec(ep, reference=self.cfg.reference, base_dir=self.base_dir) for ep in self.episodes]
+            self.world.reinit(specs)
+            self._load()
+        self.restore(self._initial_sim)
         return self.observe()
 
+    def save(self) -> SimulationSnapshot:
+        """Everything to continue bit-identically: physics, trigger state, cameras, frame index."""
+        return SimulationSnapshot(self.world.save(), self.engine.save(), self.frame_index,
+                                  {n: c.viewmat.copy() for n, c in self.cameras.items()}, self.done.copy(),
+                                  self.end_frame.copy(), self._prev_means)
+
+    def restore(self, snap: SimulationSnapshot) -> None:
+        self.world.restore(snap.world)
+        self.engine.restore(snap.engine)
+        self.frame_index, self._prev_means = snap.frame_index, snap.prev_means
+        for n, v in snap.viewmats.items():
+            self.cameras[n].viewmat[:] = v
+        self.done, self.end_frame = snap.done.copy(), snap.end_frame.copy()
+        self.engine.active = ~self.done
+
+    @property
+    def _next_event(self) -> int:  # v1 compatibility: the number of timed events fired
+        return self.engine.timed_fired()
+
+    @_next_event.setter
+    def _next_event(self, n: int) -> None:
+        self.engine.set_timed_fired(n)
+
     def frames(self) -> Iterator[Frame]:
-        """Frame 0 .. n_frames-1 of the episode, from the current state."""
+        """Frames from the current one until every env is done (at most n_frames - 1)."""
         yield self.observe()
-        while self.frame_index < self.n_frames - 1:
+        while self.frame_index < self.n_frames - 1 and not self.done.all():
             yield self.step()
 
     def step(self) -> Frame:
         """Advance one output frame (steps_per_frame physics steps, events fired on time)."""
-        fired = []
+        records = []
         t0 = time.perf_counter()
         for _ in range(self.steps_per_frame):
-            fired += self._fire_due_events()
+            records += self.engine.before_step()
             self.world.step()
         self.timings["physics_s"] += time.perf_counter() - t0
         self.frame_index += 1
+        self._update_done()
         frame = self.observe()
-        frame.fired = fired
+        frame.events = records
+        frame.fired = list(dict.fromkeys(r["index"] for r in records))
         return frame
 
-    def _fire_due_events(self) -> list[int]:
-        fired = []
-        while self._next_event < len(self._events) and self._events[self._next_event].step <= self.world.step_count:
-            ev = self._events[self._next_event]
-            apply_event(self.world, ev.event, self.scenario.timing.dt)
-            fired.append(ev.index)
-            self._next_event += 1
-        return fired
+    def _update_done(self) -> None:
+        new = ~self.done & (self.engine.rested | (self.frame_index >= self._last_frame))
+        self.end_frame[new] = self.frame_index
+        self.done |= new
+        self.engine.active = ~self.done
 
     def observe(self) -> Frame:
         """Read state, render reference and splats for the current frame."""
@@ -141,6 +242,15 @@ class Simulation:
             )
         self._prev_means = g.means
         return out
+
+
+def _last_frame(s: Scenario) -> int:
+    """Index of the last frame of an episode: timing.duration, cut by terminate.time_limit."""
+    t = s.timing
+    duration = t.duration
+    if s.terminate is not None and s.terminate.time_limit is not None:
+        duration = min(duration, s.terminate.time_limit)
+    return max(0, int(np.floor(duration * t.fps + 1e-9)) - 1)
 
 
 def build_splat_scene(world, scenario, rcfg):

@@ -1,14 +1,26 @@
-"""Scenario spec v1: typed dataclasses that round-trip with the YAML in `configs/scenario/`.
+"""Scenario spec: typed dataclasses that round-trip with the YAML in `configs/scenario/`.
 
-In YAML, `entities` and `cameras` are mappings keyed by name (so Hydra overrides read
+In YAML, `entities`, `templates` and `cameras` are mappings keyed by name (so Hydra overrides read
 `scenario.entities.box.mass=2`); in Python they are lists of dataclasses carrying `name`.
 `Scenario.from_dict` validates everything before anything heavy starts and raises `SpecError`
 naming the YAML path of the bad value and the fix.
+
+v2, the rare-event language (docs/scenarios.md), adds, all optional so v1 files stay valid:
+- a distribution in place of any value, and a `params:` block of named ones (hybridsim.sampling);
+- `templates:` (bodies to `spawn`, preallocated `capacity` times) and `held: true` entities;
+- events with one trigger (`at`, `after: {event, delay}` or `when: <condition>`), `once` /
+  `max_count` and a list of `actions`; a v1 event (`at` + `kind` + `entity` ...) is a timed
+  event with one action;
+- `require:` (reject an episode where an event did not fire, or fired out of sight) and
+  `terminate:` (time limit; everything at rest for a while).
+The checks of the event language live in `hybridsim.events.validate_events`.
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -16,12 +28,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hybridsim.sampling import (Distribution, Normal, Param, check_compatible, is_distribution_data, is_param_ref,
+                                parse_distribution, parse_param)
+
 Vec3 = tuple[float, float, float]
 Quat = tuple[float, float, float, float]
 
 ENTITY_TYPES = ("plane", "box", "sphere", "cylinder", "mesh", "urdf", "mjcf")
-EVENT_KINDS = ("impulse", "force", "set_velocity", "joint_targets")
+EVENT_KINDS = ("impulse", "force", "set_velocity", "joint_targets")  # v1
+ACTION_KINDS = ("impulse", "force", "torque", "set_velocity", "joint_targets", "release", "spawn", "remove",
+                "set_friction", "set_mass", "set_gravity", "move_camera")
 MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".stl", ".ply")
+NO_DISTRIBUTION = ("name", "type", "kind", "seed", "capacity", "event", "template", "camera")
 
 
 class SpecError(ValueError):
@@ -62,6 +80,14 @@ class Entity:
     pos_jitter: float = 0.0  # metres: uniform x/y offset drawn per environment from its seed
     joints: dict[str, float] = field(default_factory=dict)  # robots: initial joint positions
     decompose: bool = False  # mesh: convex decomposition instead of a single convex hull
+    held: bool = False  # free body pinned at its pose (kinematic) until a `release` action
+
+
+@dataclass
+class Template(Entity):
+    """A body that `spawn` actions place: `capacity` copies named `<name>_<i>` are built parked."""
+
+    capacity: int = 1
 
 
 @dataclass
@@ -90,16 +116,131 @@ class Timing:
         return int(math.floor(self.duration * self.fps + 1e-9))
 
 
+# ------------------------------------------------------------------ conditions (event triggers)
+@dataclass
+class Contact:
+    a: str  # entity (or template: any of its copies)
+    b: str | None = None  # None: anything else
+    min_impulse: float = 0.0  # N*s over one physics step, summed over the pair's contacts
+
+
+@dataclass
+class Threshold:  # speed (m/s) or height (z of the body origin, m) of one entity
+    entity: str
+    above: float | None = None
+    below: float | None = None
+
+
+@dataclass
+class Distance:  # between the origins of two entities, metres
+    a: str
+    b: str
+    above: float | None = None
+    below: float | None = None
+
+
+@dataclass
+class AtRest:
+    entity: str
+    for_: float = field(default=0.3, metadata={"key": "for"})  # seconds below `speed`
+    speed: float = 0.05  # m/s (and 10x that in rad/s)
+
+
+@dataclass
+class Region:  # axis-aligned box, world frame
+    entity: str
+    min: Vec3
+    max: Vec3
+
+
+@dataclass
+class TimeWindow:  # simulation time, seconds
+    above: float | None = None
+    below: float | None = None
+
+
+@dataclass
+class Visible:  # the entity's origin projects inside the camera image, in front of it
+    entity: str
+    camera: str
+
+
+@dataclass
+class Condition:
+    """Exactly one leaf, or `all` / `any` of nested conditions."""
+
+    contact: Contact | None = None
+    speed: Threshold | None = None
+    height: Threshold | None = None
+    distance: Distance | None = None
+    at_rest: AtRest | None = None
+    in_region: Region | None = None
+    time: TimeWindow | None = None
+    visible: Visible | None = None
+    all: list[Condition] = field(default_factory=list)
+    any: list[Condition] = field(default_factory=list)
+
+
+@dataclass
+class After:
+    event: str
+    delay: float = 0.0  # seconds after each firing of `event`
+
+
+@dataclass
+class Action:
+    kind: Literal["impulse", "force", "torque", "set_velocity", "joint_targets", "release", "spawn", "remove",
+                  "set_friction", "set_mass", "set_gravity", "move_camera"]
+    entity: str | None = None
+    vector: Vec3 | None = None  # impulse (N*s), force (N), torque (N*m), gravity (m/s^2); world frame
+    duration: float | None = None  # force / torque: seconds
+    lin_vel: Vec3 | None = None  # set_velocity, spawn
+    ang_vel: Vec3 | None = None  # set_velocity, spawn
+    targets: dict[str, float] = field(default_factory=dict)  # joint_targets: joint -> position
+    value: float | None = None  # set_friction (coefficient), set_mass (kg)
+    template: str | None = None  # spawn
+    count: int = 1  # spawn: copies placed (at most the template's capacity in all)
+    pos: Vec3 | None = None  # spawn: first copy; move_camera: camera position
+    offset: Vec3 = (0.0, 0.0, 0.0)  # spawn: from one copy to the next
+    euler: Vec3 | None = None  # spawn orientation in degrees (default: the template's)
+    camera: str | None = None  # move_camera
+    lookat: Vec3 | None = None  # move_camera
+    up: Vec3 | None = None  # move_camera
+
+
 @dataclass
 class Event:
-    at: float  # seconds
-    kind: Literal["impulse", "force", "set_velocity", "joint_targets"]
-    entity: str
+    at: float | None = None  # seconds (timed trigger)
+    kind: Literal["impulse", "force", "torque", "set_velocity", "joint_targets", "release", "spawn", "remove",
+                  "set_friction", "set_mass", "set_gravity", "move_camera"] | None = None  # v1: one inline action
+    entity: str | None = None
     vector: Vec3 | None = None  # impulse (N*s) or force (N), world frame
     duration: float | None = None  # force: seconds
     lin_vel: Vec3 | None = None  # set_velocity
     ang_vel: Vec3 | None = None  # set_velocity
     targets: dict[str, float] = field(default_factory=dict)  # joint_targets: joint -> position
+    name: str | None = None  # default "event<i>"
+    after: After | None = None  # trigger: another event plus a delay
+    when: Condition | None = None  # trigger: a condition, on its rising edge
+    once: bool = True  # fire at most once (unless max_count is given)
+    max_count: int | None = None  # fire at most this many times (rising edges)
+    actions: list[Action] = field(default_factory=list)
+
+
+@dataclass
+class Require:
+    event: str  # must fire (min_count times) before the episode ends
+    visible: list[str] = field(default_factory=list)  # entities visible when it first fired
+    camera: str | None = None  # ... in this camera (None: in at least one)
+    min_count: int = 1
+
+
+@dataclass
+class Terminate:
+    time_limit: float | None = None  # seconds (timing.duration caps it)
+    at_rest: float | None = None  # seconds every free body stays below rest_speed
+    rest_speed: float = 0.05  # m/s (and 10x that in rad/s)
+    after: str | None = None  # at_rest counts only once this event has fired
 
 
 @dataclass
@@ -122,6 +263,10 @@ class Scenario:
     entities: list[Entity] = field(default_factory=list)
     cameras: list[Camera] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)  # name -> distribution or constant
+    templates: list[Template] = field(default_factory=list)
+    require: list[Require] = field(default_factory=list)
+    terminate: Terminate | None = None
     lighting: Lighting = field(default_factory=Lighting)
 
     # ------------------------------------------------------------ conversion
@@ -129,17 +274,20 @@ class Scenario:
     def from_dict(cls, data: dict, path: str = "scenario", base_dir: str | Path | None = None) -> "Scenario":
         """Build and validate from plain YAML data. Raises SpecError."""
         data = dict(_require_mapping(data, path))
-        for key in ("entities", "cameras"):
+        for key in ("entities", "cameras", "templates"):
             if key in data:
                 data[key] = _named_list(data[key], f"{path}.{key}")
+        if data.get("params") is not None:
+            params = _require_mapping(data["params"], f"{path}.params")
+            data["params"] = {str(k): parse_param(v, f"{path}.params.{k}") for k, v in params.items()}
         scenario = _build(cls, data, path)
         validate(scenario, path, base_dir)
         return scenario
 
     def to_dict(self) -> dict:
-        """Plain data in the YAML layout (entities/cameras keyed by name)."""
+        """Plain data in the YAML layout (entities/templates/cameras keyed by name)."""
         out = _plain(self)
-        for key in ("entities", "cameras"):
+        for key in ("entities", "cameras", "templates"):
             out[key] = {item.pop("name"): item for item in out[key]}
         return out
 
@@ -148,6 +296,29 @@ class Scenario:
             if e.name == name:
                 return e
         raise KeyError(name)
+
+    def template(self, name: str) -> Template:
+        for t in self.templates:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+
+def event_name(ev: Event, index: int) -> str:
+    return ev.name if ev.name is not None else f"event{index}"
+
+
+def event_actions(ev: Event) -> list[Action]:
+    """The actions of an event; a v1 inline action (`kind` on the event) becomes the only one."""
+    if ev.kind is None:
+        return list(ev.actions)
+    return [Action(ev.kind, entity=ev.entity, vector=ev.vector, duration=ev.duration, lin_vel=ev.lin_vel,
+                   ang_vel=ev.ang_vel, targets=dict(ev.targets))]
+
+
+def template_copies(s: Scenario) -> dict[str, str]:
+    """copy name -> template name, for every preallocated copy."""
+    return {f"{t.name}_{i}": t.name for t in s.templates for i in range(t.capacity)}
 
 
 # ---------------------------------------------------------------------------- generic build
@@ -174,24 +345,56 @@ def _named_list(data, path: str) -> list:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def hints(cls) -> dict:
+    """typing.get_type_hints, cached (it evaluates string annotations each call)."""
+    return typing.get_type_hints(cls)
+
+
+def _key(f: dataclasses.Field) -> str:
+    """The YAML key of a field (`for_` is written `for`)."""
+    return f.metadata.get("key", f.name)
+
+
 def _build(cls, data: dict, path: str):
+    if isinstance(data, cls):  # already a dataclass (Python API mixed into plain data)
+        return data
     data = _require_mapping(data, path)
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = [k for k in data if k not in names]
+    types_ = hints(cls)
+    fields = {_key(f): f for f in dataclasses.fields(cls)}
+    unknown = [k for k in data if k not in fields]
     if unknown:
-        raise SpecError(f"{path}.{unknown[0]}", f"unknown key; allowed keys are {sorted(names)}")
+        raise SpecError(f"{path}.{unknown[0]}", f"unknown key; allowed keys are {sorted(fields)}")
     kwargs = {}
-    for f in dataclasses.fields(cls):
-        sub = f"{path}.{f.name}"
-        if f.name in data:
-            kwargs[f.name] = _convert(data[f.name], hints[f.name], sub)
+    for key, f in fields.items():
+        sub = f"{path}.{key}"
+        if key in data:
+            value = data[key]
+            if f.name in NO_DISTRIBUTION and _is_distribution(value):
+                raise SpecError(sub, "cannot be a distribution (it names or shapes something fixed)")
+            kwargs[f.name] = _convert(value, types_[f.name], sub)
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise SpecError(sub, "missing required key")
     return cls(**kwargs)
 
 
+def _is_distribution(value) -> bool:
+    return isinstance(value, Distribution) or is_param_ref(value) or is_distribution_data(value)
+
+
+def _distribution_slot(tp) -> bool:
+    """Scalars, vectors and enums may be drawn; mappings, lists and nested specs may not."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return all(_distribution_slot(a) for a in typing.get_args(tp) if a is not type(None))
+    return origin not in (list, dict) and not dataclasses.is_dataclass(tp)
+
+
 def _convert(value, tp, path: str):
+    if _is_distribution(value):
+        if not _distribution_slot(tp):
+            raise SpecError(path, "a distribution can stand for a number, a string or a vector, not for this")
+        return parse_distribution(value, tp, path, _convert)
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
@@ -248,8 +451,12 @@ def _scalar(value, tp, path: str):
 
 
 def _plain(obj):
+    if isinstance(obj, Distribution):
+        return obj.to_data()
     if dataclasses.is_dataclass(obj):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        compact = type(obj) in _COMPACT  # v2 parts: only what differs from the defaults
+        return {_key(f): _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (compact and _is_default(f, getattr(obj, f.name)))}
     if isinstance(obj, (list, tuple)):
         return [_plain(v) for v in obj]
     if isinstance(obj, dict):
@@ -257,21 +464,117 @@ def _plain(obj):
     return obj
 
 
+_COMPACT = (Event, Action, Condition, After, Contact, Threshold, Distance, AtRest, Region, TimeWindow, Visible,
+            Require, Terminate)
+
+
+def _is_default(f: dataclasses.Field, value) -> bool:
+    if f.default is not dataclasses.MISSING:
+        return type(value) is type(f.default) and value == f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return value == f.default_factory()
+    return False
+
+
 # ---------------------------------------------------------------------------- semantics
+
+_PARAMS: contextvars.ContextVar[dict] = contextvars.ContextVar("scenario_params", default={})
+
+
+def values(v) -> list:
+    """The values to check for `v`: itself, or the bounds / options of a distribution."""
+    if isinstance(v, Param):
+        params = _PARAMS.get()
+        if v.name not in params:
+            return []  # reported by the compatibility walk, with the path
+        return values(params[v.name])
+    if isinstance(v, Distribution):
+        return v.support()
+    return [v]
+
+
+def components(v) -> list:
+    """Every number a vector (possibly drawn, possibly per component) can hold."""
+    out = []
+    for x in values(v):
+        if isinstance(x, (tuple, list)):
+            for c in x:
+                out += values(c)
+        elif x is not None:
+            out.append(x)
+    return out
+
+
+def check(v, ok, path: str, what: str) -> None:
+    """SpecError(path, '<what>, got <value>') unless `ok` holds for every value `v` can take."""
+    for x in values(v):
+        if x is not None and not ok(x):
+            raise SpecError(path, f"{what}, got {shown(v, x)}")
+
+
+def shown(v, x) -> str:
+    if not isinstance(v, Distribution):
+        return f"{list(x) if isinstance(x, tuple) else x}"
+    hint = "; add clip: [lo, hi]" if isinstance(v, Normal) and v.clip is None else ""
+    return f"{x} (reachable by {v.describe()}{hint})"
 
 
 def validate(s: Scenario, path: str = "scenario", base_dir: str | Path | None = None) -> None:
     """Checks that need more than one field. Raises SpecError with the YAML path."""
+    for name, p in s.params.items():
+        if not name.isidentifier():
+            raise SpecError(f"{path}.params.{name}", "parameter names must be identifiers (letters, digits, _)")
+        if isinstance(p, Param):
+            raise SpecError(f"{path}.params.{name}", "a parameter cannot refer to another parameter")
+    token = _PARAMS.set(s.params)
+    try:
+        _walk_distributions(s, type(s), path)
+        _validate(s, path, base_dir)
+    finally:
+        _PARAMS.reset(token)
+
+
+def _walk_distributions(obj, tp, path: str) -> None:
+    if isinstance(obj, Distribution):
+        check_compatible(obj, tp, path, _PARAMS.get())
+        return
+    if dataclasses.is_dataclass(obj):
+        types_ = hints(type(obj))
+        for f in dataclasses.fields(obj):
+            if f.name != "params":
+                _walk_distributions(getattr(obj, f.name), types_[f.name], f"{path}.{_key(f)}")
+    elif isinstance(obj, tuple):
+        args = typing.get_args(_optional_inner(tp))
+        for i, v in enumerate(obj):
+            _walk_distributions(v, args[i] if i < len(args) else Any, f"{path}[{i}]")
+    elif isinstance(obj, list):
+        (arg,) = typing.get_args(_optional_inner(tp)) or (Any,)
+        for i, v in enumerate(obj):
+            name = getattr(v, "name", None)
+            named = isinstance(name, str) and not path.endswith("events")
+            _walk_distributions(v, arg, f"{path}.{name}" if named else f"{path}[{i}]")
+    elif isinstance(obj, dict):
+        arg = (typing.get_args(_optional_inner(tp)) or (Any, Any))[1]
+        for k, v in obj.items():
+            _walk_distributions(v, arg, f"{path}.{k}")
+
+
+def _optional_inner(tp):
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(tp) if a is not type(None)][0]
+    return tp
+
+
+def _validate(s: Scenario, path: str, base_dir) -> None:
     t = s.timing
     for key in ("duration", "fps", "dt"):
-        if getattr(t, key) <= 0:
-            raise SpecError(f"{path}.timing.{key}", f"must be > 0, got {getattr(t, key)}")
-    if t.substeps < 1:
-        raise SpecError(f"{path}.timing.substeps", f"must be >= 1, got {t.substeps}")
-    ratio = 1.0 / (t.fps * t.dt)
-    if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
-        raise SpecError(f"{path}.timing", f"1/(fps*dt) = {ratio:.4g} must be a whole number of steps per frame; "
-                        f"pick dt = 1/(fps*n), e.g. dt={1.0 / (t.fps * max(1, round(ratio))):.6g}")
+        check(getattr(t, key), lambda v: v > 0, f"{path}.timing.{key}", "must be > 0")
+    check(t.substeps, lambda v: v >= 1, f"{path}.timing.substeps", "must be >= 1")
+    if not any(isinstance(getattr(t, k), Distribution) for k in ("fps", "dt")):
+        ratio = 1.0 / (t.fps * t.dt)
+        if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
+            raise SpecError(f"{path}.timing", f"1/(fps*dt) = {ratio:.4g} must be a whole number of steps per frame; "
+                            f"pick dt = 1/(fps*n), e.g. dt={1.0 / (t.fps * max(1, round(ratio))):.6g}")
     if s.seed < 0:
         raise SpecError(f"{path}.seed", f"must be >= 0, got {s.seed}")
     _validate_lighting(s.lighting, f"{path}.lighting")
@@ -281,12 +584,32 @@ def validate(s: Scenario, path: str = "scenario", base_dir: str | Path | None = 
         if e.name in names:
             raise SpecError(f"{path}.entities.{e.name}", "duplicate entity name")
         names.add(e.name)
+    _validate_templates(s, path, names, base_dir)
     if not s.cameras:
         raise SpecError(f"{path}.cameras", "at least one camera is needed")
     for c in s.cameras:
         _validate_camera(c, f"{path}.cameras.{c.name}")
-    for i, ev in enumerate(s.events):
-        _validate_event(ev, s, f"{path}.events[{i}]")
+    from hybridsim.events import validate_events
+
+    validate_events(s, path)
+
+
+def _validate_templates(s: Scenario, path: str, names: set[str], base_dir) -> None:
+    copies = template_copies(s)
+    for t in s.templates:
+        p = f"{path}.templates.{t.name}"
+        if t.name in names:
+            raise SpecError(p, f"'{t.name}' is also an entity name; rename one")
+        if t.type not in ("box", "sphere", "cylinder", "mesh") or t.fixed:
+            raise SpecError(f"{p}.type", f"templates are free bodies (box, sphere, cylinder, mesh), got "
+                                         f"{t.type}{' fixed' if t.fixed else ''}")
+        if not 1 <= t.capacity <= 64:
+            raise SpecError(f"{p}.capacity", f"must be in [1, 64], got {t.capacity}")
+        _validate_entity(t, p, base_dir)
+        names.add(t.name)
+    clash = sorted(set(copies) & names)
+    if clash:
+        raise SpecError(f"{path}.entities.{clash[0]}", f"clashes with a copy of template '{copies[clash[0]]}'; rename it")
 
 
 def _validate_entity(e: Entity, path: str, base_dir) -> None:
@@ -296,74 +619,56 @@ def _validate_entity(e: Entity, path: str, base_dir) -> None:
         if getattr(e, key) is None:
             raise SpecError(f"{path}.{key}", f"required for type '{e.type}'")
     for key in ("radius", "height", "mass", "density", "scale"):
-        v = getattr(e, key)
-        if v is not None and v <= 0:
-            raise SpecError(f"{path}.{key}", f"must be > 0, got {v}")
-    if e.size is not None and min(e.size) <= 0:
-        raise SpecError(f"{path}.size", f"all extents must be > 0, got {list(e.size)}")
-    if e.friction is not None and not 0.01 <= e.friction <= 5.0:
-        raise SpecError(f"{path}.friction", f"must be in [0.01, 5], got {e.friction}")
-    if not 0.0 <= e.restitution < 1.0:
-        raise SpecError(f"{path}.restitution", f"must be in [0, 1), got {e.restitution}")
+        check(getattr(e, key), lambda v: v > 0, f"{path}.{key}", "must be > 0")
+    if e.size is not None and min(components(e.size)) <= 0:
+        raise SpecError(f"{path}.size", f"all extents must be > 0, got {shown(e.size, e.size)}")
+    check(e.friction, lambda v: 0.01 <= v <= 5.0, f"{path}.friction", "must be in [0.01, 5]")
+    check(e.restitution, lambda v: 0.0 <= v < 1.0, f"{path}.restitution", "must be in [0, 1)")
     if e.quat is not None and e.euler is not None:
         raise SpecError(f"{path}.euler", "give either quat or euler, not both")
-    if e.quat is not None and abs(math.sqrt(sum(q * q for q in e.quat)) - 1.0) > 1e-3:
+    if e.quat is not None and not _has_distribution(e.quat) and abs(math.sqrt(sum(q * q for q in e.quat)) - 1.0) > 1e-3:
         raise SpecError(f"{path}.quat", f"must be a unit quaternion (wxyz), got {list(e.quat)}")
-    if e.appearance.color is not None and any(not 0.0 <= c <= 1.0 for c in e.appearance.color):
-        raise SpecError(f"{path}.appearance.color", f"RGB values must be in [0, 1], got {list(e.appearance.color)}")
-    if e.pos_jitter < 0:
-        raise SpecError(f"{path}.pos_jitter", f"must be >= 0, got {e.pos_jitter}")
-    if e.pos_jitter > 0 and (e.fixed or e.type in ("plane", "urdf", "mjcf")):
+    color = e.appearance.color
+    if color is not None and any(not 0.0 <= c <= 1.0 for c in components(color)):
+        raise SpecError(f"{path}.appearance.color", f"RGB values must be in [0, 1], got {shown(color, color)}")
+    check(e.pos_jitter, lambda v: v >= 0, f"{path}.pos_jitter", "must be >= 0")
+    free = not (e.fixed or e.type in ("plane", "urdf", "mjcf"))
+    if e.pos_jitter != 0 and not free:
         raise SpecError(f"{path}.pos_jitter", "only free rigid bodies can be jittered; set it to 0")
+    if e.held and not free:
+        raise SpecError(f"{path}.held", "only free rigid bodies can be held (not fixed, plane or robot)")
     if e.file is not None:
-        if e.type == "mesh" and Path(e.file).suffix.lower() not in MESH_SUFFIXES:
-            raise SpecError(f"{path}.file", f"mesh format {Path(e.file).suffix!r} not supported; use {MESH_SUFFIXES}")
-        resolve_file(e.file, f"{path}.file", base_dir)
+        for f in values(e.file):
+            if e.type == "mesh" and Path(f).suffix.lower() not in MESH_SUFFIXES:
+                raise SpecError(f"{path}.file", f"mesh format {Path(f).suffix!r} not supported; use {MESH_SUFFIXES}")
+            resolve_file(f, f"{path}.file", base_dir)
     if e.appearance.texture is not None:
-        resolve_texture(e.appearance.texture, f"{path}.appearance.texture", base_dir)
+        for f in values(e.appearance.texture):
+            resolve_texture(f, f"{path}.appearance.texture", base_dir)
+
+
+def _has_distribution(v) -> bool:
+    return isinstance(v, Distribution) or (isinstance(v, tuple) and any(isinstance(c, Distribution) for c in v))
 
 
 def _validate_lighting(lt: Lighting, path: str) -> None:
     for key in ("color", "ambient"):
-        if any(not 0.0 <= c <= 1.0 for c in getattr(lt, key)):
-            raise SpecError(f"{path}.{key}", f"RGB values must be in [0, 1], got {list(getattr(lt, key))}")
-    if lt.intensity < 0:
-        raise SpecError(f"{path}.intensity", f"must be >= 0, got {lt.intensity}")
-    if sum(c * c for c in lt.direction) < 1e-12:
+        v = getattr(lt, key)
+        if any(not 0.0 <= c <= 1.0 for c in components(v)):
+            raise SpecError(f"{path}.{key}", f"RGB values must be in [0, 1], got {shown(v, v)}")
+    check(lt.intensity, lambda v: v >= 0, f"{path}.intensity", "must be >= 0")
+    if not _has_distribution(lt.direction) and sum(c * c for c in lt.direction) < 1e-12:
         raise SpecError(f"{path}.direction", "must be a non-zero vector")
 
 
 def _validate_camera(c: Camera, path: str) -> None:
-    if not 1.0 <= c.fov < 179.0:
-        raise SpecError(f"{path}.fov", f"must be in [1, 179) degrees, got {c.fov}")
-    if min(c.res) < 8 or max(c.res) > 4096:
-        raise SpecError(f"{path}.res", f"width and height must be in [8, 4096], got {list(c.res)}")
-    if sum((a - b) ** 2 for a, b in zip(c.pos, c.lookat)) < 1e-12:
+    check(c.fov, lambda v: 1.0 <= v < 179.0, f"{path}.fov", "must be in [1, 179) degrees")
+    res = components(c.res)
+    if min(res) < 8 or max(res) > 4096:
+        raise SpecError(f"{path}.res", f"width and height must be in [8, 4096], got {shown(c.res, c.res)}")
+    if not _has_distribution(c.pos) and not _has_distribution(c.lookat) and \
+            sum((a - b) ** 2 for a, b in zip(c.pos, c.lookat)) < 1e-12:
         raise SpecError(f"{path}.lookat", "must differ from pos")
-
-
-def _validate_event(ev: Event, s: Scenario, path: str) -> None:
-    names = [e.name for e in s.entities]
-    if ev.entity not in names:
-        raise SpecError(f"{path}.entity", f"unknown entity '{ev.entity}'; entities are {names}")
-    if ev.at < 0:  # events after the end are allowed (a shortened run simply never reaches them)
-        raise SpecError(f"{path}.at", f"must be >= 0 seconds, got {ev.at}")
-    ent = s.entity(ev.entity)
-    robot = ent.type in ("urdf", "mjcf")
-    if ev.kind == "joint_targets":
-        if not robot:
-            raise SpecError(f"{path}.entity", f"'{ev.entity}' is a {ent.type}; joint_targets needs a urdf/mjcf robot")
-        if not ev.targets:
-            raise SpecError(f"{path}.targets", "give at least one joint: position")
-        return
-    if robot or ent.fixed or ent.type == "plane":
-        raise SpecError(f"{path}.entity", f"'{ev.entity}' is not a free rigid body; {ev.kind} needs one")
-    if ev.kind in ("impulse", "force") and ev.vector is None:
-        raise SpecError(f"{path}.vector", f"required for {ev.kind} (world-frame x, y, z)")
-    if ev.kind == "force" and (ev.duration is None or ev.duration <= 0):
-        raise SpecError(f"{path}.duration", f"force needs a duration > 0 seconds, got {ev.duration}")
-    if ev.kind == "set_velocity" and ev.lin_vel is None and ev.ang_vel is None:
-        raise SpecError(f"{path}.lin_vel", "set_velocity needs lin_vel and/or ang_vel")
 
 
 def resolve_file(name: str, path: str = "", base_dir=None) -> Path:

@@ -38,6 +38,8 @@ class BodySpec:
     texture: str | None = None  # image path used by the reference raster render
     joints: dict[str, float] = field(default_factory=dict)  # initial joint positions (robots), rad or m
     decompose: bool = False  # mesh: convex decomposition (slow first build) instead of one convex hull
+    held: bool = False  # free body pinned (kinematic) at its initial pose until World.release
+    parked: bool = False  # free body kept out of the way (World.park) until placed with World.place
 
 
 @dataclass
@@ -60,6 +62,7 @@ class WorldSpec:
     max_speed: float = 100.0  # m/s; anything faster is treated as a blow-up
     reference_render: bool = True  # attach Genesis raster cameras (needs EGL)
     shadows: bool = True
+    per_env_inertia: bool = True  # mass may differ per environment (Genesis batch_links_info)
     light_dir: tuple[float, float, float] = (-1.0, -1.0, -1.0)  # directional light (reference render)
     light_color: tuple[float, float, float] = (1.0, 1.0, 1.0)
     light_intensity: float = 5.0

@@ -3,10 +3,24 @@
 One `World` = one Genesis scene with `n_envs` parallel environments (B >= 1 always, so tensor ranks
 never depend on batching). Bodies are addressed two ways: by entity name (actions, events) and by
 body slot k, one per Genesis link across all entities in spec order (state read-out, rendering).
+
+Per-environment values: every action takes `envs` (indices; None = all) and values for those
+environments. Initial conditions may differ per environment (`env_specs`: one WorldSpec per env,
+the same bodies as `spec`): poses (free and fixed bodies), velocities, mass, friction, gravity,
+joints, held. Mass per environment needs Genesis' `batch_links_info` (`WorldSpec.per_env_inertia`).
+Friction goes through Genesis' per-environment friction ratio, gravity through `set_gravity`.
+
+Held bodies (`BodySpec.held`, `hold`) are kinematic: after every physics step their pose is set
+back and their velocity zeroed, until `release` (setting a pose clears Genesis' contacts and solver
+warm start in that environment, so the step's contacts are kept aside first). Parked bodies
+(`BodySpec.parked`, `park`) rest out of the way, 200 m off on the ground plane (`park_position`;
+held in the air when there is no plane): Genesis cannot add bodies after the build, so spawnable
+copies are preallocated parked and `place`d when needed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from dataclasses import dataclass, field
@@ -86,9 +100,15 @@ class Snapshot:
     """Everything needed to continue a rollout bit-identically from a step."""
 
     step: int
-    sim_state: object  # genesis SimState
+    sim_state: object  # genesis SimState (poses, velocities, friction ratios)
     forces: list
     targets: dict
+    held: dict = field(default_factory=dict)  # entity index -> (mask [B], qpos [B, 7])
+    mass: dict = field(default_factory=dict)  # entity index -> [B] kg (not part of Genesis' state)
+    gravity: np.ndarray | None = None  # [B, 3]
+    camera_poses: dict = field(default_factory=dict)  # camera -> (pos, lookat, up), each [B, 3]
+    parked: dict = field(default_factory=dict)  # entity index -> mask [B]
+    contacts: tuple | None = None  # (step, Contacts) of a step whose contacts pinning cleared
 
 
 @dataclass
@@ -116,10 +136,14 @@ def restitution_to_dampratio(e: float) -> float:
 class World:
     """Genesis scene + bookkeeping. Construct, then `step()`; read `state()`."""
 
-    def __init__(self, spec: WorldSpec, n_envs: int = 1, pos_offsets: dict[str, np.ndarray] | None = None):
-        """pos_offsets: entity name -> [B, 3] added to that free body's initial position per env."""
+    def __init__(self, spec: WorldSpec, n_envs: int = 1, pos_offsets: dict[str, np.ndarray] | None = None,
+                 env_specs: list[WorldSpec] | None = None):
+        """pos_offsets: entity name -> [B, 3] added to that free body's initial position per env.
+        env_specs: per-environment initial values (see the module docstring); None = `spec` everywhere."""
         if n_envs < 1:
             raise PhysicsError(f"n_envs must be >= 1, got {n_envs}")
+        if env_specs is not None:
+            _check_env_specs(spec, env_specs, n_envs)
         init_genesis()
         import genesis as gs
 
@@ -127,7 +151,8 @@ class World:
         self._gs = gs
         self.scene = gs.Scene(
             sim_options=gs.options.SimOptions(dt=spec.dt, substeps=spec.substeps, gravity=spec.gravity),
-            rigid_options=gs.options.RigidOptions(enable_self_collision=False),
+            rigid_options=gs.options.RigidOptions(enable_self_collision=False,
+                                                  batch_links_info=spec.per_env_inertia),
             vis_options=gs.options.VisOptions(
                 shadow=spec.shadows, split_envs=True, segmentation_level="link", background_color=(0.0, 0.0, 0.0),
                 ambient_light=spec.ambient,
@@ -147,8 +172,28 @@ class World:
         self._index_bodies()
         self._forces: list[tuple[int, np.ndarray, int]] = []  # (entity index, force [B,3], last step)
         self._targets: dict[int, tuple[list[int], np.ndarray]] = {}
+        self._held: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # entity -> (mask [B], qpos [B, 7])
+        self._parked: dict[int, np.ndarray] = {}  # entity -> mask [B]
+        self._contact_cache: tuple[int, Contacts] | None = None
+        self._state_cache: PhysicsState | None = None  # invalidated by every write (see state())
         self._step = 0
-        self._apply_initial_conditions(pos_offsets or {})
+        self._gravity = np.tile(np.asarray(spec.gravity, dtype=np.float64), (n_envs, 1))
+        self._camera_poses = {c.name: tuple(np.tile(np.asarray(v, dtype=np.float64), (n_envs, 1))
+                                            for v in (c.pos, c.lookat, c.up)) for c in spec.cameras}
+        self._mass = self._read_masses()
+        self._built = self.save()  # as built, before any initial condition: see reinit()
+        self._apply_initial_conditions(pos_offsets or {}, env_specs)
+
+    def reinit(self, env_specs: list[WorldSpec] | None = None, pos_offsets: dict[str, np.ndarray] | None = None) -> None:
+        """Start over with other per-environment initial values (same bodies), without a rebuild."""
+        if env_specs is not None:
+            _check_env_specs(self.spec, env_specs, self.n_envs)
+        self.restore(self._built)
+        self._apply_initial_conditions(pos_offsets or {}, env_specs)
+
+    def _read_masses(self) -> dict[int, np.ndarray]:
+        return {i: self.entities[i].get_mass().reshape(-1).expand(self.n_envs).double().numpy().copy()
+                for i, b in enumerate(self.spec.bodies) if _is_free(b)}
 
     # ------------------------------------------------------------------ build
     def _morph(self, b: BodySpec) -> dict:
@@ -201,35 +246,80 @@ class World:
             lut[link_idx] = slot
         self._link_lut = lut
 
-    def _apply_initial_conditions(self, offsets: dict[str, np.ndarray]) -> None:
+    def _apply_initial_conditions(self, offsets: dict[str, np.ndarray], env_specs: list[WorldSpec] | None = None) -> None:
         for name, off in offsets.items():
             b = self.spec.bodies[self.entity_index(name)]
             pos = np.asarray(b.pos, dtype=np.float64)[None] + np.asarray(off, dtype=np.float64).reshape(self.n_envs, 3)
             self.set_pose(name, pos, np.tile(b.quat, (self.n_envs, 1)))
+        rows = _env_rows(self.spec, env_specs, self.n_envs)  # i -> the per-env BodySpecs of body i
+        if env_specs is not None:
+            self._apply_env_poses(rows)
         for i, (b, ent) in enumerate(zip(self.spec.bodies, self.entities)):
             if b.kind in ("urdf", "mjcf"):
-                self._setup_robot(i, b, ent)
+                self._setup_robot(i, b, ent, rows[i])
             elif not b.fixed and b.kind != "plane":
-                if b.mass is not None:
+                masses = [r.mass for r in rows[i]]
+                if b.mass is not None and all(m == b.mass for m in masses):
                     ent.set_mass(b.mass)
-                if any(b.lin_vel) or any(b.ang_vel):
-                    B = self.n_envs
-                    self.set_velocity(b.name, np.tile(b.lin_vel, (B, 1)), np.tile(b.ang_vel, (B, 1)))
+                elif any(m is not None for m in masses):
+                    self._require_per_env_inertia(b.name)
+                    built = float(ent.get_mass().reshape(-1)[0])
+                    ent.set_mass(torch.tensor([m if m is not None else built for m in masses], dtype=torch.float32))
+                lin, ang = (np.array([getattr(r, k) for r in rows[i]], dtype=np.float64) for k in ("lin_vel", "ang_vel"))
+                if lin.any() or ang.any():
+                    self.set_velocity(b.name, lin, ang)
             if b.restitution > 0 and b.kind != "plane":
                 sol = np.array(self._gs.utils.geom.default_solver_params(), dtype=np.float64)
                 sol[1] = restitution_to_dampratio(b.restitution)
                 for geom in ent.geoms:
                     geom.set_sol_params(sol)
+            frictions = [r.friction for r in rows[i]]
+            if any(f != b.friction for f in frictions):
+                self.set_friction(b.name, np.array([f if f is not None else 1.0 for f in frictions]))
+        if env_specs is not None:
+            g = np.array([e.gravity for e in env_specs], dtype=np.float64)
+            if (g != self._gravity).any():
+                self.set_gravity(g)
+            self._apply_env_cameras(env_specs)
+        self._mass = self._read_masses()
+        for i, b in enumerate(self.spec.bodies):
+            if b.parked:
+                self.park(b.name)
+            held = np.array([r.held for r in rows[i]])
+            if held.any():
+                self.hold(b.name, np.nonzero(held)[0])
 
-    def _setup_robot(self, i: int, b: BodySpec, ent) -> None:
+    def _apply_env_poses(self, rows: list[list[BodySpec]]) -> None:
+        for i, b in enumerate(self.spec.bodies):
+            if b.kind == "plane" or b.parked:
+                continue
+            pos = np.array([r.pos for r in rows[i]], dtype=np.float64)
+            quat = np.array([r.quat for r in rows[i]], dtype=np.float64)
+            if (pos != np.asarray(b.pos)).any() or (quat != np.asarray(b.quat)).any():
+                self.set_pose(b.name, pos, quat)
+
+    def _apply_env_cameras(self, env_specs: list[WorldSpec]) -> None:
+        for j, c in enumerate(self.spec.cameras):
+            pos, lookat, up = (np.array([getattr(e.cameras[j], k) for e in env_specs], dtype=np.float64)
+                               for k in ("pos", "lookat", "up"))
+            if any((v != np.asarray(getattr(c, k))).any() for v, k in ((pos, "pos"), (lookat, "lookat"), (up, "up"))):
+                self.set_camera_pose(c.name, pos, lookat, up)
+
+    def _require_per_env_inertia(self, name: str) -> None:
+        if not self.spec.per_env_inertia:
+            raise PhysicsError(f"entity '{name}': mass differs between environments; build with "
+                               "WorldSpec.per_env_inertia=True")
+
+    def _setup_robot(self, i: int, b: BodySpec, ent, rows: list[BodySpec] | None = None) -> None:
         dofs = [d for j in ent.joints if j.n_dofs == 1 for d in np.atleast_1d(j.dofs_idx_local)]
         if not dofs:
             return
         ent.set_dofs_kp(np.full(len(dofs), 4000.0), dofs)
         ent.set_dofs_kv(np.full(len(dofs), 400.0), dofs)
         if b.joints:
-            idx, val = self._joint_dofs(i, b.joints)
-            pos = np.tile(val, (self.n_envs, 1))
+            idx, _ = self._joint_dofs(i, b.joints)
+            pos = np.array([[r.joints[j] for j in b.joints] for r in rows or [b] * self.n_envs], dtype=np.float64)
+            self._state_cache = None
             ent.set_dofs_position(pos, idx)
             self._targets[i] = (idx, pos)
 
@@ -252,68 +342,251 @@ class World:
         except KeyError:
             raise PhysicsError(f"unknown entity '{name}'; entities are {list(self._entity_index)}") from None
 
+    @property
+    def entity_names(self) -> list[str]:
+        return list(self._entity_index)
+
     def body_slot(self, name: str) -> int:
         """Slot k of an entity's base link in PhysicsState tensors."""
         return self._entity_slots[self.entity_index(name)].start
 
+    def entity_slots(self, name: str) -> range:
+        """Slots of all links of an entity."""
+        s = self._entity_slots[self.entity_index(name)]
+        return range(s.start, s.stop)
+
     def _free(self, name: str):
         i = self.entity_index(name)
-        b = self.spec.bodies[i]
-        if b.fixed or b.kind in ("plane", "urdf", "mjcf"):
+        if not _is_free(self.spec.bodies[i]):
+            b = self.spec.bodies[i]
             raise PhysicsError(f"entity '{name}' is not a free rigid body (kind {b.kind}, fixed={b.fixed})")
         return i, self.entities[i]
 
-    def set_pose(self, name: str, pos: np.ndarray, quat: np.ndarray) -> None:
-        """pos [B, 3], quat [B, 4] wxyz; zeroes the velocity like a teleport."""
-        _, ent = self._free(name)
-        ent.set_pos(torch.as_tensor(pos, dtype=torch.float32))
-        ent.set_quat(torch.as_tensor(quat, dtype=torch.float32))
+    def _envs(self, envs) -> tuple[np.ndarray, dict]:
+        """(env indices, Genesis keyword) for `envs` (None = all, passed to Genesis as None)."""
+        if envs is None:
+            return np.arange(self.n_envs), {}
+        e = np.asarray(envs, dtype=np.int64).reshape(-1)
+        return e, {"envs_idx": torch.as_tensor(e)}
 
-    def set_velocity(self, name: str, lin_vel: np.ndarray, ang_vel: np.ndarray) -> None:
-        """lin_vel [B, 3] m/s and ang_vel [B, 3] rad/s, both world frame."""
+    def set_pose(self, name: str, pos: np.ndarray, quat: np.ndarray, envs=None) -> None:
+        """pos [n, 3], quat [n, 4] wxyz for `envs` (n = all when None); zeroes the velocity like a teleport.
+        Free and fixed bodies; a held body stays held at the new pose."""
+        i = self.entity_index(name)
+        if self.spec.bodies[i].kind == "plane":
+            raise PhysicsError(f"entity '{name}' is a plane; planes cannot be moved")
+        ent, (e, kw) = self.entities[i], self._envs(envs)
+        self._state_cache = None
+        ent.set_pos(torch.as_tensor(np.asarray(pos).reshape(len(e), 3), dtype=torch.float32), **kw)
+        ent.set_quat(torch.as_tensor(np.asarray(quat).reshape(len(e), 4), dtype=torch.float32), **kw)
+        if i in self._held:
+            self._held[i][1][e] = ent.get_qpos().reshape(self.n_envs, -1)[e].double().numpy()
+
+    def set_velocity(self, name: str, lin_vel: np.ndarray, ang_vel: np.ndarray, envs=None) -> None:
+        """lin_vel [n, 3] m/s and ang_vel [n, 3] rad/s, both world frame."""
         _, ent = self._free(name)
-        quat = ent.get_quat().reshape(self.n_envs, 4).cpu().numpy()
+        e, kw = self._envs(envs)
+        quat = ent.get_quat().reshape(self.n_envs, 4).cpu().numpy()[e]
         # Genesis' free joint, like MuJoCo's, keeps angular velocity in the body frame.
-        ang_local = _quat_rotate_inv(quat, np.asarray(ang_vel, dtype=np.float64))
-        vel = np.concatenate([np.asarray(lin_vel, dtype=np.float64), ang_local], axis=1)
-        ent.set_dofs_velocity(torch.as_tensor(vel, dtype=torch.float32))
+        ang_local = _quat_rotate_inv(quat, np.asarray(ang_vel, dtype=np.float64).reshape(len(e), 3))
+        vel = np.concatenate([np.asarray(lin_vel, dtype=np.float64).reshape(len(e), 3), ang_local], axis=1)
+        self._state_cache = None
+        ent.set_dofs_velocity(torch.as_tensor(vel, dtype=torch.float32), **kw)
 
-    def apply_impulse(self, name: str, impulse: np.ndarray) -> None:
-        """impulse [B, 3] N*s through the centre of mass: an instant velocity change J / m."""
-        i, ent = self._free(name)
-        mass = float(ent.get_mass())
+    def apply_impulse(self, name: str, impulse: np.ndarray, envs=None) -> None:
+        """impulse [n, 3] N*s through the centre of mass: an instant velocity change J / m."""
+        i, _ = self._free(name)
+        e, _ = self._envs(envs)
         state = self.state(contacts=False)
         k = self._entity_slots[i].start
-        lin = state.body_lin_vel[:, k].cpu().numpy() + np.asarray(impulse) / mass
-        self.set_velocity(name, lin, state.body_ang_vel[:, k].cpu().numpy())
+        lin = state.body_lin_vel[e, k].cpu().numpy() + np.asarray(impulse).reshape(len(e), 3) / self._mass[i][e, None]
+        self.set_velocity(name, lin, state.body_ang_vel[e, k].cpu().numpy(), envs)
 
-    def apply_force(self, name: str, force: np.ndarray, steps: int) -> None:
-        """force [B, 3] newtons at the centre of mass, for the next `steps` physics steps."""
+    def apply_force(self, name: str, force: np.ndarray | None, steps: int, envs=None,
+                    torque: np.ndarray | None = None) -> None:
+        """force [n, 3] newtons at the centre of mass (and/or torque [n, 3] N*m, world frame) for the
+        next `steps` physics steps."""
         i, _ = self._free(name)
-        self._forces.append((i, np.asarray(force, dtype=np.float64), self._step + steps))
+        e, _ = self._envs(envs)
+        as3 = (lambda v: None if v is None else np.asarray(v, dtype=np.float64).reshape(len(e), 3))
+        self._forces.append((i, as3(force), self._step + steps, None if envs is None else e, as3(torque)))
 
-    def set_joint_targets(self, name: str, targets: dict[str, float]) -> None:
+    def set_joint_targets(self, name: str, targets: dict[str, float | np.ndarray], envs=None) -> None:
+        """Position targets per joint: a number, or [n] values for `envs`."""
         i = self.entity_index(name)
         if self.spec.bodies[i].kind not in ("urdf", "mjcf"):
             raise PhysicsError(f"entity '{name}' is not a robot; joint targets need a urdf or mjcf entity")
-        idx, val = self._joint_dofs(i, targets)
-        self._targets[i] = (idx, np.tile(val, (self.n_envs, 1)))
+        e, _ = self._envs(envs)
+        idx, _ = self._joint_dofs(i, {j: 0.0 for j in targets})
+        old_idx, old = self._targets.get(i, ([], np.zeros((self.n_envs, 0))))
+        merged = list(dict.fromkeys(old_idx + idx))
+        pos = np.zeros((self.n_envs, len(merged)))
+        for c, d in enumerate(old_idx):
+            pos[:, merged.index(d)] = old[:, c]
+        for d, v in zip(idx, targets.values()):
+            col = merged.index(d)
+            if d not in old_idx:
+                pos[:, col] = self.entities[i].get_dofs_position([d]).reshape(self.n_envs).numpy()
+            pos[e, col] = np.broadcast_to(np.asarray(v, dtype=np.float64), (len(e),))
+        self._targets[i] = (merged, pos)
+
+    def hold(self, name: str, envs=None) -> None:
+        """Pin a free body (kinematic) at its current pose in `envs` until `release`."""
+        i, ent = self._free(name)
+        e, _ = self._envs(envs)
+        mask, qpos = self._held.get(i, (np.zeros(self.n_envs, bool), None))
+        if qpos is None:
+            qpos = ent.get_qpos().reshape(self.n_envs, -1).double().numpy().copy()
+        else:
+            qpos[e] = ent.get_qpos().reshape(self.n_envs, -1)[e].double().numpy()
+        mask = mask.copy()
+        mask[e] = True
+        self._held[i] = (mask, qpos)
+        self._pin([i])
+
+    def release(self, name: str, envs=None) -> None:
+        i, _ = self._free(name)
+        if i in self._held:
+            e, _ = self._envs(envs)
+            self._held[i][0][e] = False
+
+    def held(self, name: str) -> np.ndarray:
+        """[B] bool: held (or parked) per environment."""
+        i = self.entity_index(name)
+        return self._held[i][0].copy() if i in self._held else np.zeros(self.n_envs, bool)
+
+    def park_position(self, name: str) -> tuple[float, float, float]:
+        """Far from everything and apart from every other body (a parked body rests there on the
+        ground plane, or is held in the air when there is no plane)."""
+        return (200.0 + 4.0 * self.entity_index(name), 200.0, 5.0)  # Genesis' plane spans +-500 m
+
+    def park(self, name: str, envs=None) -> None:
+        """Move a free body out of the way (a `remove`; spawnable copies start parked).
+
+        On a ground plane it rests there untouched, which costs nothing per step; pinning it would
+        reset Genesis' solver warm start in that environment at every step."""
+        i, ent = self._free(name)
+        e, _ = self._envs(envs)
+        self.release(name, envs)
+        pos = np.tile(self.park_position(name), (len(e), 1))
+        ident = np.tile([1.0, 0.0, 0.0, 0.0], (len(e), 1))
+        self.set_pose(name, pos, ident, envs)
+        ground = [b.pos[2] for b in self.spec.bodies if b.kind == "plane"]
+        if ground:
+            bottom = ent.get_AABB().reshape(self.n_envs, 2, 3)[e, 0, 2].double().numpy()
+            pos[:, 2] -= bottom - max(ground) - 1e-4
+            self.set_pose(name, pos, ident, envs)
+        else:
+            self.hold(name, envs)
+        self._parked.setdefault(i, np.zeros(self.n_envs, bool))[e] = True
+
+    def parked(self, name: str) -> np.ndarray:
+        """[B] bool: parked (removed, or a copy not spawned yet) per environment."""
+        i = self.entity_index(name)
+        return self._parked[i].copy() if i in self._parked else np.zeros(self.n_envs, bool)
+
+    def place(self, name: str, pos: np.ndarray, quat: np.ndarray, lin_vel=None, ang_vel=None, envs=None) -> None:
+        """Release a (parked) free body at pos [n, 3], quat [n, 4], with velocities [n, 3] (a spawn)."""
+        i, _ = self._free(name)
+        e, _ = self._envs(envs)
+        self.release(name, envs)
+        if i in self._parked:
+            self._parked[i][e] = False
+        self.set_pose(name, pos, quat, envs)
+        zero = np.zeros((len(e), 3))
+        lin = zero if lin_vel is None else lin_vel
+        ang = zero if ang_vel is None else ang_vel
+        if np.any(lin) or np.any(ang):
+            self.set_velocity(name, lin, ang, envs)
+
+    def set_friction(self, name: str, friction: np.ndarray, envs=None) -> None:
+        """Friction coefficient [n] of all the entity's geoms, per environment. Genesis combines the
+        two bodies of a contact with max(), so lower both to make something slip."""
+        i = self.entity_index(name)
+        e, kw = self._envs(envs)
+        geoms = self.entities[i].geoms
+        built = np.array([float(g.get_friction()) for g in geoms])
+        ratio = np.asarray(friction, dtype=np.float64).reshape(len(e), 1) / built[None]
+        self.scene.rigid_solver.set_geoms_friction_ratio(torch.as_tensor(ratio, dtype=torch.float32),
+                                                         [g.idx for g in geoms], **kw)
+
+    def set_mass(self, name: str, mass: np.ndarray, envs=None) -> None:
+        """Total mass [n] kg of a free body per environment (inertia scales along)."""
+        i, ent = self._free(name)
+        self._require_per_env_inertia(name)
+        e, kw = self._envs(envs)
+        m = np.asarray(mass, dtype=np.float64).reshape(len(e))
+        ent.set_mass(torch.as_tensor(m, dtype=torch.float32), **kw)
+        self._mass[i][e] = m
+
+    def mass(self, name: str) -> np.ndarray:
+        """[B] kg of a free body."""
+        i, _ = self._free(name)
+        return self._mass[i].copy()
+
+    def set_gravity(self, gravity: np.ndarray, envs=None) -> None:
+        """gravity [n, 3] m/s^2 per environment."""
+        e, kw = self._envs(envs)
+        g = np.asarray(gravity, dtype=np.float64).reshape(len(e), 3)
+        self.scene.sim.set_gravity(torch.as_tensor(g, dtype=torch.float32), **kw)
+        self._gravity[e] = g
+
+    @property
+    def gravity(self) -> np.ndarray:
+        return self._gravity.copy()
+
+    def set_camera_pose(self, camera: str, pos, lookat, up, envs=None) -> None:
+        """Move a reference camera: pos, lookat, up [n, 3] per environment."""
+        if camera not in self._camera_poses:
+            raise PhysicsError(f"no camera '{camera}'; cameras are {list(self._camera_poses)}")
+        e, kw = self._envs(envs)
+        vals = [np.asarray(v, dtype=np.float64).reshape(len(e), 3) for v in (pos, lookat, up)]
+        for store, v in zip(self._camera_poses[camera], vals):
+            store[e] = v
+        if camera in self.cameras:
+            self.cameras[camera].set_pose(pos=vals[0], lookat=vals[1], up=vals[2], **kw)
+
+    def camera_pose(self, camera: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pos, lookat, up), each [B, 3], of a camera of the spec (attached or not)."""
+        return tuple(v.copy() for v in self._camera_poses[camera])
 
     # ------------------------------------------------------------------ step
     def step(self) -> None:
         for i, (idx, pos) in self._targets.items():
             self.entities[i].control_dofs_position(torch.as_tensor(pos, dtype=torch.float32), idx)
         self._forces = [f for f in self._forces if f[2] > self._step]
-        for i, force, _ in self._forces:
-            links = [0]
+        for i, force, _, envs, torque in self._forces:
+            n = self.n_envs if envs is None else len(envs)
+            kw = {} if envs is None else {"envs_idx": torch.as_tensor(envs)}
+            as_t = (lambda v: None if v is None else torch.as_tensor(v, dtype=torch.float32).reshape(n, 1, 3))
             self.entities[i].apply_links_external_wrench(
-                force=torch.as_tensor(force, dtype=torch.float32).reshape(self.n_envs, 1, 3),
-                links_idx_local=links,
-                ref=self._gs.link_ref_frame.link_COM,
-            )
+                force=as_t(force), torque=as_t(torque), links_idx_local=[0], ref=self._gs.link_ref_frame.link_COM, **kw)
+        self._state_cache = None
         self.scene.step(update_visualizer=False)
         self._step += 1
+        self._contact_cache = None
+        if any(m.any() for m, _ in self._held.values()):  # pinning clears Genesis' contacts: keep this step's
+            self._contact_cache = (self._step, self._contacts())
+            self._pin(list(self._held))
         self._check_blowup()
+
+    def _pin(self, entities: list[int]) -> None:
+        """Set held bodies back to their pose with zero velocity (one Genesis call per env mask)."""
+        groups: dict[bytes, list[int]] = {}
+        for i in entities:
+            mask = self._held[i][0]
+            if mask.any():
+                groups.setdefault(mask.tobytes(), []).append(i)
+        solver = self.scene.rigid_solver
+        self._state_cache = None
+        for key, ids in groups.items():
+            mask = self._held[ids[0]][0]
+            e, kw = self._envs(None if mask.all() else np.nonzero(mask)[0])
+            qs = [q for i in ids for q in range(self.entities[i].q_start, self.entities[i].q_end)]
+            dofs = [d for i in ids for d in range(self.entities[i].dof_start, self.entities[i].dof_end)]
+            qpos = np.concatenate([self._held[i][1][e] for i in ids], axis=1)
+            solver.set_qpos(torch.as_tensor(qpos, dtype=torch.float32), qs, **kw)
+            solver.set_dofs_velocity(torch.zeros((len(e), len(dofs))), dofs, **kw)
 
     def _check_blowup(self) -> None:
         s = self.state(contacts=False)
@@ -337,6 +610,14 @@ class World:
         return self._step
 
     def state(self, contacts: bool = True) -> PhysicsState:
+        """The current state. Read once per step and shared (the blow-up check reads it already):
+        treat its tensors as read-only."""
+        s = self._state_cache
+        if s is None or s.step != self._step:
+            s = self._state_cache = self._read_state()
+        return dataclasses.replace(s, contacts=self._step_contacts()) if contacts else s
+
+    def _read_state(self) -> PhysicsState:
         solver = self.scene.rigid_solver
         B = self.n_envs
         pos = solver.get_links_pos().reshape(B, -1, 3)
@@ -356,8 +637,12 @@ class World:
             body_lin_vel=vel[:, order].clone(),
             body_ang_vel=ang[:, order].clone(),
             joint_pos=joints,
-            contacts=self._contacts() if contacts else None,
         )
+
+    def _step_contacts(self) -> Contacts:
+        if self._contact_cache is not None and self._contact_cache[0] == self._step:
+            return self._contact_cache[1]
+        return self._contacts()
 
     def _contacts(self) -> Contacts:
         data = self.scene.rigid_solver.collider.get_contacts(as_tensor=True, to_torch=True, is_padded=True)
@@ -386,13 +671,31 @@ class World:
 
     # ------------------------------------------------------------ save/restore
     def save(self) -> Snapshot:
-        return Snapshot(self._step, self.scene.get_state(), list(self._forces), dict(self._targets))
+        return Snapshot(self._step, self.scene.get_state(), list(self._forces), dict(self._targets),
+                        held={i: (m.copy(), q.copy()) for i, (m, q) in self._held.items()},
+                        mass={i: m.copy() for i, m in self._mass.items()}, gravity=self._gravity.copy(),
+                        camera_poses={c: tuple(v.copy() for v in p) for c, p in self._camera_poses.items()},
+                        parked={i: m.copy() for i, m in self._parked.items()}, contacts=self._contact_cache)
 
     def restore(self, snap: Snapshot) -> None:
+        self._state_cache = None
         self.scene.reset(snap.sim_state)
         self._step = snap.step
         self._forces = list(snap.forces)
         self._targets = dict(snap.targets)
+        self._held = {i: (m.copy(), q.copy()) for i, (m, q) in snap.held.items()}
+        self._parked = {i: m.copy() for i, m in snap.parked.items()}
+        self._contact_cache = snap.contacts
+        for i, m in snap.mass.items():  # Genesis keeps inertial values across reset(); write back changed ones
+            if (m != self._mass[i]).any():
+                same = (m == m[0]).all()
+                self.entities[i].set_mass(float(m[0]) if same else torch.as_tensor(m, dtype=torch.float32))
+                self._mass[i] = m.copy()
+        if snap.gravity is not None and (snap.gravity != self._gravity).any():
+            self.set_gravity(snap.gravity)
+        for cam, pose in snap.camera_poses.items():
+            if any((a != b).any() for a, b in zip(pose, self._camera_poses[cam])):
+                self.set_camera_pose(cam, *pose)
 
     # ---------------------------------------------------------------- cameras
     def render_reference(self, camera: str) -> ReferenceFrame:
@@ -420,6 +723,26 @@ class World:
         """(viewmat [4,4] world->camera OpenCV, K [3,3]) as Genesis reports them."""
         cam = self.cameras[camera]
         return np.asarray(cam.extrinsics, dtype=np.float64), np.asarray(cam.intrinsics, dtype=np.float64)
+
+
+def _is_free(b: BodySpec) -> bool:
+    return not (b.fixed or b.kind in ("plane", "urdf", "mjcf"))
+
+
+def _env_rows(spec: WorldSpec, env_specs: list[WorldSpec] | None, n_envs: int) -> list[list[BodySpec]]:
+    """Body i -> its BodySpec in every environment."""
+    envs = env_specs if env_specs is not None else [spec] * n_envs
+    return [[e.bodies[i] for e in envs] for i in range(len(spec.bodies))]
+
+
+def _check_env_specs(spec: WorldSpec, env_specs: list[WorldSpec], n_envs: int) -> None:
+    if len(env_specs) != n_envs:
+        raise PhysicsError(f"env_specs has {len(env_specs)} entries for n_envs={n_envs}; give one per environment")
+    shape = [(b.name, b.kind) for b in spec.bodies]
+    for k, e in enumerate(env_specs):
+        if [(b.name, b.kind) for b in e.bodies] != shape or len(e.cameras) != len(spec.cameras):
+            raise PhysicsError(f"env_specs[{k}] has other bodies or cameras than the built spec; per-environment "
+                               "specs may differ in values only")
 
 
 def _quat_rotate_inv(q: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -127,3 +127,79 @@ def test_import_is_quick():
     heavy = "import sys, hybridsim, physics; print(any(m in sys.modules for m in ('genesis', 'torch', 'gsplat', 'diffusers')))"
     r = subprocess.run([sys.executable, "-c", heavy], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "False"
+
+
+# ---------------------------------------------------------------- v2: the rare-event language
+@pytest.mark.parametrize(
+    "override, path, text",
+    [
+        ("scenario.params.push={uniform:[0.3,0.1]}", "scenario.params.push.uniform", "low 0.3 > high 0.1"),
+        ("scenario.entities.glass.mass={normal:[0.2,-0.1],clip:[0.1,0.3]}", "scenario.entities.glass.mass.normal",
+         "sigma must be >= 0"),
+        ("scenario.entities.glass.mass={normal:[0.2,0.1]}", "scenario.entities.glass.mass", "add clip"),
+        ("scenario.entities.glass.semantic_class={choice:[a,b],weights:[1]}",
+         "scenario.entities.glass.semantic_class.weights", "one weight per option"),
+        ("scenario.entities.glass.mass=$nope", "scenario.entities.glass.mass", "unknown parameter 'nope'"),
+        ("scenario.entities.glass.mass={loguniform:[0,1]}", "scenario.entities.glass.mass.loguniform", "0 < low"),
+        ("scenario.events.2.when.contact.a=glas", "scenario.events[2].when.contact.a", "unknown entity 'glas'"),
+        ("scenario.require.0.event=smash", "scenario.require[0].event", "unknown event 'smash'"),
+        ("scenario.terminate.at_rest=-1", "scenario.terminate.at_rest", "must be > 0"),
+    ],
+)
+def test_bad_scenario_language_one_line_exit_2(override, path, text, capsys):
+    code = main(["run", "scenario=glass_table_edge", override, "progress=false"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"{path}: " in err and text in err and "Traceback" not in err
+
+
+def test_circular_after_names_the_cycle(tmp_path, capsys):
+    data = yaml.safe_load((DATA / "drop.yaml").read_text())
+    data["events"] = [
+        {"name": "a", "after": {"event": "c", "delay": 0.1}},
+        {"name": "b", "after": {"event": "a"}},
+        {"name": "c", "after": {"event": "b"}, "actions": [{"kind": "impulse", "entity": "box", "vector": [1, 0, 0]}]},
+    ]
+    bad = tmp_path / "cycle.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    assert main(["run", f"scenario={bad}", "progress=false"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "hybridsim: error: scenario.events[0].after.event: circular `after` chain: a -> c -> b -> a; " \
+                  "one of them needs `at` or `when`"
+
+
+@pytest.mark.parametrize(
+    "event, path, text",
+    [
+        ({"at": 1.0, "when": {"time": {"above": 0.5}}}, "scenario.events[0]", "exactly one trigger"),
+        ({"when": {"speed": {"entity": "box", "above": 1, "below": 2}}}, "scenario.events[0].when.speed", "one of above"),
+        ({"when": {"height": {"entity": "box", "below": 1}, "time": {"above": 1}}}, "scenario.events[0].when",
+         "exactly one condition"),
+        ({"when": {"at_rest": {"entity": "ball", "for": 0}}}, "scenario.events[0].when.at_rest.for", "must be > 0"),
+        ({"at": 0.1, "actions": [{"kind": "impulse", "entity": "ground", "vector": [0, 0, 1]}]},
+         "scenario.events[0].actions[0].entity", "not a free rigid body"),
+        ({"at": 0.1, "actions": [{"kind": "set_mass", "entity": "box", "vector": [0, 0, 1]}]},
+         "scenario.events[0].actions[0].vector", "not used by set_mass"),
+        ({"at": 0.1, "actions": [{"kind": "spawn", "template": "rock", "pos": [0, 0, 1]}]},
+         "scenario.events[0].actions[0].template", "unknown template 'rock'"),
+        ({"at": 0.1, "actions": [{"kind": "move_camera", "camera": "main"}]}, "scenario.events[0].actions[0].pos",
+         "pos and/or lookat"),
+        ({"at": 0.1, "kind": "impulse", "entity": {"choice": ["box", "bx"]}, "vector": [1, 0, 0]},
+         "scenario.events[0].entity", "unknown entity 'bx'"),
+    ],
+)
+def test_bad_events_name_the_path(event, path, text):
+    data = yaml.safe_load((DATA / "drop.yaml").read_text())
+    data["events"] = [event]
+    with pytest.raises(SpecError) as info:
+        Scenario.from_dict(data)
+    assert info.value.path == path and text in info.value.message, str(info.value)
+
+
+def test_v2_round_trip_and_v1_events_still_valid():
+    for name in ("glass_table_edge", "robot_knock", "heavy_on_light"):
+        s = compose([f"scenario={name}"]).scenario
+        back = Scenario.from_dict(yaml.safe_load(yaml.safe_dump(s.to_dict(), sort_keys=False)))
+        assert back == s
+    ev = compose(["scenario=default"]).scenario.events[0]  # v1: a timed event with one inline action
+    assert (ev.at, ev.kind, ev.entity, ev.when, ev.actions) == (1.5, "impulse", "crate", None, [])

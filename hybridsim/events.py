@@ -1,0 +1,753 @@
+"""The rare-event language at run time: triggers, actions, event records, require and terminate.
+
+Semantics (docs/scenarios.md has the user-facing version):
+- Triggers are evaluated per environment before every physics step k, on the state after step
+  k-1 (time t = k * dt, contacts of step k-1), in declaration order except that an event always
+  comes after the event its `after` names. Actions of an event firing at step k act before
+  physics step k, so the event is reported on frame `k // steps_per_frame + 1` (events at t = 0
+  on frame 1).
+- `at: t` fires once, at step round(t / dt). `after: {event, delay}` fires `delay` after each
+  firing of `event` (one pending firing at a time; delay 0 = the same step). `when: <condition>`
+  fires on each rising edge of the condition (false -> true; true already at t = 0 counts), so an
+  event fires exactly at the first step its condition holds.
+- `once: true` (default) = at most one firing; `max_count: n` = at most n (wins over once).
+- Conditions read PhysicsState tensors, vectorised over environments: `contact` (the impulse of a
+  pair over one step = |sum of contact forces| * dt; contact point = force-weighted mean),
+  `speed` / `height` / `distance` (body origins), `at_rest` (|v| < speed and |w| < 10 speed for
+  `for` seconds), `in_region`, `time`, `visible` (origin projects inside the image, in front).
+- An environment stops firing events once it is done (terminated); it keeps stepping with the
+  batch, but its frames after `end_frame` are not part of its episode.
+Records (one dict per firing, JSON-ready) are the ground-truth event labels (`events.jsonl`).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+
+from hybridsim.spec import (Action, Condition, Scenario, SpecError, check, components, event_actions, event_name,
+                            template_copies, values)
+
+LEAVES = ("contact", "speed", "height", "distance", "at_rest", "in_region", "time", "visible")
+_ACTION_FIELDS = {
+    "impulse": {"entity", "vector"}, "force": {"entity", "vector", "duration"},
+    "torque": {"entity", "vector", "duration"}, "set_velocity": {"entity", "lin_vel", "ang_vel"},
+    "joint_targets": {"entity", "targets"}, "release": {"entity"}, "remove": {"entity"},
+    "set_friction": {"entity", "value"}, "set_mass": {"entity", "value"}, "set_gravity": {"vector"},
+    "spawn": {"template", "count", "pos", "offset", "euler", "lin_vel", "ang_vel"},
+    "move_camera": {"camera", "pos", "lookat", "up"},
+}
+_INLINE_KINDS = ("impulse", "force", "torque", "set_velocity", "joint_targets", "release", "remove")
+_FREE_KINDS = ("impulse", "force", "torque", "set_velocity", "release", "remove", "set_mass")
+
+
+# ============================================================================ validation
+def validate_events(s: Scenario, path: str) -> None:
+    """Events, require and terminate. Raises SpecError naming the YAML path."""
+    index: dict[str, int] = {}
+    for i, ev in enumerate(s.events):
+        name = event_name(ev, i)
+        if name in index:
+            raise SpecError(f"{path}.events[{i}].name", f"duplicate event name '{name}'")
+        index[name] = i
+    for i, ev in enumerate(s.events):
+        _validate_event(ev, s, f"{path}.events[{i}]", index)
+    _check_cycles(s, path, index)
+    for j, r in enumerate(s.require):
+        p = f"{path}.require[{j}]"
+        _known(r.event, index, f"{p}.event", "event")
+        for k, name in enumerate(r.visible):
+            _entity(name, s, f"{p}.visible[{k}]")
+        if r.camera is not None:
+            _known(r.camera, [c.name for c in s.cameras], f"{p}.camera", "camera")
+        check(r.min_count, lambda v: v >= 1, f"{p}.min_count", "must be >= 1")
+    t = s.terminate
+    if t is not None:
+        p = f"{path}.terminate"
+        check(t.time_limit, lambda v: v > 0, f"{p}.time_limit", "must be > 0 seconds")
+        check(t.at_rest, lambda v: v > 0, f"{p}.at_rest", "must be > 0 seconds")
+        check(t.rest_speed, lambda v: v > 0, f"{p}.rest_speed", "must be > 0")
+        if t.after is not None:
+            _known(t.after, index, f"{p}.after", "event")
+
+
+def _known(name, known, path: str, what: str) -> None:
+    for v in values(name):
+        if v not in known:
+            raise SpecError(path, f"unknown {what} '{v}'; {what}s are {list(known)}")
+
+
+def _entity(name, s: Scenario, path: str, free: bool = False, groups: bool = False) -> None:
+    """A known entity (or template copy; a template name stands for all its copies where `groups`)."""
+    copies = template_copies(s)
+    known = [e.name for e in s.entities] + list(copies) + ([t.name for t in s.templates] if groups else [])
+    for v in values(name):
+        if v not in known:
+            raise SpecError(path, f"unknown entity '{v}'; entities are {[e.name for e in s.entities]}"
+                                  + (f" (and template copies {list(copies)})" if copies else ""))
+        if free and v not in copies:
+            e = s.entity(v)
+            if e.fixed or e.type in ("plane", "urdf", "mjcf"):
+                raise SpecError(path, f"'{v}' is not a free rigid body; this action needs one")
+
+
+def _validate_event(ev, s: Scenario, p: str, index: dict[str, int]) -> None:
+    triggers = [k for k in ("at", "after", "when") if getattr(ev, k) is not None]
+    if len(triggers) != 1:
+        raise SpecError(p, f"give exactly one trigger (at, after or when), got {triggers or 'none'}")
+    check(ev.at, lambda v: v >= 0, f"{p}.at", "must be >= 0 seconds")
+    if ev.after is not None:
+        _known(ev.after.event, index, f"{p}.after.event", "event")
+        check(ev.after.delay, lambda v: v >= 0, f"{p}.after.delay", "must be >= 0 seconds")
+    if ev.when is not None:
+        _validate_condition(ev.when, s, f"{p}.when")
+    check(ev.max_count, lambda v: v >= 1, f"{p}.max_count", "must be >= 1")
+    if ev.at is not None and ev.max_count not in (None, 1):
+        raise SpecError(f"{p}.max_count", "a timed (at) event fires once; use `after` or `when` to repeat")
+    if ev.kind is not None:
+        if ev.actions:
+            raise SpecError(f"{p}.actions", "give either kind (one inline action) or actions, not both")
+        if ev.kind not in _INLINE_KINDS:
+            raise SpecError(f"{p}.kind", f"{ev.kind} takes more than the inline fields; write it as "
+                                         f"actions: [{{kind: {ev.kind}, ...}}]")
+        _validate_action(event_actions(ev)[0], s, p)
+        return
+    for key in ("entity", "vector", "duration", "lin_vel", "ang_vel"):
+        if getattr(ev, key) is not None:
+            raise SpecError(f"{p}.{key}", "needs `kind` (or move it into actions)")
+    if ev.targets:
+        raise SpecError(f"{p}.targets", "needs `kind: joint_targets` (or move it into actions)")
+    for j, a in enumerate(ev.actions):
+        _validate_action(a, s, f"{p}.actions[{j}]")
+
+
+def _validate_action(a: Action, s: Scenario, p: str) -> None:
+    allowed = _ACTION_FIELDS[a.kind]
+    defaults = Action(a.kind)
+    for key in ("entity", "vector", "duration", "lin_vel", "ang_vel", "targets", "value", "template", "count",
+                "pos", "offset", "euler", "camera", "lookat", "up"):
+        if key not in allowed and getattr(a, key) != getattr(defaults, key):
+            raise SpecError(f"{p}.{key}", f"not used by {a.kind}; {a.kind} takes {sorted(allowed)}")
+    if "entity" in allowed:
+        if a.entity is None:
+            raise SpecError(f"{p}.entity", f"{a.kind} needs an entity")
+        _entity(a.entity, s, f"{p}.entity", free=a.kind in _FREE_KINDS)
+    if a.kind == "joint_targets":
+        for v in values(a.entity):
+            if v in template_copies(s) or s.entity(v).type not in ("urdf", "mjcf"):
+                raise SpecError(f"{p}.entity", f"'{v}' is not a robot; joint_targets needs a urdf/mjcf robot")
+        if not a.targets:
+            raise SpecError(f"{p}.targets", "give at least one joint: position")
+    if a.kind in ("impulse", "force", "torque", "set_gravity") and a.vector is None:
+        raise SpecError(f"{p}.vector", f"required for {a.kind} (world-frame x, y, z)")
+    if a.kind in ("force", "torque"):
+        if a.duration is None:
+            raise SpecError(f"{p}.duration", f"{a.kind} needs a duration > 0 seconds, got None")
+        check(a.duration, lambda v: v > 0, f"{p}.duration", f"{a.kind} needs a duration > 0 seconds")
+    if a.kind == "set_velocity" and a.lin_vel is None and a.ang_vel is None:
+        raise SpecError(f"{p}.lin_vel", "set_velocity needs lin_vel and/or ang_vel")
+    if a.kind in ("set_friction", "set_mass"):
+        if a.value is None:
+            raise SpecError(f"{p}.value", f"{a.kind} needs a value")
+        if a.kind == "set_friction":
+            check(a.value, lambda v: 0.01 <= v <= 5.0, f"{p}.value", "friction must be in [0.01, 5]")
+        else:
+            check(a.value, lambda v: v > 0, f"{p}.value", "mass must be > 0 kg")
+    if a.kind == "spawn":
+        _known(a.template, [t.name for t in s.templates], f"{p}.template", "template")
+        if a.pos is None:
+            raise SpecError(f"{p}.pos", "spawn needs the position of the first copy")
+        cap = s.template(a.template).capacity
+        check(a.count, lambda v: 0 <= v <= cap, f"{p}.count", f"must be in [0, capacity {cap}]")
+    if a.kind == "move_camera":
+        _known(a.camera, [c.name for c in s.cameras], f"{p}.camera", "camera")
+        if a.pos is None and a.lookat is None:
+            raise SpecError(f"{p}.pos", "move_camera needs pos and/or lookat")
+
+
+def _validate_condition(c: Condition, s: Scenario, p: str) -> None:
+    given = [k for k in (*LEAVES, "all", "any") if getattr(c, k) not in (None, [])]
+    if len(given) != 1:
+        raise SpecError(p, f"give exactly one condition ({', '.join(LEAVES)}) or all/any; got {given or 'none'}")
+    kind = given[0]
+    leaf, q = getattr(c, kind), f"{p}.{kind}"
+    if kind in ("all", "any"):
+        for j, sub in enumerate(leaf):
+            _validate_condition(sub, s, f"{q}[{j}]")
+        return
+    if kind == "contact":
+        _entity(leaf.a, s, f"{q}.a", groups=True)
+        if leaf.b is not None:
+            _entity(leaf.b, s, f"{q}.b", groups=True)
+        check(leaf.min_impulse, lambda v: v >= 0, f"{q}.min_impulse", "must be >= 0 N*s")
+    elif kind == "visible":
+        _entity(leaf.entity, s, f"{q}.entity")
+        _known(leaf.camera, [cam.name for cam in s.cameras], f"{q}.camera", "camera")
+    elif kind == "distance":
+        _entity(leaf.a, s, f"{q}.a")
+        _entity(leaf.b, s, f"{q}.b")
+    elif kind != "time":
+        _entity(leaf.entity, s, f"{q}.entity")
+    if kind in ("speed", "height", "distance", "time"):
+        ops = [k for k in ("above", "below") if getattr(leaf, k) is not None]
+        if len(ops) != 1:
+            raise SpecError(q, f"give exactly one of above / below, got {ops or 'none'}")
+    if kind == "at_rest":
+        check(leaf.for_, lambda v: v > 0, f"{q}.for", "must be > 0 seconds")
+        check(leaf.speed, lambda v: v > 0, f"{q}.speed", "must be > 0 m/s")
+    if kind == "in_region":
+        lo, hi = components(leaf.min), components(leaf.max)
+        if len(lo) == len(hi) == 3 and any(a > b for a, b in zip(lo, hi)):
+            raise SpecError(q, f"min {lo} must be <= max {hi} in every component")
+
+
+def _check_cycles(s: Scenario, path: str, index: dict[str, int]) -> None:
+    """`after` chains must end at an event with another trigger."""
+    source = {event_name(ev, i): ev.after.event for i, ev in enumerate(s.events) if ev.after is not None}
+    for start in source:
+        chain = [start]
+        while chain[-1] in source:
+            nxt = source[chain[-1]]
+            if nxt in chain:
+                cycle = chain[chain.index(nxt):] + [nxt]
+                raise SpecError(f"{path}.events[{index[cycle[0]]}].after.event",
+                                f"circular `after` chain: {' -> '.join(cycle)}; one of them needs `at` or `when`")
+            chain.append(nxt)
+
+
+def order_events(s: Scenario) -> list[int]:
+    """Declaration order, except that an event comes after the one its `after` names."""
+    names = {event_name(ev, i): i for i, ev in enumerate(s.events)}
+    done: list[int] = []
+
+    def visit(i: int) -> None:
+        if i in done:
+            return
+        ev = s.events[i]
+        if ev.after is not None:
+            visit(names[ev.after.event])
+        done.append(i)
+
+    for i in range(len(s.events)):
+        visit(i)
+    return done
+
+
+def write_events_jsonl(path: str | Path, records: list[dict]) -> None:
+    """One JSON object per line, in firing order."""
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+
+
+# ============================================================================ run time
+class EventEngine:
+    """Triggers, actions and bookkeeping for B environments, env b running episodes[b].
+
+    `episodes` are concrete scenarios with the same event structure (sampling.layout_key)."""
+
+    def __init__(self, episodes: list[Scenario], world, cameras: dict, steps_per_frame: int):
+        self.world, self.cameras, self.spf = world, cameras, steps_per_frame
+        self.B, base = len(episodes), episodes[0]
+        self.dt = base.timing.dt
+        self.names = [event_name(ev, i) for i, ev in enumerate(base.events)]
+        self.order = order_events(base)
+        self.stateful: list = []  # condition leaves with counters (saved with the engine)
+        self.events = [self._compile(i, [ep.events[i] for ep in episodes]) for i in range(len(base.events))]
+        self.requires = [[ep.require[j] for ep in episodes] for j in range(len(base.require))]
+        self._visible_needed = self._visibility_requests()
+        self._compile_terminate(episodes)
+        self.spawn_next = {t.name: np.zeros(self.B, dtype=np.int64) for t in base.templates}
+        self.active = np.ones(self.B, dtype=bool)  # envs still in their episode (set by the Simulation)
+        self.log: list[dict] = []
+        self.first: dict[tuple[int, int], dict] = {}  # (event, env) -> record of its first firing
+        self.need_contacts = any(e.cond is not None and e.cond.needs_contacts for e in self.events)
+        self.need_state = any(e.cond is not None for e in self.events) or self.rest_steps is not None
+        self.prev_vel = None  # [B, K, 3] velocities after the previous step's actions (contact impulses)
+        self._single = [(i, world.body_slot(b.name)) for i, b in enumerate(world.spec.bodies)
+                        if len(world.entity_slots(b.name)) == 1 and not (b.fixed or b.kind in ("plane", "urdf", "mjcf"))]
+
+    def slot_mass(self):
+        """[B, K] kg of the slots that are one free body, 0 elsewhere."""
+        import torch
+
+        m = torch.zeros(self.B, len(self.world.bodies), dtype=torch.float64)
+        for i, k in self._single:
+            m[:, k] = torch.as_tensor(self.world.mass(self.world.spec.bodies[i].name))
+        return m
+
+    # ------------------------------------------------------------ compile
+    def _compile(self, i: int, evs: list) -> "_Event":
+        ev = evs[0]
+        e = _Event(i, self.names[i], "at" if ev.at is not None else "after" if ev.after is not None else "when")
+        B = self.B
+        e.limit = np.array([x.max_count if x.max_count is not None else (1 if x.once else 1 << 62) for x in evs])
+        e.count, e.prev, e.due = np.zeros(B, np.int64), np.zeros(B, bool), np.full(B, -1, np.int64)
+        if e.trigger == "at":
+            e.at_step = np.array([int(round(x.at / self.dt)) for x in evs])
+        elif e.trigger == "after":
+            e.source = self.names.index(ev.after.event)
+            e.delay = np.array([int(round(x.after.delay / self.dt)) for x in evs])
+        else:
+            e.cond = compile_condition([x.when for x in evs], self)
+        per_env = [event_actions(x) for x in evs]
+        e.actions = [[acts[j] for acts in per_env] for j in range(len(per_env[0]))]
+        return e
+
+    def _visibility_requests(self) -> dict[int, set]:
+        out: dict[int, set] = {}
+        for reqs in self.requires:
+            i = self.names.index(reqs[0].event)
+            out.setdefault(i, set()).update(n for r in reqs for n in r.visible)
+        return out
+
+    def _compile_terminate(self, episodes: list[Scenario]) -> None:
+        ts = [ep.terminate for ep in episodes]
+        t0 = ts[0]
+        self.rest_steps = self.rest_speed = self.rest_after = None
+        if t0 is not None and t0.at_rest is not None:
+            self.rest_steps = np.array([max(1, int(round(t.at_rest / self.dt))) for t in ts])
+            self.rest_speed = np.array([t.rest_speed for t in ts])
+            self.rest_after = self.names.index(t0.after) if t0.after is not None else None
+        self.rest_count = np.zeros(self.B, np.int64)
+        self.rested = np.zeros(self.B, bool)  # at-rest termination reached (sticky until restore)
+
+    # ------------------------------------------------------------ stepping
+    def before_step(self) -> list[dict]:
+        """Evaluate triggers on the current state and fire; call before every physics step."""
+        k = self.world.step_count
+        ctx = Context(self, k, self.world.state(contacts=self.need_contacts) if self.need_state else None)
+        for e in self.events:
+            if e.cond is not None:
+                e.cond.update(ctx)  # every step, so at_rest counters stay current
+        records: list[dict] = []
+        for i in self.order:
+            e = self.events[i]
+            if e.trigger == "at":
+                fire = (e.count == 0) & (k >= e.at_step)
+            elif e.trigger == "after":
+                fire = (e.due >= 0) & (k >= e.due)
+            else:
+                holds = e.cond.value
+                fire, e.prev = holds & ~e.prev, holds
+            fire &= self.active & (e.count < e.limit)
+            if e.trigger == "after":
+                e.due[fire] = -1
+            if fire.any():
+                records += self._fire(e, np.nonzero(fire)[0], ctx)
+        self._update_rest(ctx)
+        if self.need_contacts:  # velocities the next step starts from, actions included
+            st = self.world.state(contacts=False) if records else ctx.state
+            self.prev_vel = st.body_lin_vel.double().clone()
+        return records
+
+    def _fire(self, e: "_Event", envs: np.ndarray, ctx) -> list[dict]:
+        from hybridsim.bridge import apply_action
+
+        e.count[envs] += 1
+        for d in self.events:  # schedule the events that follow this one
+            if d.trigger == "after" and d.source == e.index:
+                new = envs[(d.due[envs] < 0) & (d.count[envs] < d.limit[envs])]
+                d.due[new] = ctx.step + d.delay[new]
+        records = {int(b): self._record(e, int(b), ctx) for b in envs}
+        for acts in e.actions:
+            touched = apply_action(self.world, acts, envs, self.dt, self.cameras, self.spawn_next)
+            for b, names in touched.items():
+                rec = records[b]
+                rec["entities"] += [n for n in names if n not in rec["entities"]]
+                if acts[b].kind == "spawn":
+                    rec.setdefault("spawned", []).extend(names)
+        for b, rec in records.items():
+            rec["visible"] = self._visible(rec["entities"] + sorted(self._visible_needed.get(e.index, ())), b, ctx)
+            self.log.append(rec)
+            self.first.setdefault((e.index, b), rec)
+        return list(records.values())
+
+    def _record(self, e: "_Event", b: int, ctx) -> dict:
+        kinds = [acts[b].kind for acts in e.actions]
+        rec = {"env": b, "event": e.name, "index": e.index, "trigger": e.trigger, "action": kinds[0] if kinds else None,
+               "actions": kinds, "t": round(ctx.step * self.dt, 9), "step": ctx.step, "frame": ctx.step // self.spf + 1,
+               "count": int(e.count[b]), "entities": [], "contact_point": None, "impulse": None}
+        if e.cond is not None:
+            e.cond.describe(b, rec)
+        return rec
+
+    def _visible(self, names: list[str], b: int, ctx) -> dict[str, list[str]]:
+        names = list(dict.fromkeys(n for n in names if n in self.world.entity_names))
+        if not names:
+            return {c: [] for c in self.cameras}
+        pos = ctx.state_now().body_pos[b, [self.world.body_slot(n) for n in names]].double().numpy()  # [n, 3]
+        out = {}
+        for cname, cam in self.cameras.items():
+            ok = project_visible(pos, cam.viewmat[b], cam.K[b], cam.width, cam.height)
+            out[cname] = [n for n, v in zip(names, ok) if v]
+        return out
+
+    def _update_rest(self, ctx) -> None:
+        if self.rest_steps is None:
+            return
+        st = ctx.state
+        free = np.array([not info.fixed for info in self.world.bodies])
+        held = np.zeros((self.B, len(free)), bool)
+        for i, b in enumerate(self.world.spec.bodies):
+            held[:, self.world.entity_slots(b.name)] = (self.world.held(b.name) | self.world.parked(b.name))[:, None]
+        v = st.body_lin_vel.norm(dim=-1).double().numpy()
+        w = st.body_ang_vel.norm(dim=-1).double().numpy()
+        slow = (v < self.rest_speed[:, None]) & (w < 10 * self.rest_speed[:, None])
+        rest = (slow | ~free[None] | held).all(axis=1)
+        if self.rest_after is not None:
+            rest &= self.events[self.rest_after].count > 0
+        self.rest_count = np.where(rest & self.active, self.rest_count + 1, 0)
+        self.rested |= self.rest_count >= self.rest_steps
+
+    # ------------------------------------------------------------ outcome
+    def require_status(self) -> list[str | None]:
+        out: list[str | None] = [None] * self.B
+        for reqs in self.requires:
+            i = self.names.index(reqs[0].event)
+            for b in range(self.B):
+                if out[b] is None:
+                    out[b] = self._require_one(reqs[b], i, b)
+        return out
+
+    def _require_one(self, r, i: int, b: int) -> str | None:
+        n = int(self.events[i].count[b])
+        if n < r.min_count:
+            return f"event '{r.event}' never fired" if n == 0 else \
+                f"event '{r.event}' fired {n} times, fewer than {r.min_count}"
+        seen = self.first[(i, b)]["visible"]
+        cams = [r.camera] if r.camera is not None else list(seen)
+        for name in r.visible:
+            if not any(name in seen.get(c, []) for c in cams):
+                where = f"camera '{r.camera}'" if r.camera is not None else "any camera"
+                return f"'{name}' not visible in {where} when '{r.event}' fired"
+        return None
+
+    # ------------------------------------------------------------ state
+    def save(self) -> dict:
+        return copy.deepcopy({
+            "events": [(e.count, e.prev, e.due) for e in self.events],
+            "leaves": [leaf.save() for leaf in self.stateful],
+            "spawn_next": self.spawn_next, "active": self.active, "rest": (self.rest_count, self.rested),
+            "prev_vel": self.prev_vel,
+            "log": len(self.log), "first": dict(self.first),
+        })
+
+    def restore(self, snap: dict) -> None:
+        snap = copy.deepcopy(snap)
+        for e, (count, prev, due) in zip(self.events, snap["events"]):
+            e.count, e.prev, e.due = count, prev, due
+        for leaf, s in zip(self.stateful, snap["leaves"]):
+            leaf.restore(s)
+        self.spawn_next, self.active = snap["spawn_next"], snap["active"]
+        self.rest_count, self.rested = snap["rest"]
+        self.prev_vel = snap["prev_vel"]
+        del self.log[snap["log"]:]
+        self.first = snap["first"]
+
+    def timed_fired(self) -> int:
+        """How many timed (`at`) events have fired in env 0 (the v1 `_next_event` counter)."""
+        return sum(int(e.count[0] > 0) for e in self.events if e.trigger == "at")
+
+    def set_timed_fired(self, n: int) -> None:
+        """Mark the first n timed events (in firing order) fired and the others not, in every env."""
+        timed = sorted((e for e in self.events if e.trigger == "at"), key=lambda e: (int(e.at_step[0]), e.index))
+        for j, e in enumerate(timed):
+            e.count[:] = 1 if j < n else 0
+
+
+class _Event:
+    def __init__(self, index: int, name: str, trigger: str):
+        self.index, self.name, self.trigger = index, name, trigger
+        self.cond = None
+        self.source = -1
+        self.actions: list[list[Action]] = []
+
+
+# ============================================================================ conditions
+class Context:
+    """What conditions see before physics step `step`: the state after the previous step."""
+
+    def __init__(self, engine: EventEngine, step: int, state):
+        self.engine, self.step, self.state = engine, step, state
+        self.t = step * engine.dt
+
+    def state_now(self):
+        if self.state is None:
+            self.state = self.engine.world.state(contacts=False)
+        return self.state
+
+    def momentum_change(self):
+        """[B, K] m |dv - g dt| over the last step for slots that are one free body (else 0)."""
+        import torch
+
+        eng = self.engine
+        if eng.prev_vel is None:
+            return None
+        g = torch.as_tensor(eng.world.gravity, dtype=torch.float64)[:, None]  # [B, 1, 3]
+        dv = (self.state.body_lin_vel.double() - eng.prev_vel) - g * eng.dt
+        return eng.slot_mass() * dv.norm(dim=-1)
+
+
+def compile_condition(conds: list[Condition], engine: EventEngine) -> "_Node":
+    """One node for all environments; conds[b] is env b's condition (same structure, own values)."""
+    kinds = [next(k for k in (*LEAVES, "all", "any") if getattr(c, k) not in (None, [])) for c in conds]
+    if len(set(kinds)) != 1:
+        raise SpecError("episodes", f"environments have different conditions {sorted(set(kinds))}; batch episodes "
+                                    "with equal sampling.layout_key only")
+    kind = kinds[0]
+    if kind in ("all", "any"):
+        n = len(getattr(conds[0], kind))
+        if any(len(getattr(c, kind)) != n for c in conds):
+            raise SpecError("episodes", "environments have different condition trees")
+        children = [compile_condition([getattr(c, kind)[j] for c in conds], engine) for j in range(n)]
+        return _Group(kind, children)
+    leaves = [getattr(c, kind) for c in conds]
+    node = {"contact": _Contact, "at_rest": _AtRest, "in_region": _Region, "visible": _Visible}.get(kind, _Scalar)
+    out = node(kind, leaves, engine)
+    if isinstance(out, _AtRest):
+        engine.stateful.append(out)
+    return out
+
+
+class _Node:
+    needs_contacts = False
+    value: np.ndarray  # [B] bool, set by update()
+
+    def update(self, ctx: Context) -> None:
+        raise NotImplementedError
+
+    def describe(self, b: int, rec: dict) -> None:
+        """Add what this node saw in env b (entities, contact, measured value) to an event record."""
+
+
+class _Group(_Node):
+    def __init__(self, kind: str, children: list[_Node]):
+        self.kind, self.children = kind, children
+        self.needs_contacts = any(c.needs_contacts for c in children)
+
+    def update(self, ctx):
+        for c in self.children:
+            c.update(ctx)
+        vals = np.stack([c.value for c in self.children])
+        self.value = vals.all(0) if self.kind == "all" else vals.any(0)
+
+    def describe(self, b, rec):
+        for c in self.children:
+            if c.value[b]:
+                c.describe(b, rec)
+
+
+def _slots(engine: EventEngine, names: list[str]):
+    import torch
+
+    return torch.as_tensor([engine.world.body_slot(n) for n in names])
+
+
+def _add(rec: dict, *names: str) -> None:
+    rec["entities"] += [n for n in names if n not in rec["entities"]]
+
+
+class _Scalar(_Node):
+    """speed / height / distance / time against `above` or `below`."""
+
+    def __init__(self, kind: str, leaves: list, engine: EventEngine):
+        self.kind, self.engine = kind, engine
+        self.above = leaves[0].above is not None
+        self.threshold = np.array([x.above if self.above else x.below for x in leaves], dtype=np.float64)
+        if kind == "distance":
+            self.names = [(x.a, x.b) for x in leaves]
+            self.sa, self.sb = _slots(engine, [x.a for x in leaves]), _slots(engine, [x.b for x in leaves])
+        elif kind != "time":
+            self.names = [(x.entity,) for x in leaves]
+            self.sa = _slots(engine, [x.entity for x in leaves])
+
+    def update(self, ctx):
+        import torch
+
+        B = self.engine.B
+        if self.kind == "time":
+            v = np.full(B, ctx.t)
+        else:
+            st, ar = ctx.state, torch.arange(B)
+            if self.kind == "speed":
+                v = st.body_lin_vel[ar, self.sa].norm(dim=-1)
+            elif self.kind == "height":
+                v = st.body_pos[ar, self.sa, 2]
+            else:
+                v = (st.body_pos[ar, self.sa] - st.body_pos[ar, self.sb]).norm(dim=-1)
+            v = v.double().numpy()
+        self.measured = v
+        self.value = v > self.threshold if self.above else v < self.threshold
+
+    def describe(self, b, rec):
+        if self.kind != "time":
+            _add(rec, *self.names[b])
+        rec.setdefault("values", {})[self.kind] = float(self.measured[b])
+
+
+class _AtRest(_Node):
+    def __init__(self, kind: str, leaves: list, engine: EventEngine):
+        self.engine, self.names = engine, [x.entity for x in leaves]
+        self.slot = _slots(engine, self.names)
+        self.steps = np.array([max(1, int(round(x.for_ / engine.dt))) for x in leaves])
+        self.speed = np.array([x.speed for x in leaves], dtype=np.float64)
+        self.counter = np.zeros(engine.B, np.int64)
+
+    def update(self, ctx):
+        import torch
+
+        ar = torch.arange(self.engine.B)
+        v = ctx.state.body_lin_vel[ar, self.slot].norm(dim=-1).double().numpy()
+        w = ctx.state.body_ang_vel[ar, self.slot].norm(dim=-1).double().numpy()
+        rest = (v < self.speed) & (w < 10 * self.speed)
+        self.counter = np.where(rest, self.counter + 1, 0)
+        self.value = self.counter >= self.steps
+
+    def describe(self, b, rec):
+        _add(rec, self.names[b])
+
+    def save(self):
+        return self.counter.copy()
+
+    def restore(self, counter):
+        self.counter = counter.copy()
+
+
+class _Region(_Node):
+    def __init__(self, kind: str, leaves: list, engine: EventEngine):
+        self.engine, self.names = engine, [x.entity for x in leaves]
+        self.slot = _slots(engine, self.names)
+        self.lo = np.array([x.min for x in leaves], dtype=np.float64)
+        self.hi = np.array([x.max for x in leaves], dtype=np.float64)
+
+    def update(self, ctx):
+        import torch
+
+        p = ctx.state.body_pos[torch.arange(self.engine.B), self.slot].double().numpy()
+        self.value = ((p >= self.lo) & (p <= self.hi)).all(axis=1)
+
+    def describe(self, b, rec):
+        _add(rec, self.names[b])
+
+
+class _Visible(_Node):
+    def __init__(self, kind: str, leaves: list, engine: EventEngine):
+        self.engine, self.names = engine, [x.entity for x in leaves]
+        self.slot = _slots(engine, self.names)
+        self.camera = [x.camera for x in leaves]
+
+    def update(self, ctx):
+        import torch
+
+        p = ctx.state.body_pos[torch.arange(self.engine.B), self.slot].double().numpy()
+        cams = self.engine.cameras
+        self.value = np.array([project_visible(p[b:b + 1], cams[c].viewmat[b], cams[c].K[b], cams[c].width,
+                                               cams[c].height)[0] for b, c in enumerate(self.camera)])
+
+    def describe(self, b, rec):
+        _add(rec, self.names[b])
+
+
+class _Contact(_Node):
+    needs_contacts = True
+
+    def __init__(self, kind: str, leaves: list, engine: EventEngine):
+        import torch
+
+        world, B = engine.world, engine.B
+        K = len(world.bodies)
+        self.engine, self.K = engine, K
+        self.mask_a = torch.zeros(B, K + 1, dtype=torch.bool)  # column K: padding (no body)
+        self.mask_b = torch.zeros(B, K + 1, dtype=torch.bool)
+        for b, x in enumerate(leaves):
+            self.mask_a[b, self._slots(x.a)] = True
+            if x.b is None:
+                self.mask_b[b, :K] = ~self.mask_a[b, :K]
+            else:
+                self.mask_b[b, self._slots(x.b)] = True
+        self.min_impulse = np.array([x.min_impulse for x in leaves], dtype=np.float64)
+        self.names_a = [x.a for x in leaves]
+
+    def _slots(self, name: str) -> list[int]:
+        """All links of an entity, or of every copy of a template."""
+        world = self.engine.world
+        copies = [b.name for b in world.spec.bodies if b.parked and b.name.rsplit("_", 1)[0] == name]
+        return [k for n in copies or [name] for k in world.entity_slots(n)]
+
+    def update(self, ctx):
+        import torch
+
+        c, B, K = ctx.state.contacts, self.engine.B, self.K
+        if c is None or c.body_a.shape[1] == 0:
+            self.value = np.zeros(B, bool)
+            return
+        ba = torch.where(c.valid, c.body_a, K)
+        bb = torch.where(c.valid, c.body_b, K)
+        fwd = self.mask_a.gather(1, ba) & self.mask_b.gather(1, bb)  # [B, M]: the contact's body a is in `a`
+        rev = self.mask_b.gather(1, ba) & self.mask_a.gather(1, bb) & ~fwd
+        pair = fwd | rev
+        force = c.force.double()  # [B, M, 3] on the contact's body a
+        f = force.norm(dim=-1) * c.valid  # [B, M]
+        impulse = self._impulse(ctx, ba, bb, fwd, pair, force, f)
+        w = f * pair
+        n = pair.sum(1).clamp(min=1)
+        weights = torch.where(w.sum(1, keepdim=True) > 0, w / w.sum(1, keepdim=True).clamp(min=1e-30),
+                              pair.double() / n[:, None])
+        point = (c.position.double() * weights[..., None]).sum(1)
+        ar = torch.arange(B)
+        strongest = torch.where(pair, w + 1e-30, torch.zeros_like(w)).argmax(1)
+        other = torch.where(fwd[ar, strongest], bb[ar, strongest], ba[ar, strongest])
+        self.impulse, self.point, self.other = impulse, point.numpy(), other.numpy()
+        self.value = pair.any(1).numpy() & (self.impulse >= self.min_impulse)
+
+    def _impulse(self, ctx, ba, bb, fwd, pair, force, f) -> np.ndarray:
+        """[B] N*s the pair exchanged over the last step.
+
+        Genesis reports the contact force of the last substep only, so |F| dt misjudges impacts.
+        Where a side of the pair is one free body, the momentum change its contacts explain is used
+        instead: m |dv - g dt|, shared among its contacts by force. Otherwise |sum F| dt."""
+        import torch
+
+        B, K, dt = self.engine.B, self.K, self.engine.dt
+        sign = fwd.double() - (pair & ~fwd).double()
+        fallback = (force * sign[..., None]).sum(1).norm(dim=-1) * dt
+        dp = ctx.momentum_change()  # [B, K] or None; 0 where a slot is not one free body
+        if dp is None:
+            return fallback.numpy()
+        zeros = torch.zeros(B, K + 1, dtype=torch.float64)
+        total = zeros.scatter_add(1, ba, f).scatter_add(1, bb, f)[:, :K]
+        side_a = torch.where(fwd, ba, bb)
+        side_b = torch.where(fwd, bb, ba)
+        out = fallback.clone()
+        for side in (side_b, side_a):  # side a wins where both sides are free bodies
+            share = zeros.scatter_add(1, side, f * pair)[:, :K]
+            free = (dp > 0) & (share > 0)
+            est = (dp * share / total.clamp(min=1e-30) * free).sum(1)
+            out = torch.where(free.any(1), est, out)
+        return out.numpy()
+
+    def describe(self, b, rec):
+        world = self.engine.world
+        other = world.bodies[int(self.other[b])].entity if int(self.other[b]) < self.K else None
+        a = self.names_a[b]
+        if a not in world.entity_names:  # a template: name the copy that touched
+            a = next((world.bodies[k].entity for k in range(self.K) if bool(self.mask_a[b, k]) and
+                      world.bodies[k].entity != other), a)
+        _add(rec, a, *([other] if other else []))
+        if rec["contact_point"] is None:
+            rec["contact_point"] = [float(v) for v in self.point[b]]
+            rec["impulse"] = float(self.impulse[b])
+
+
+def project_visible(points: np.ndarray, viewmat: np.ndarray, K: np.ndarray, width: int, height: int) -> np.ndarray:
+    """points [n, 3] world -> [n] bool: in front of the camera (z > 1 cm) and inside the image."""
+    cam = points @ viewmat[:3, :3].T + viewmat[:3, 3]
+    z = cam[:, 2]
+    uv = cam @ np.asarray(K).T
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u, v = uv[:, 0] / z, uv[:, 1] / z
+    return (z > 0.01) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
