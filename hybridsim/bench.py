@@ -214,7 +214,7 @@ def main(overrides: list[str]) -> int:
     if "refine" in sections:
         report.refine = bench_refine(opts["rollout_frames"])
     if "pipeline" in sections:
-        report.pipeline = bench_pipeline(opts["scenario"], max(opts["frames"], 8))
+        report.pipeline = bench_pipeline(opts["scenario"], opts["frames"])
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=float))

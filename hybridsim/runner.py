@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import platform
 import shutil
 import time
@@ -124,8 +125,9 @@ class RunSink:
         self.videos: dict[str, VideoWriter] = {}
         self.poses = TableWriter(out / "poses.parquet")
         self.cams = TableWriter(out / "cameras.parquet")
+        self.events = (out / "events.jsonl").open("w")  # fired events, appended as they happen
         self.n_frames, self.write_s = 0, 0.0
-        self.files: list[str] = ["poses.parquet", "cameras.parquet"]
+        self.files: list[str] = ["poses.parquet", "cameras.parquet", "events.jsonl"]
         self._bodies = sim.world.bodies
         sc = sim.scenario
         index = {e.name: i for i, e in enumerate(sc.entities)}
@@ -163,6 +165,9 @@ class RunSink:
                     self._video("refined", cam, b).write(refined[name][b])
                     panels = [p for p in (coarse, refined[name][b], ref) if p is not None]
                     self._video("compare", cam, b, len(panels)).write(np.concatenate(panels, axis=1))
+        for record in getattr(frame, "events", None) or []:
+            self.events.write(json.dumps(record, default=_json_default) + "\n")
+        self.events.flush()
         self.poses.append(self._pose_rows(frame))
         self.cams.append(self._camera_rows(frame))
         if self.labels is not None:
@@ -201,6 +206,7 @@ class RunSink:
         return rows
 
     def close(self) -> None:
+        self.events.close()
         for v in self.videos.values():
             v.close()
         self.poses.close()
@@ -231,6 +237,8 @@ def _run_record(cfg, sim, sink, status, error, timings) -> dict:
         "n_envs": cfg.n_envs,
         "fps": cfg.scenario.timing.fps,
         "seeds": {"root": cfg.scenario.seed, "episode": cfg.episode, "envs": sim.seeds},
+        "require": _require_status(sim),
+        "end_frame": [int(v) for v in getattr(sim, "end_frame", [])],
         "bodies": [{"slot": k, "entity": b.entity, "link": b.link} for k, b in enumerate(sim.world.bodies)],
         "files": sorted(sink.files),
         "timings": timings,
@@ -238,6 +246,22 @@ def _run_record(cfg, sim, sink, status, error, timings) -> dict:
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": _cpus()},
         "config": cfg.to_dict(),
     }
+
+
+def _require_status(sim) -> list[str | None]:
+    """Per env: None when every `require` clause of the scenario held, else the reason."""
+    try:
+        return list(sim.require_status())
+    except Exception as exc:  # a failed run may not have a usable state; say so instead of failing again
+        return [f"unknown ({type(exc).__name__})"] * sim.cfg.n_envs
+
+
+def _json_default(v):
+    if hasattr(v, "tolist"):
+        return v.tolist()
+    if hasattr(v, "item"):
+        return v.item()
+    raise TypeError(f"not JSON serialisable: {type(v).__name__}")
 
 
 def _cpus() -> int:

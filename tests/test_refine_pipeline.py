@@ -139,24 +139,31 @@ def test_bad_weights_folder_is_a_clear_error(tmp_path):
 
 
 def test_run_writes_refined_and_compare_videos(tmp_path, tiny_weights):
-    res = hybridsim.run(str(DATA / "drop.yaml"), ["scenario.timing.duration=0.55", f"refine.weights={tiny_weights}"],
+    res = hybridsim.run(str(DATA / "drop.yaml"), ["scenario.timing.duration=0.65", f"refine.weights={tiny_weights}"],
                         out_dir=tmp_path / "run", progress=False)
-    assert res.n_frames == 11  # an odd count: the last block is partial and still written
+    assert res.n_frames == 13  # an odd count: the last block is partial and still written
     refined, compare = _decode(res.out_dir / "refined_main.mp4"), _decode(res.out_dir / "compare_main.mp4")
     coarse, reference = _decode(res.out_dir / "coarse_main.mp4"), _decode(res.out_dir / "reference_main.mp4")
-    assert len(refined) == len(compare) == 11
+    assert len(refined) == len(compare) == 13
     assert refined[0].shape == (48, 64, 3) and compare[0].shape == (48, 192, 3)
     # compare = coarse | refined | reference. H.264 is lossy (and the untrained tiny model's output
     # is noise, which compresses badly), so each panel must be closest to its own video.
     videos = (coarse, refined, reference)
-    for k in (0, 10):
+    for k in (0, 12):
         for panel in range(3):
             crop = compare[k][:, 64 * panel:64 * (panel + 1)].astype(int)
             diffs = [np.abs(crop - v[k].astype(int)).mean() for v in videos]
             assert int(np.argmin(diffs)) == panel and diffs[panel] < 12, diffs
     rec = json.loads((res.out_dir / "run.json").read_text())
-    assert rec["timings"]["refine_blocks"] == 6 and rec["timings"]["refine_s"] > 0
+    assert rec["timings"]["refine_blocks"] == 7 and rec["timings"]["refine_s"] > 0
     assert "refined_main.mp4" in rec["files"] and "compare_main.mp4" in rec["files"]
+    # the timed impulse at 0.5 s (physics step 50, 5 steps per frame) is a ground-truth event label
+    events = [json.loads(line) for line in (res.out_dir / "events.jsonl").read_text().splitlines()]
+    assert len(events) == 1
+    ev = events[0]
+    assert ev["env"] == 0 and ev["entities"] == ["ball"] and ev["step"] == 50 and ev["frame"] == 11
+    assert ev["t"] == pytest.approx(0.5)
+    assert rec["require"] == [None] and rec["end_frame"] == [12]
 
 
 def test_refine_needs_the_splat_render(tmp_path):
