@@ -29,6 +29,9 @@ _LAZY = {
     "Timing": "hybridsim.spec",
     "Appearance": "hybridsim.spec",
     "SpecError": "hybridsim.spec",
+    "Lighting": "hybridsim.spec",
+    "sample_scenario": "hybridsim.sampling",
+    "layout_key": "hybridsim.sampling",
 }
 
 __all__ = list(_LAZY)

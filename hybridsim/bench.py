@@ -7,6 +7,8 @@ Sections (select with `sections=render,physics,refine,pipeline`):
 - refine: the refiner's own benchmarks on the default model (cache speed-up vs recomputing the
   window, per-frame cost and memory at frame ~500 vs ~20, FLOP/s as a fraction of a float32 matmul
   on the same machine, refined frames/s).
+- throughput: `hybridsim batch` episodes per minute for 1, 2 and 4 batched environments and for
+  local Ray with 1 and 2 workers, side by side (refiner off; it is measured on its own).
 - pipeline: the default scenario end to end (physics -> splats -> refiner), per-stage ms per frame,
   refined frames/s and the latency from a frame's physics step to its refined frame.
 `threads=N` sets torch's thread count first (on a shared CPU, 1 gives steady numbers).
@@ -43,7 +45,7 @@ class PhysicsBench:
     step_ms: float  # median per physics step (all envs)
 
 
-SECTIONS = ("render", "physics", "refine", "pipeline", "throughput")
+SECTIONS = ("render", "physics", "refine", "pipeline", "throughput")  # default: all
 
 
 @dataclass
@@ -53,13 +55,15 @@ class BenchReport:
     physics: list[PhysicsBench] = field(default_factory=list)
     refine: dict | None = None
     pipeline: dict | None = None
+    throughput: dict | None = None
 
 
 def _options(overrides: list[str]) -> dict:
     from hybridsim.options import parse_options
 
-    opts = parse_options(overrides, {"out": "bench", "sections": "render,physics,refine,pipeline", "frames": 20,
-                                     "scenario": "default", "threads": 0, "rollout_frames": 500}, "bench")
+    opts = parse_options(overrides, {"out": "bench", "sections": ",".join(SECTIONS), "frames": 20,
+                                     "scenario": "default", "threads": 0, "rollout_frames": 500,
+                                     "episodes": 8}, "bench")
     unknown = set(opts["sections"].split(",")) - set(SECTIONS)
     if unknown:
         raise SpecError("bench sections", f"unknown {sorted(unknown)}; choose from {list(SECTIONS)}")
@@ -215,6 +219,13 @@ def main(overrides: list[str]) -> int:
         report.refine = bench_refine(opts["rollout_frames"])
     if "pipeline" in sections:
         report.pipeline = bench_pipeline(opts["scenario"], opts["frames"])
+    if "throughput" in sections:
+        from hybridsim.batch import bench_throughput
+
+        # simulation + splat render + labels + dataset writing; the refiner is benched on its own above
+        report.throughput = bench_throughput(opts["scenario"], episodes=opts["episodes"], frames=opts["frames"],
+                                             overrides=("refine.enabled=false",),
+                                             torch_threads=opts["threads"] or 1)
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=float))
@@ -248,6 +259,10 @@ def to_markdown(r: BenchReport) -> str:
                   "median / max ms |", "|---|---|---|---|",
                   f"| {p['frames']} | {p['frames_per_s']:.2f} | {stages} | {p['latency_ms_median']:.0f} / "
                   f"{p['latency_ms_max']:.0f} |"]
+    if r.throughput:
+        from hybridsim.batch import throughput_markdown
+
+        lines += ["", throughput_markdown(r.throughput)]
     return "\n".join(lines) + "\n"
 
 
