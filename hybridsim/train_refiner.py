@@ -44,8 +44,10 @@ def main(overrides: list[str]) -> int:
 def train_refiner(opts: dict, command: str = "") -> dict:
     import torch
 
-    from refine import ModelConfig, SamplerConfig, TrainConfig, train
+    from refine import ModelConfig, SamplerConfig, TrainConfig
     from refine.model import CausalWanRefiner
+    from refine.train import train  # not `from refine import train`: once refine.train is imported
+    # as a module, the package attribute `train` is that module, not the lazy function
 
     from hybridsim.refine_data import ClipDataset, ClipOptions, make_clips
 

@@ -1,5 +1,8 @@
 """refine: causal autoregressive video-diffusion refiner (Wan-style DiT, KV cache, few-step sampler).
 
+Note: `train` and `evaluate` are also submodule names; after `import refine.train` the package
+attribute is the module. Import the functions from their modules (`from refine.train import train`).
+
 Leaf package: imports torch, numpy, diffusers, safetensors, tqdm and nothing from physics,
 render or hybridsim. `import refine` is cheap: the modelling code (and diffusers) load on first
 use of a name below.
