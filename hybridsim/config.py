@@ -19,7 +19,8 @@ class RenderConfig:
     backend: str = "auto"  # auto | torch | gsplat
     density: float = 48000.0  # Gaussians per m^2 on object surfaces (spacing ~0.5 cm)
     plane_density: float = 555.0  # Gaussians per m^2 on ground planes (the cap over 6 m)
-    plane_size: float = 6.0  # metres: splatted extent of an infinite plane
+    plane_size: float = 6.0  # metres: splatted extent of an infinite plane (analytic_planes=false)
+    analytic_planes: bool = True  # draw planes exactly to the horizon behind the splats
     max_gaussians: int = 20000  # per body
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
 

@@ -74,10 +74,10 @@ class Simulation:
         specs = [world_spec(ep, reference=cfg.reference, base_dir=base_dir) for ep in self.episodes]
         self.world = World(specs[0], n_envs=cfg.n_envs, env_specs=specs if self._varied else None)
         self.timings["build_physics_s"] = time.perf_counter() - t0
-        self.splats = None
+        self.splats, self.planes = None, []
         if cfg.render.enabled:
             t0 = time.perf_counter()
-            self.splats = build_splat_scene(self.world, self.scenario, cfg.render)
+            self.splats, self.planes = build_splat_scene(self.world, self.scenario, cfg.render)
             self.timings["build_splats_s"] = time.perf_counter() - t0
         self._load()
 
@@ -227,19 +227,21 @@ class Simulation:
         import torch
         from render import rasterize
 
+        from render import composite_planes
+
         g = self.splats.posed(state.body_pos, state.body_quat)
         out = {}
         for name, cam in self.cameras.items():
-            out[name] = rasterize(
-                g,
-                torch.as_tensor(cam.viewmat, dtype=torch.float32)[:, None],
-                torch.as_tensor(cam.K, dtype=torch.float32)[:, None],
-                cam.width,
-                cam.height,
-                prev_means=self._prev_means,
-                background=tuple(self.cfg.render.background),
-                backend=self.cfg.render.backend,
-            )
+            view = torch.as_tensor(cam.viewmat, dtype=torch.float32)[:, None]  # [B, 1, 4, 4]
+            K = torch.as_tensor(cam.K, dtype=torch.float32)[:, None]
+            gb = rasterize(g, view, K, cam.width, cam.height, prev_means=self._prev_means,
+                           background=(0.0, 0.0, 0.0) if self.planes else tuple(self.cfg.render.background),
+                           backend=self.cfg.render.backend)
+            if self.planes:  # splats over planes over the background colour
+                gb = composite_planes(gb, self.planes, view, K)
+                bg = torch.tensor(self.cfg.render.background, dtype=torch.float32)
+                gb.rgb = gb.rgb + (1.0 - gb.alpha)[..., None] * bg
+            out[name] = gb
         self._prev_means = g.means
         return out
 
@@ -254,17 +256,27 @@ def _last_frame(s: Scenario) -> int:
 
 
 def build_splat_scene(world, scenario, rcfg):
-    """One splat asset per visual geom of every body slot; planes get a finite low-density patch."""
-    from render import SplatScene, mesh_to_splats, primitive_splats
+    """-> (SplatScene, planes): one splat asset per visual geom of every body slot. Planes are
+    drawn analytically to the horizon (render.Plane) when rcfg.analytic_planes, else as a finite
+    low-density patch of Gaussians."""
+    import torch
+    from render import Plane, SplatScene, mesh_to_splats, primitive_splats, srgb_to_linear
 
+    from hybridsim.bridge import entity_quat
     from hybridsim.textures import load_texture
 
     index = {e.name: i for i, e in enumerate(scenario.entities)}
-    assets, bodies, ids = [], [], []
+    assets, bodies, ids, planes = [], [], [], []
     for vis in world.link_visuals():
         info = world.bodies[vis.body]
         ent = scenario.entities[index[info.entity]]
         seed = len(assets)
+        if ent.type == "plane" and rcfg.analytic_planes:
+            w, x, y, z = entity_quat(ent)
+            normal = (2 * (x * z + w * y), 2 * (y * z - w * x), 1 - 2 * (x * x + y * y))  # R @ e_z
+            color = srgb_to_linear(torch.tensor(ent.appearance.color or vis.color, dtype=torch.float32))
+            planes.append(Plane(tuple(float(v) for v in ent.pos), normal, tuple(color.tolist()), index[info.entity] + 1))
+            continue
         if ent.type == "plane":
             asset = primitive_splats("plane", size=(rcfg.plane_size,) * 3, density=rcfg.plane_density,
                                      base_color=ent.appearance.color or vis.color, seed=seed,
@@ -277,4 +289,4 @@ def build_splat_scene(world, scenario, rcfg):
         assets.append(asset)
         bodies.append(vis.body)
         ids.append(index[info.entity] + 1)
-    return SplatScene(assets, bodies, ids)
+    return SplatScene(assets, bodies, ids), planes

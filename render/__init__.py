@@ -26,6 +26,8 @@ _EXPORTS = {
     "tune_cpu_allocator": "render._scratch",
     "rasterize": "render.rasterize",
     "rasterize_reference": "render.rasterize",
+    "Plane": "render.plane",
+    "composite_planes": "render.plane",
 }
 
 __all__ = ["RenderError", *_EXPORTS]
