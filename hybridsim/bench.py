@@ -46,6 +46,7 @@ class PhysicsBench:
 
 
 SECTIONS = ("render", "physics", "refine", "pipeline", "throughput")  # default: all
+COUNTS = ("visible", "pairs")  # rasterize's timings also count visible Gaussians and tile pairs
 
 
 @dataclass
@@ -243,7 +244,9 @@ def to_markdown(r: BenchReport) -> str:
                   "| res | Gaussians | splat ms | parts ms | Genesis raster ms | splat / raster |",
                   "|---|---|---|---|---|---|"]
         for b in r.render:
-            parts = ", ".join(f"{k} {v:.1f}" for k, v in b.parts_ms.items() if k != "total")
+            parts = ", ".join(f"{k} {v:.1f}" for k, v in b.parts_ms.items() if k not in ("total", *COUNTS))
+            counts = ", ".join(f"{k} {v:.0f}" for k, v in b.parts_ms.items() if k in COUNTS)
+            parts = f"{parts} ({counts})" if counts else parts
             lines.append(f"| {b.resolution}² | {b.gaussians} | {b.splat_ms:.1f} | {parts} | {b.raster_ms:.1f} | "
                          f"{b.ratio:.2f} |")
     if r.physics:
