@@ -119,3 +119,11 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_video(path) -> list[np.ndarray]:
+    """Decode every frame of a video written by VideoWriter -> [H, W, 3] uint8 frames, in order."""
+    import av
+
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]

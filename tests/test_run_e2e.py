@@ -10,14 +10,9 @@ import pytest
 
 import hybridsim
 
+from hybridsim.writers import read_video as _decode
+
 DATA = Path(__file__).parent / "data"
-
-
-def _decode(path: Path) -> list[np.ndarray]:
-    import av
-
-    with av.open(str(path)) as c:
-        return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
 @pytest.fixture(scope="module")
