@@ -49,14 +49,8 @@ def frames(scenario="default", overrides=(), **kwargs):
     """Generator of `Frame`s for one episode (no files written); with refine.enabled each frame
     carries `frame.refined` (camera -> uint8 [B, H, W, 3]), delayed by at most one refiner block."""
     from hybridsim.pipeline import Simulation
-    from hybridsim.runner import make_refiner, resolve_config
+    from hybridsim.refining import frame_stream
+    from hybridsim.runner import resolve_config
 
     cfg, base = resolve_config(scenario, overrides, **kwargs)
-    sim = Simulation(cfg, base_dir=base)
-    refiner = make_refiner(cfg, sim)
-    if refiner is None:
-        yield from sim.frames()
-    else:
-        from hybridsim.refining import refined_frames
-
-        yield from refined_frames(sim.frames(), refiner)
+    yield from frame_stream(cfg, Simulation(cfg, base_dir=base))[0]

@@ -382,7 +382,7 @@ class _SimPool:
         return refined_frames(self.sim.frames(), self.refiner)
 
     def _build(self, **kw):
-        from hybridsim.runner import make_refiner
+        from hybridsim.refining import make_refiner
 
         t0 = time.perf_counter()
         sim = self.cls(self.cfg, base_dir=self.base, **kw)

@@ -135,21 +135,22 @@ def bench_physics(scenario: str, n_envs: int, steps: int = 200) -> PhysicsBench:
 
 
 def _default_model():
-    """The shipped model if there is one (speed does not depend on the weights, only the size)."""
+    """-> (model, weights folder or None, label): the shipped model if there is one (speed depends on
+    the size, not the weights), else a randomly initialised default-size model."""
     import torch
-    from refine import RefineError, load_default_model
+    from refine import RefineError
+
+    from hybridsim.config import RefineSettings
+    from hybridsim.refining import load_model
 
     try:
-        from refine import DEFAULT_WEIGHTS_DIR
-
-        model = load_default_model()
-        model.source_dir = Path(DEFAULT_WEIGHTS_DIR)  # its sampler.json applies
-        return model, "shipped default weights"
+        model, folder = load_model(RefineSettings(), "cpu")
+        return model, folder, "shipped default weights"
     except RefineError:
         from refine.model import CausalWanRefiner
 
         torch.manual_seed(0)
-        return CausalWanRefiner().eval(), "random weights, default size (no shipped weights)"
+        return CausalWanRefiner().eval(), None, "random weights, default size (no shipped weights)"
 
 
 def bench_refine(rollout_frames: int = 500) -> dict:
@@ -158,10 +159,8 @@ def bench_refine(rollout_frames: int = 500) -> dict:
     from hybridsim.config import RefineSettings
     from hybridsim.refining import sampler_config
 
-    model, which = _default_model()
-    source = getattr(model, "source_dir", None)
-    res = run_benchmarks(model, sampler=sampler_config(RefineSettings(), Path(source) if source else None),
-                         rollout_frames=rollout_frames)
+    model, folder, which = _default_model()
+    res = run_benchmarks(model, sampler=sampler_config(RefineSettings(), folder), rollout_frames=rollout_frames)
     return {"model": which, **asdict(res)}
 
 
@@ -173,8 +172,8 @@ def bench_pipeline(scenario: str, frames: int) -> dict:
 
     cfg = compose([f"scenario={scenario}", "reference=false", "render.enabled=true", "refine.enabled=true"])
     sim = Simulation(cfg)
-    model, which = _default_model()
-    refiner = StreamRefiner(cfg.refine, sim, model=model)
+    model, folder, which = _default_model()
+    refiner = StreamRefiner(cfg.refine, sim, model=model, weights_dir=folder)
     for _ in refined_frames(_take(sim, 4), refiner):  # warm-up (first render / first block)
         pass
     sim.reset()
@@ -195,13 +194,13 @@ def bench_pipeline(scenario: str, frames: int) -> dict:
         latency.append((time.perf_counter() - started[f.index]) * 1e3)
         n += 1
     wall = time.perf_counter() - t0
+    cam = next(iter(sim.cameras.values()))
     per = {k: 1e3 * (sim.timings[k] - before[0].get(k, 0.0)) / n for k in ("physics_s", "splat_render_s")}
     per["refine_s"] = 1e3 * (refiner.timings["refine_s"] - before[1].get("refine_s", 0.0)) / n
     return {"scenario": scenario, "frames": n, "model": which, "frames_per_s": n / wall,
             "ms_per_frame": {k.replace("_s", ""): v for k, v in per.items()},
             "latency_ms_median": float(np.median(latency)), "latency_ms_max": float(np.max(latency)),
-            "frames_per_block": refiner.frames_per_block,
-            "resolution": [next(iter(sim.cameras.values())).width, next(iter(sim.cameras.values())).height]}
+            "frames_per_block": refiner.frames_per_block, "resolution": [cam.width, cam.height]}
 
 
 def main(overrides: list[str]) -> int:
@@ -286,7 +285,6 @@ def _refine_markdown(d: dict) -> list[str]:
                      f"{r['cache_bytes_early']} vs {r['cache_bytes_late']}; RSS {r['rss_early_mb']:.0f} vs "
                      f"{r['rss_late_mb']:.0f} MB |")
     return lines
-    return "\n".join(lines) + "\n"
 
 
 def _machine() -> dict:

@@ -230,17 +230,15 @@ class Simulation:
         from render import composite_planes
 
         g = self.splats.posed(state.body_pos, state.body_quat)
+        bg = torch.tensor(self.cfg.render.background, dtype=torch.float32)
         out = {}
         for name, cam in self.cameras.items():
             view = torch.as_tensor(cam.viewmat, dtype=torch.float32)[:, None]  # [B, 1, 4, 4]
             K = torch.as_tensor(cam.K, dtype=torch.float32)[:, None]
             gb = rasterize(g, view, K, cam.width, cam.height, prev_means=self._prev_means,
-                           background=(0.0, 0.0, 0.0) if self.planes else tuple(self.cfg.render.background),
-                           backend=self.cfg.render.backend)
-            if self.planes:  # splats over planes over the background colour
-                gb = composite_planes(gb, self.planes, view, K)
-                bg = torch.tensor(self.cfg.render.background, dtype=torch.float32)
-                gb.rgb = gb.rgb + (1.0 - gb.alpha)[..., None] * bg
+                           background=(0.0, 0.0, 0.0), backend=self.cfg.render.backend)
+            gb = composite_planes(gb, self.planes, view, K)  # splats over planes over the background
+            gb.rgb = gb.rgb + (1.0 - gb.alpha)[..., None] * bg
             out[name] = gb
         self._prev_means = g.means
         return out

@@ -154,21 +154,6 @@ def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int 
     return scen
 
 
-# ---------------------------------------------------------------------------- conditions
-
-
-def condition_from_gbuffer(gb):  # -> Tensor [B, 1, 7, H, W] float32
-    """Refiner condition channels from one camera's G-buffer (C = 1).
-
-    The splat render is linear; the target (Genesis' render, and every video we write) is sRGB,
-    so the coarse RGB goes in sRGB-encoded: then a perfect coarse render is exactly the target.
-    """
-    from refine import encode_condition
-    from render import linear_to_srgb
-
-    return encode_condition(linear_to_srgb(gb.rgb), gb.depth, gb.alpha, gb.flow)
-
-
 # ---------------------------------------------------------------------------- clip generation
 
 
@@ -197,6 +182,7 @@ def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True) ->
 
     from hybridsim.config import RunConfig, RenderConfig
     from hybridsim.pipeline import Simulation
+    from hybridsim.refining import condition_from_gbuffer
 
     opts.check()
     out = Path(out_dir)

@@ -83,19 +83,18 @@ def evaluate_scenario(name: str, frames: int, weights: str | None, progress: boo
     from tqdm import tqdm
 
     from hybridsim.pipeline import Simulation
-    from hybridsim.refining import refined_frames
-    from hybridsim.runner import make_refiner, resolve_config
+    from hybridsim.refining import frame_stream
+    from hybridsim.runner import resolve_config
     from hybridsim.writers import linear_to_srgb, to_uint8
 
-    n = frames
-    cfg, base = resolve_config(name, [f"scenario.timing.duration={n / _fps(name) + 1e-6}",
-                                      f"refine.weights={weights or 'null'}",
+    cfg, base = resolve_config(name, [f"refine.weights={weights or 'null'}",
                                       f"refine.sigmas=[{sigmas}]" if sigmas else "refine.sigmas=null"],
                                progress=False, reference=True)
+    timing = cfg.scenario.timing
+    timing.duration = frames / timing.fps + 1e-6  # exactly `frames` frames
     sim = Simulation(cfg, base_dir=base)
-    refiner = make_refiner(cfg, sim)
+    stream, refiner = frame_stream(cfg, sim)
     seqs = {c: {"refined": [], "coarse": [], "reference": [], "flow": [], "alpha": []} for c in sim.cameras}
-    stream = refined_frames(sim.frames(), refiner)
     for frame in tqdm(stream, total=sim.n_frames, desc=f"eval {name}", disable=not progress):
         for c, s in seqs.items():
             gb = frame.gbuffer[c]
@@ -121,12 +120,6 @@ def evaluate_scenario(name: str, frames: int, weights: str | None, progress: boo
                                 metric(ssim, "coarse"), metric(ssim, "refined"), ts["refined"], ts["coarse"],
                                 ts["reference"], ts["flicker_refined"], ts["flicker_coarse"], ms))
     return out
-
-
-def _fps(name: str) -> float:
-    from hybridsim.config import load_scenario
-
-    return load_scenario(name).timing.fps
 
 
 def to_markdown(rows: list[SceneQuality]) -> str:

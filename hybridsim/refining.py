@@ -31,16 +31,13 @@ def resolve_device(device: str) -> str:
 
 
 def load_model(settings: RefineSettings, device: str):
-    """The shipped default model, or a saved refiner / diffusers Wan folder given in `weights`."""
-    from refine import load_default_model
+    """-> (model, folder): the shipped default model, or a saved refiner / diffusers Wan folder
+    given in `weights`. The folder is where a saved sampler schedule (sampler.json) may sit."""
+    from refine import DEFAULT_WEIGHTS_DIR, load_default_model
     from refine.model import CausalWanRefiner
 
     if settings.weights is None:
-        from refine import DEFAULT_WEIGHTS_DIR
-
-        model = load_default_model(device)
-        model.source_dir = Path(DEFAULT_WEIGHTS_DIR)
-        return model
+        return load_default_model(device), Path(DEFAULT_WEIGHTS_DIR)
     path = Path(settings.weights).expanduser()
     if not path.is_dir():
         raise SpecError("refine.weights", f"'{path}' is not a folder; give a folder written by "
@@ -50,10 +47,20 @@ def load_model(settings: RefineSettings, device: str):
         from refine import load_wan_checkpoint
 
         model, _report = load_wan_checkpoint(path, device=device)
-    else:
-        model = CausalWanRefiner.from_pretrained(path, device=device)
-    model.source_dir = path
-    return model
+        return model, path
+    return CausalWanRefiner.from_pretrained(path, device=device), path
+
+
+def condition_from_gbuffer(gb):  # -> Tensor [B, 1, 7, H, W] float32
+    """Refiner condition channels from one camera's G-buffer (C = 1).
+
+    The splat render is linear; the target (Genesis' render, and every video we write) is sRGB,
+    so the coarse RGB goes in sRGB-encoded: then a perfect coarse render is exactly the target.
+    """
+    from refine import encode_condition
+    from render import linear_to_srgb
+
+    return encode_condition(linear_to_srgb(gb.rgb), gb.depth, gb.alpha, gb.flow)
 
 
 def sampler_config(settings: RefineSettings, weights_dir: Path | None = None):
@@ -80,30 +87,29 @@ def sampler_config(settings: RefineSettings, weights_dir: Path | None = None):
 class StreamRefiner:
     """Refines every camera of a `Simulation` as its frames arrive."""
 
-    def __init__(self, settings: RefineSettings, sim, model=None):
-        import torch
-
-        from refine import Refiner, SamplerConfig
+    def __init__(self, settings: RefineSettings, sim, model=None, weights_dir: Path | None = None):
+        """model: an already loaded refiner (else `settings.weights` is loaded); weights_dir: the
+        folder whose sampler.json applies when settings name no schedule."""
+        from refine import Refiner
 
         self.device = resolve_device(settings.device)
-        self.model = model if model is not None else load_model(settings, self.device)
-        spec = self.model.spec
-        source = getattr(self.model, "source_dir", None)
-        sampler = sampler_config(settings, Path(source) if source else None)
-        self.sampler = sampler
+        if model is None:
+            model, weights_dir = load_model(settings, self.device)
+        self.model = model
+        spec = model.spec
+        sampler = sampler_config(settings, weights_dir)
         self.cameras = list(sim.cameras.values())
         for cam in self.cameras:
             if cam.width % spec.patch_size or cam.height % spec.patch_size:
                 raise SpecError(f"scenario.cameras.{cam.name}.res",
                                 f"{cam.width}x{cam.height} is not a multiple of the refiner's patch size "
                                 f"{spec.patch_size}; use e.g. 128x128 or disable refine (refine.enabled=false)")
-        self.refiners = {c.name: Refiner(self.model, sampler, device=self.device, height=c.height, width=c.width)
+        self.refiners = {c.name: Refiner(model, sampler, device=self.device, height=c.height, width=c.width)
                          for c in self.cameras}
         self.frames_per_block = spec.frames_per_block
         self.n_envs = sim.cfg.n_envs
         self.seeds = list(sim.seeds)
         self.timings: dict[str, float] = defaultdict(float)
-        self._torch = torch
         self.reset()
 
     def reset(self) -> None:
@@ -114,8 +120,6 @@ class StreamRefiner:
 
     def push(self, frame) -> list:
         """Add a frame; returns the frames of a finished block (refined attached), else []."""
-        from hybridsim.refine_data import condition_from_gbuffer
-
         for cam in self.cameras:
             self._conds[cam.name].append(condition_from_gbuffer(frame.gbuffer[cam.name]))
         self._pending.append(frame)
@@ -133,7 +137,8 @@ class StreamRefiner:
         return self._run_block()[:n]
 
     def _run_block(self) -> list:
-        torch = self._torch
+        import torch
+
         t0 = time.perf_counter()
         out = {}
         for cam in self.cameras:
@@ -164,3 +169,22 @@ def refined_frames(frames: Iterable, refiner: StreamRefiner) -> Iterator:
         yield from refiner.flush()
         raise
     yield from refiner.flush()
+
+
+def make_refiner(cfg, sim) -> StreamRefiner | None:
+    """The episode's StreamRefiner, or None when cfg.refine.enabled is false."""
+    if not cfg.refine.enabled:
+        return None
+    if sim.splats is None:
+        raise SpecError("refine.enabled", "the refiner needs the splat render; set render.enabled=true "
+                        "or refine.enabled=false")
+    t0 = time.perf_counter()
+    refiner = StreamRefiner(cfg.refine, sim)
+    sim.timings["build_refiner_s"] = time.perf_counter() - t0
+    return refiner
+
+
+def frame_stream(cfg, sim) -> tuple[Iterator, StreamRefiner | None]:
+    """The episode's frames, refined when cfg.refine.enabled (then also the refiner, for its timings)."""
+    refiner = make_refiner(cfg, sim)
+    return (sim.frames() if refiner is None else refined_frames(sim.frames(), refiner)), refiner

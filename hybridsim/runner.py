@@ -58,16 +58,13 @@ def run(scenario: str | Scenario | RunConfig = "default", overrides=(), **kwargs
 
     t_start = time.perf_counter()
     save_yaml(cfg.to_dict(), out / "config.yaml")
+    from hybridsim.refining import frame_stream
+
     sim = Simulation(cfg, base_dir=base)
-    refiner = make_refiner(cfg, sim)
+    stream, refiner = frame_stream(cfg, sim)
     sink = RunSink(out, sim)
     status, error = "ok", None
     try:
-        stream = sim.frames()
-        if refiner is not None:
-            from hybridsim.refining import refined_frames
-
-            stream = refined_frames(stream, refiner)
         for frame in _progress(stream, sim.n_frames, cfg.progress, cfg.scenario.name):
             sink.write(frame)
     except Exception as exc:  # keep every finished frame, record the failure, re-raise
@@ -82,21 +79,6 @@ def run(scenario: str | Scenario | RunConfig = "default", overrides=(), **kwargs
         write_json(out / "run.json", _run_record(cfg, sim, sink, status, error, timings))
     return RunResult(out, sink.n_frames, cfg.n_envs, status, sorted(sink.files + ["run.json", "config.yaml"]),
                      timings, error)
-
-
-def make_refiner(cfg: RunConfig, sim):
-    """The run's StreamRefiner, or None when refine.enabled is false."""
-    if not cfg.refine.enabled:
-        return None
-    if sim.splats is None:
-        raise SpecError("refine.enabled", "the refiner needs the splat render; set render.enabled=true "
-                        "or refine.enabled=false")
-    from hybridsim.refining import StreamRefiner
-
-    t0 = time.perf_counter()
-    refiner = StreamRefiner(cfg.refine, sim)
-    sim.timings["build_refiner_s"] = time.perf_counter() - t0
-    return refiner
 
 
 def _prepare_out_dir(cfg: RunConfig) -> Path:
@@ -151,7 +133,7 @@ class RunSink:
     def write(self, frame) -> None:
         t0 = time.perf_counter()
         B = self.sim.cfg.n_envs
-        refined = getattr(frame, "refined", None) or {}
+        refined = frame.refined
         for name, cam in frame.cameras.items():
             for b in range(B):
                 ref = frame.reference[name].rgb[b] if name in frame.reference else None
@@ -165,7 +147,7 @@ class RunSink:
                     self._video("refined", cam, b).write(refined[name][b])
                     panels = [p for p in (coarse, refined[name][b], ref) if p is not None]
                     self._video("compare", cam, b, len(panels)).write(np.concatenate(panels, axis=1))
-        for record in getattr(frame, "events", None) or []:
+        for record in frame.events:
             self.events.write(json.dumps(record, default=_json_default) + "\n")
         self.events.flush()
         self.poses.append(self._pose_rows(frame))

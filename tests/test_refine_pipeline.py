@@ -54,7 +54,7 @@ def test_streaming_equals_offline_refinement_and_keeps_order():
     from refine import Refiner
     from refine.testing import tiny_model
 
-    from hybridsim.refine_data import condition_from_gbuffer
+    from hybridsim.refining import condition_from_gbuffer
     from hybridsim.refining import StreamRefiner, refined_frames
     from hybridsim.seeding import derive_seed
 
