@@ -8,7 +8,7 @@ for evaluation (`hybridsim.refine_eval`).
 
 One Genesis build per scene, `n_envs` environments (position jitter per environment) and
 `n_cameras` cameras give n_envs * n_cameras clips per build. Each scene is stored as
-`<out>/scene_XXXX.npz` (cond float16 [N, T, 7, H, W], target uint8 [N, T, H, W, 3]), written
+`<out>/scene_XXXX.npz` (cond float16 [N, T, 14, H, W], target uint8 [N, T, H, W, 3]), written
 atomically, so an interrupted `make_clips` resumes by skipping finished scenes.
 """
 
@@ -28,6 +28,9 @@ from hybridsim.textures import skimage_names
 # Photographs used for training textures. Keep in sync with docs: `text` and `moon` are left out
 # because they are nearly flat grey at 128 px.
 TRAIN_TEXTURES = tuple(n for n in skimage_names() if n not in ("text", "moon"))
+
+
+CLIP_COND_CHANNELS = 14  # what make_clips stores: the full condition, shading cues included
 
 
 class DataError(RuntimeError):
@@ -147,6 +150,8 @@ def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int 
     amb = float(rng.uniform(0.05, 0.3))
     lighting = Lighting(direction=direction, color=tuple(float(v) for v in tint),
                         intensity=float(rng.uniform(2.5, 7.0)), ambient=(amb, amb, amb))
+    if rng.random() < 0.25:  # the scenario default, which most user scenarios keep
+        lighting = Lighting()
     scen = Scenario(name=f"refine_data_{seed}", seed=int(seed) % (2**31), entities=ents, cameras=cams,
                     timing=Timing(duration=frames / fps, fps=fps, dt=1.0 / (fps * 5), substeps=2),
                     lighting=lighting)
@@ -174,8 +179,91 @@ class ClipOptions:
             raise DataError(f"res={self.res} must be a multiple of 8 (the refiner's patch size)")
 
 
-def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True) -> list[Path]:
-    """Generate (or resume) the paired clips. Returns the scene files in order."""
+SCENE_TIMEOUT_S = 300.0  # one scene normally takes 5-30 s; see make_clips
+
+
+def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True,
+               scene_timeout: float = SCENE_TIMEOUT_S) -> list[Path]:
+    """Generate (or resume) the paired clips. Returns the finished scene files in order.
+
+    Scenes are made in a child process, in order. A scene that makes no progress for
+    `scene_timeout` seconds is killed and skipped (recorded in clips.json "skipped"): Genesis'
+    software rasteriser (llvmpipe through pyrender) was seen to spin forever on one frame of one
+    random scene, and a data job should lose that scene, not the night.
+    """
+    import json
+    import multiprocessing as mp
+    import time
+
+    opts.check()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {k: getattr(opts, k) for k in ("scenes", "frames", "res", "n_envs", "n_cameras", "seed")}
+    meta["cond_channels"] = CLIP_COND_CHANNELS  # clips made before the shading cues have 7
+    meta_path = out / "clips.json"
+    skipped: list[int] = []
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        diff = {k: (old.get(k), v) for k, v in meta.items() if k not in ("scenes", "skipped") and old.get(k) != v}
+        if diff:
+            raise DataError(f"{out} holds clips made with other options {diff} (old, new); use another "
+                            "data folder or the same options")
+        skipped = [int(i) for i in old.get("skipped", [])]
+
+    def write_meta() -> None:
+        meta_path.write_text(json.dumps({**meta, "skipped": sorted(skipped)}, indent=1))
+
+    write_meta()
+    files = [out / f"scene_{i:04d}.npz" for i in range(opts.scenes)]
+    todo = [i for i, f in enumerate(files) if not f.exists() and i not in skipped]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=opts.scenes, initial=opts.scenes - len(todo), desc="paired clips", unit="scene",
+                   dynamic_ncols=True)
+    ctx = mp.get_context("spawn")
+    import torch
+
+    while todo:
+        child = ctx.Process(target=_clip_worker, args=(str(out), opts, todo, torch.get_num_threads()), daemon=True)
+        child.start()
+        last = time.monotonic()
+        while todo:
+            if files[todo[0]].exists():
+                todo.pop(0)
+                last = time.monotonic()
+                if bar is not None:
+                    bar.update(1)
+                continue
+            if not child.is_alive():
+                child.join()
+                if child.exitcode != 0:
+                    raise DataError(f"making scene {todo[0]} failed (worker exit code {child.exitcode}); the "
+                                    f"finished scenes in {out} are kept, run again to resume")
+                break
+            if time.monotonic() - last > scene_timeout:
+                child.kill()
+                child.join()
+                bad = todo.pop(0)
+                skipped.append(bad)
+                write_meta()
+                msg = (f"scene {bad} made no progress for {scene_timeout:.0f} s and was skipped "
+                       f"(recorded in {meta_path.name})")
+                (bar.write if bar is not None else print)(msg)
+                if bar is not None:
+                    bar.update(1)
+                break
+            time.sleep(0.2)
+        if child.is_alive():
+            child.join()
+    if bar is not None:
+        bar.close()
+    return [f for f in files if f.exists()]
+
+
+def _clip_worker(out_dir: str, opts: ClipOptions, todo: list[int], threads: int) -> None:
+    """Child process of make_clips: build and record the scenes in `todo`, in order."""
     import json
 
     import torch
@@ -184,27 +272,10 @@ def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True) ->
     from hybridsim.pipeline import Simulation
     from hybridsim.refining import condition_from_gbuffer
 
-    opts.check()
+    torch.set_num_threads(threads)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {k: getattr(opts, k) for k in ("scenes", "frames", "res", "n_envs", "n_cameras", "seed")}
-    meta_path = out / "clips.json"
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        diff = {k: (old.get(k), v) for k, v in meta.items() if k != "scenes" and old.get(k) != v}
-        if diff:
-            raise DataError(f"{out} holds clips made with other options {diff} (old, new); use another "
-                            "data folder or the same options")
-    meta_path.write_text(json.dumps(meta, indent=1))
-    files = [out / f"scene_{i:04d}.npz" for i in range(opts.scenes)]
-    todo = [i for i, f in enumerate(files) if not f.exists()]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=opts.scenes, initial=opts.scenes - len(todo), desc="paired clips", unit="scene",
-                   dynamic_ncols=True)
     for i in todo:
+        path = out / f"scene_{i:04d}.npz"
         scen = random_scene(derive_seed(opts.seed, "scene", i), frames=opts.frames, res=opts.res,
                             n_cameras=opts.n_cameras)
         cfg = RunConfig(scenario=scen, n_envs=opts.n_envs, reference=True, progress=False,
@@ -213,28 +284,29 @@ def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True) ->
         conds, targets = [], []
         with torch.no_grad():
             for frame in sim.frames():
-                conds.append(torch.cat([condition_from_gbuffer(frame.gbuffer[c.name]) for c in scen.cameras], 0))
+                conds.append(torch.cat([condition_from_gbuffer(frame.gbuffer[c.name], frame.cameras[c.name],
+                                                               scen.lighting) for c in scen.cameras], 0))
                 targets.append(np.concatenate([frame.reference[c.name].rgb for c in scen.cameras], 0))
-        # [C*B, T, 7, H, W] (camera-major), [C*B, T, H, W, 3]
+        # [C*B, T, 14, H, W] (camera-major), [C*B, T, H, W, 3]
         cond = torch.cat(conds, 1).half().numpy()
         target = np.stack(targets, 1).astype(np.uint8)
-        tmp = files[i].with_suffix(f".{os.getpid()}.tmp.npz")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
         np.savez(tmp, cond=cond, target=target, scenario=json.dumps(scen.to_dict()))
-        os.replace(tmp, files[i])
+        os.replace(tmp, path)
         del sim
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    return files
 
 
 class ClipDataset:
-    """Map-style dataset over the scene files: item i -> (cond [T, 7, H, W], target [T, 3, H, W])."""
+    """Map-style dataset over the scene files: item i -> (cond [T, channels, H, W], target [T, 3, H, W]).
 
-    def __init__(self, files: list[Path]):
+    channels: the model's cond_channels; clips store all 14 and the first `channels` are used
+    (7 = without the shading cues).
+    """
+
+    def __init__(self, files: list[Path], channels: int = 14):
         if not files:
             raise DataError("no clip files; run make_clips first")
+        self.channels = int(channels)
         self.cond, self.target = [], []
         for f in files:
             with np.load(f) as z:
@@ -249,6 +321,10 @@ class ClipDataset:
         import torch
 
         s, k = self.index[i]
-        cond = torch.from_numpy(self.cond[s][k].astype(np.float32))
+        cond = self.cond[s][k]
+        if cond.shape[1] < self.channels:
+            raise DataError(f"clips have {cond.shape[1]} condition channels, the model takes {self.channels}; "
+                            "make the clips again in a new folder")
+        cond = torch.from_numpy(cond[:, :self.channels].astype(np.float32))
         target = torch.from_numpy(self.target[s][k]).permute(0, 3, 1, 2).float() / 255.0
         return cond, target

@@ -51,16 +51,38 @@ def load_model(settings: RefineSettings, device: str):
     return CausalWanRefiner.from_pretrained(path, device=device), path
 
 
-def condition_from_gbuffer(gb):  # -> Tensor [B, 1, 7, H, W] float32
+def condition_from_gbuffer(gb, camera=None, lighting=None):  # -> Tensor [B, 1, C, H, W] float32
     """Refiner condition channels from one camera's G-buffer (C = 1).
 
     The splat render is linear; the target (Genesis' render, and every video we write) is sRGB,
     so the coarse RGB goes in sRGB-encoded: then a perfect coarse render is exactly the target.
+    camera (a pipeline.CameraParams) and lighting (a spec.Lighting) add the 7 shading-cue channels
+    (refine.conditioning): 14 channels in all, else 7.
     """
+    import torch
+
     from refine import encode_condition
+    from refine.conditioning import Lights
     from render import linear_to_srgb
 
-    return encode_condition(linear_to_srgb(gb.rgb), gb.depth, gb.alpha, gb.flow)
+    extra = {}
+    if camera is not None and lighting is not None:
+        extra = dict(K=torch.as_tensor(np.asarray(camera.K, dtype=np.float32)),
+                     viewmat=torch.as_tensor(np.asarray(camera.viewmat, dtype=np.float32)),
+                     lights=Lights(tuple(lighting.direction), tuple(lighting.color), float(lighting.intensity),
+                                   tuple(lighting.ambient)))
+    return encode_condition(linear_to_srgb(gb.rgb), gb.depth, gb.alpha, gb.flow, **extra)
+
+
+def needs_shading(model) -> bool:
+    """Whether the model takes the 14-channel condition (with shading cues) or the 7-channel one."""
+    from refine.conditioning import COND_CHANNELS, SHADING_CHANNELS
+
+    c = model.spec.cond_channels
+    if c not in (COND_CHANNELS, COND_CHANNELS + SHADING_CHANNELS):
+        raise SpecError("refine.weights", f"the model takes {c} condition channels; hybridsim feeds "
+                        f"{COND_CHANNELS} or {COND_CHANNELS + SHADING_CHANNELS} (refine.conditioning)")
+    return c == COND_CHANNELS + SHADING_CHANNELS
 
 
 def sampler_config(settings: RefineSettings, weights_dir: Path | None = None):
@@ -109,6 +131,7 @@ class StreamRefiner:
         self.frames_per_block = spec.frames_per_block
         self.n_envs = sim.cfg.n_envs
         self.seeds = list(sim.seeds)
+        self.lighting = sim.scenario.lighting if needs_shading(model) else None
         self.timings: dict[str, float] = defaultdict(float)
         self.reset()
 
@@ -121,7 +144,8 @@ class StreamRefiner:
     def push(self, frame) -> list:
         """Add a frame; returns the frames of a finished block (refined attached), else []."""
         for cam in self.cameras:
-            self._conds[cam.name].append(condition_from_gbuffer(frame.gbuffer[cam.name]))
+            self._conds[cam.name].append(condition_from_gbuffer(frame.gbuffer[cam.name], frame.cameras[cam.name],
+                                                                self.lighting))
         self._pending.append(frame)
         if len(self._pending) == self.frames_per_block:
             return self._run_block()
@@ -142,7 +166,7 @@ class StreamRefiner:
         t0 = time.perf_counter()
         out = {}
         for cam in self.cameras:
-            cond = torch.cat(self._conds[cam.name], 1)  # [B, F, 7, H, W]
+            cond = torch.cat(self._conds[cam.name], 1)  # [B, F, C, H, W]
             rgb = self.refiners[cam.name].push(cond)  # [B, F, 3, H, W] in [0, 1]
             out[cam.name] = (rgb.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
                              .cpu().numpy())  # [B, F, H, W, 3]

@@ -28,6 +28,8 @@ DEFAULTS = {
     # training
     "phase1": 700, "phase2": 300, "batch": 2, "clip_frames": 6, "lr": 3e-4, "seed": 0,
     "checkpoint_every": 50, "threads": 0, "device": "cpu", "prediction": "sample",
+    "shading": True,  # 14 condition channels: G-buffer + normals / light (refine.conditioning)
+    "head": 16,  # pixel head features per pixel (refine ModelConfig.head_channels); 0 = Wan's un-patchify
     "install": False, "progress": True,
 }
 
@@ -59,8 +61,16 @@ def train_refiner(opts: dict, command: str = "") -> dict:
                                                   n_envs=opts["n_envs"], n_cameras=opts["cameras"],
                                                   seed=opts["data_seed"]), progress=opts["progress"])
     data_s = time.perf_counter() - t0
-    clips = ClipDataset(files)
-    mcfg = ModelConfig(sample_height=opts["res"], sample_width=opts["res"], prediction=opts["prediction"])
+    from refine.conditioning import COND_CHANNELS, SHADING_CHANNELS
+
+    if opts["head"] < 0:
+        from hybridsim.spec import SpecError
+
+        raise SpecError("train-refiner head", f"must be >= 0 (0 = no pixel head), got {opts['head']}")
+    mcfg = ModelConfig(sample_height=opts["res"], sample_width=opts["res"], prediction=opts["prediction"],
+                       cond_channels=COND_CHANNELS + (SHADING_CHANNELS if opts["shading"] else 0),
+                       head_channels=opts["head"])
+    clips = ClipDataset(files, channels=mcfg.cond_channels)
     torch.manual_seed(opts["seed"])
     model = CausalWanRefiner(**{k: getattr(mcfg, k) for k in mcfg.__dataclass_fields__})
     tcfg = TrainConfig(phase1_steps=opts["phase1"], phase2_steps=opts["phase2"], batch_size=opts["batch"],

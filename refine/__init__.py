@@ -25,6 +25,7 @@ _LAZY = {
     "FewStepSampler": "refine.sampler",
     "sigma_schedule": "refine.sampler",
     "encode_condition": "refine.conditioning",
+    "Lights": "refine.conditioning",
     "load_wan_checkpoint": "refine.wan",
     "WanLoadReport": "refine.wan",
     "train": "refine.train",
@@ -40,7 +41,7 @@ __all__ = ["ModelConfig", "SamplerConfig", "TrainConfig", "RefineError", *_LAZY]
 
 if TYPE_CHECKING:  # pragma: no cover
     from refine.cache import KVCache
-    from refine.conditioning import encode_condition
+    from refine.conditioning import Lights, encode_condition
     from refine.evaluate import EvalResult, evaluate
     from refine.layout import FrameLayout, plan_attention
     from refine.bench import run_benchmarks

@@ -77,7 +77,8 @@ class RefineBench:
 
 def estimate_flops(spec: ModelConfig, sampler: SamplerConfig | None = None, height: int | None = None,
                    width: int | None = None) -> FlopEstimate:
-    """FLOPs of a cached block at full context: forwards = steps + 1, each over F frames."""
+    """FLOPs of a cached block at full context: forwards = steps + 1, each over F frames (the
+    last one, the clean pass, skips the output layers)."""
     sampler = sampler or SamplerConfig()
     h, w = height or spec.sample_height, width or spec.sample_width
     p, d = spec.patch_size, spec.dim
@@ -87,12 +88,16 @@ def estimate_flops(spec: ModelConfig, sampler: SamplerConfig | None = None, heig
     per_layer = 2 * n * (4 * d * d + 2 * d * spec.ffn_dim) + 4 * n * ctx * d
     if spec.cross_attn_tokens:
         per_layer += 2 * n * 2 * d * d + 4 * n * spec.cross_attn_tokens * d
-    embed = 2 * n * d * (spec.in_channels * p * p + spec.out_channels * p * p)
-    fwd = spec.num_layers * per_layer + embed
-    forwards = sampler.num_steps if sampler.sigmas is None else len(sampler.sigmas)
-    forwards += 1
+    trunk = spec.num_layers * per_layer + 2 * n * d * spec.in_channels * p * p
+    output = 2 * n * d * (spec.head_channels or spec.out_channels) * p * p
+    if spec.head_channels:  # two 3x3 convs per pixel
+        c_in, hid = spec.head_channels + spec.in_channels, spec.head_hidden
+        output += 2 * spec.frames_per_block * h * w * 9 * (c_in * hid + hid * spec.out_channels)
+    fwd = trunk + output
+    steps = sampler.num_steps if sampler.sigmas is None else len(sampler.sigmas)
     params = _param_count(spec)
-    return FlopEstimate(params, tokens, ctx, forwards, float(fwd), float(fwd * forwards / spec.frames_per_block))
+    per_block = steps * fwd + trunk
+    return FlopEstimate(params, tokens, ctx, steps + 1, float(fwd), float(per_block / spec.frames_per_block))
 
 
 def _param_count(spec: ModelConfig) -> int:
@@ -100,7 +105,11 @@ def _param_count(spec: ModelConfig) -> int:
     layer = 4 * (d * d + d) + 2 * d + spec.ffn_dim * d * 2 + spec.ffn_dim + d + 6 * d
     if spec.cross_attn_tokens:
         layer += 4 * (d * d + d) + 2 * d + 2 * d
-    head = spec.in_channels * p * p * d + d + d * spec.out_channels * p * p + spec.out_channels * p * p + 2 * d
+    emit = spec.head_channels or spec.out_channels
+    head = spec.in_channels * p * p * d + d + d * emit * p * p + emit * p * p + 2 * d
+    if spec.head_channels:
+        c_in, hid = spec.head_channels + spec.in_channels, spec.head_hidden
+        head += 9 * c_in * hid + hid + 9 * hid * spec.out_channels + spec.out_channels
     time = spec.freq_dim * d + d + d * d + d + d * 6 * d + 6 * d
     return spec.num_layers * layer + head + time + (spec.cross_attn_tokens * d)
 

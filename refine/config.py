@@ -52,6 +52,13 @@ class ModelConfig:
     # (for "sample": (x - x0_hat) / sigma), so the sampler and cache code are shared. "sample"
     # suits small few-step models: the output does not carry the input noise through v's error.
     prediction: str = "velocity"
+    # >0: a pixel head instead of Wan's bare linear un-patchify. proj_out emits head_channels
+    # features per pixel, and two 3x3 convs over [features | noisy sample | condition] give the
+    # output (last conv zero-initialised, so an untrained "sample" model returns the coarse
+    # render). Lets the output cross 8x8 patch borders (no seams) and use full-resolution
+    # condition detail. 0 keeps Wan's layout (needed to load Wan checkpoints).
+    head_channels: int = 0
+    head_hidden: int = 32
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "num_attention_heads", "attention_head_dim", "out_channels",
@@ -61,6 +68,9 @@ class ModelConfig:
         _positive("residual_scale", self.residual_scale)
         if self.prediction not in ("velocity", "sample"):
             raise RefineError(f"prediction={self.prediction!r} must be 'velocity' or 'sample'")
+        if self.head_channels < 0 or self.head_hidden <= 0:
+            raise RefineError(f"head_channels={self.head_channels} must be >= 0 and head_hidden="
+                              f"{self.head_hidden} > 0")
         if self.cond_channels < 0 or self.cross_attn_tokens < 0 or self.sink_frames < 0:
             raise RefineError("cond_channels, cross_attn_tokens and sink_frames must be >= 0, got "
                               f"{self.cond_channels}, {self.cross_attn_tokens}, {self.sink_frames}")

@@ -137,13 +137,14 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
                  frames_per_block: int = _D.frames_per_block, sink_frames: int = _D.sink_frames,
                  window_frames: int = _D.window_frames, residual_space: bool = _D.residual_space,
                  residual_scale: float = _D.residual_scale, sample_height: int = _D.sample_height,
-                 sample_width: int = _D.sample_width, prediction: str = _D.prediction):
+                 sample_width: int = _D.sample_width, prediction: str = _D.prediction,
+                 head_channels: int = _D.head_channels, head_hidden: int = _D.head_hidden):
         super().__init__()
         cfg = ModelConfig(**{f.name: v for f, v in zip(fields(ModelConfig), (
             patch_size, num_attention_heads, attention_head_dim, cond_channels, out_channels, freq_dim,
             ffn_dim, num_layers, eps, cross_attn_tokens, cross_attn_norm, rope_max_seq_len, rope_theta,
             frames_per_block, sink_frames, window_frames, residual_space, residual_scale, sample_height,
-            sample_width, prediction))})
+            sample_width, prediction, head_channels, head_hidden))})
         self.spec = cfg
         dim, p = cfg.dim, cfg.patch_size
         self.rope = RotaryTables(cfg.attention_head_dim, cfg.rope_max_seq_len, cfg.rope_theta)
@@ -155,7 +156,15 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
             CausalWanBlock(dim, cfg.ffn_dim, cfg.num_attention_heads, cfg.eps, n_ctx > 0, cfg.cross_attn_norm)
             for _ in range(cfg.num_layers)])
         self.norm_out = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
-        self.proj_out = nn.Linear(dim, cfg.out_channels * p * p)
+        self.proj_out = nn.Linear(dim, (cfg.head_channels or cfg.out_channels) * p * p)
+        self.pixel_head = None
+        if cfg.head_channels:
+            hid = cfg.head_hidden
+            self.pixel_head = nn.Sequential(
+                nn.Conv2d(cfg.head_channels + cfg.in_channels, hid, 3, padding=1), nn.GELU(approximate="tanh"),
+                nn.Conv2d(hid, cfg.out_channels, 3, padding=1))
+            nn.init.zeros_(self.pixel_head[2].weight)
+            nn.init.zeros_(self.pixel_head[2].bias)
         self.scale_shift_table = nn.Parameter(torch.randn(1, 2, dim) / dim**0.5)
 
     @classmethod
@@ -198,8 +207,9 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
         temb = ce.time_embedder(freq.to(self.proj_out.weight.dtype)).reshape(b, t, -1)  # [B, T, D]
         return temb, ce.time_proj(ce.act_fn(temb)).unflatten(2, (6, -1))  # [B, T, 6, D]
 
-    def _run(self, sample: Tensor, cond: Tensor, timestep: Tensor, attend) -> Tensor:
-        """Shared trunk. -> velocity [B, T, Cs, H, W]"""
+    def _run(self, sample: Tensor, cond: Tensor, timestep: Tensor, attend, write_only: bool = False) -> Tensor | None:
+        """Shared trunk. -> velocity [B, T, Cs, H, W] (None with write_only: the blocks ran for
+        their side effect on the cache, the output layers are skipped)."""
         b, t, _, h, w = sample.shape
         p = self.spec.patch_size
         hp, wp = h // p, w // p
@@ -207,11 +217,16 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
         temb, mod = self.time_modulation(timestep)
         for i, block in enumerate(self.blocks):
             x = block(x, mod, attend, i, self.null_context)
+        if write_only:
+            return None
         shift, scale = (self.scale_shift_table[None] + temb[:, :, None]).chunk(2, dim=2)  # [B, T, 1, D] x2
         x = _modulate(self.norm_out(x), shift, scale, t)
         x = self.proj_out(x)  # [B, N, p*p*Cs]
         x = x.reshape(b, t, hp, wp, p, p, -1).permute(0, 1, 6, 2, 4, 3, 5)  # [B, T, Cs, hp, p, wp, p]
         out = x.reshape(b, t, -1, h, w)
+        if self.pixel_head is not None:  # [B, T, head + Cs + Cc, H, W] -> [B, T, Cs, H, W]
+            feats = torch.cat([out, sample.to(out.dtype), cond.to(out.dtype)], 2).flatten(0, 1)
+            out = self.pixel_head(feats).unflatten(0, (b, t))
         if self.spec.prediction == "sample":  # out is x0_hat; return the velocity it implies
             sigma = (timestep.to(out.dtype) / 1000.0).clamp(min=SAMPLE_MIN_SIGMA)[:, :, None, None, None]
             return (sample - out) / sigma
@@ -258,11 +273,12 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
                        device=self.proj_out.weight.device, dtype=self.proj_out.weight.dtype)
 
     def forward_cached(self, sample: Tensor, cond: Tensor, timestep: Tensor, cache: KVCache,
-                       write: WriteMode) -> Tensor:
+                       write: WriteMode, write_only: bool = False) -> Tensor | None:
         """One block through the cache. sample [B, F, Cs, H, W]; cond [B, F, Cc, H, W]; timestep [B, F].
 
         write='append' on a block's first denoising step, 'overwrite' on later steps and the
-        clean pass. Returns the velocity [B, F, Cs, H, W].
+        clean pass. Returns the velocity [B, F, Cs, H, W], or None with write_only (the clean
+        pass: only the K/V it writes are needed, so the output layers are skipped).
         """
         self._check(sample, cond, timestep)
         b, f, _, h, w = sample.shape
@@ -276,7 +292,7 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
         cos_k, sin_k = self.rope(torch.arange(cache.valid_frames), hp, wp)  # [S, d/2]
         n = f * hp * wp
         attend = CachedAttention(cache, cos_k, sin_k, cos_k[-n:], sin_k[-n:])
-        return self._run(sample, cond, timestep, attend)
+        return self._run(sample, cond, timestep, attend, write_only)
 
     # ---- diffusion space ----------------------------------------------------------------------
     def to_diffusion(self, rgb: Tensor, cond: Tensor) -> Tensor:

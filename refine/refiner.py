@@ -96,7 +96,7 @@ class Refiner:
 
             x0 = self.sampler.sample(denoise, start, noise)
             zero_t = torch.zeros(self.batch_size, f, device=self.device)
-            model.forward_cached(x0, cond, zero_t, self.cache, "overwrite")  # clean K/V
+            model.forward_cached(x0, cond, zero_t, self.cache, "overwrite", write_only=True)  # clean K/V
         self.blocks_done += 1
         return model.from_diffusion(x0, cond).to(src_device)
 

@@ -151,7 +151,7 @@ def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen
                 total += float(loss.detach())
         with torch.no_grad():
             cache.detach_()
-            model.forward_cached(x0.detach(), c, torch.zeros(b, f, device=dev), cache, "overwrite")
+            model.forward_cached(x0.detach(), c, torch.zeros(b, f, device=dev), cache, "overwrite", write_only=True)
     return torch.tensor(total / n_blocks)
 
 

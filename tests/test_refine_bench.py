@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -13,7 +12,7 @@ from refine.testing import tiny_config, tiny_model
 
 
 def test_flop_estimate_counts_the_real_parameters():
-    for overrides in ({}, {"cross_attn_tokens": 3}, {"num_layers": 3, "ffn_dim": 96}):
+    for overrides in ({}, {"cross_attn_tokens": 3}, {"num_layers": 3, "ffn_dim": 96}, {"head_channels": 4}):
         model = tiny_model(**overrides)
         est = estimate_flops(ModelConfig(**tiny_config(**overrides)), SamplerConfig(num_steps=3))
         assert est.params == sum(p.numel() for p in model.parameters())
@@ -32,7 +31,8 @@ def test_flop_model_matches_reference_formula():
     formula = 2 * est.params * 256 + 4 * 8 * 256 * 1024 * 256
     assert abs(est.flops_per_forward - formula) / formula < 0.05
     assert 5.2e9 < est.flops_per_forward < 5.6e9
-    assert math.isclose(est.flops_per_frame, 4 * est.flops_per_forward)
+    # 3 denoising forwards + the clean pass, which skips the output projection
+    assert 3.95 * est.flops_per_forward < est.flops_per_frame < 4 * est.flops_per_forward
 
 
 def test_run_benchmarks_tiny():

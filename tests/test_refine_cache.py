@@ -63,6 +63,18 @@ def test_cached_equals_dense_forward(f, sink, window, t):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
+def test_cached_equals_dense_forward_with_pixel_head():
+    """The pixel head is per frame, so it keeps the cache proof (F = 3, rolled window, sink kept)."""
+    model = tiny_model(seed=2, frames_per_block=3, sink_frames=1, window_frames=3, head_channels=4,
+                       prediction="sample")
+    torch.nn.init.normal_(model.pixel_head[2].weight, std=0.1)  # zero-initialised: make it count
+    x, cond, ts, g = _inputs(2, 12, seed=5)
+    with torch.no_grad():
+        ref = model(x, cond, ts)
+    out, _ = _cached_blocks(model, x, cond, ts, g)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("f", [1, 3])
 def test_reference_is_sensitive_to_the_window(f):
     """Without the window rules the dense forward differs: the equality above is not vacuous."""

@@ -66,6 +66,7 @@ def test_output_shape_and_validation():
     (dict(attention_head_dim=5), "attention_head_dim"),
     (dict(sample_height=18), "multiple of patch_size"),
     (dict(cond_channels=2), "residual_space"),
+    (dict(head_channels=-1), "head_channels"),
 ])
 def test_config_validation(bad, match):
     with pytest.raises(RefineError, match=match):
@@ -134,3 +135,66 @@ def test_encode_condition_channels():
     assert cond[:, :, 5:].eq(0.5).all()
     with pytest.raises(RefineError, match="depth"):
         encode_condition(rgb, depth[..., :4], alpha, flow)
+
+
+def test_pixel_head_starts_at_the_coarse_render_and_round_trips(tmp_path):
+    """Zero-initialised last conv: an untrained x0 model predicts x0 = 0, i.e. the coarse render,
+    at every noise level; after training its output crosses patch borders; save/load keeps it."""
+    from refine.model import CausalWanRefiner
+
+    model = tiny_model(0, head_channels=4, prediction="sample")
+    x, cond, ts = _inputs(1, 4)
+    with torch.no_grad():
+        v = model(x, cond, ts)
+    sigma = (ts / 1000)[:, :, None, None, None]
+    torch.testing.assert_close(x - sigma * v, torch.zeros_like(x), atol=1e-5, rtol=0)
+    torch.nn.init.normal_(model.pixel_head[2].weight, std=0.1)
+    model.save_pretrained(tmp_path / "m")
+    back = CausalWanRefiner.from_pretrained(tmp_path / "m")
+    assert back.spec.head_channels == 4 and back.pixel_head is not None
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, cond, ts), model(x, cond, ts))
+    plain = tiny_model(0)
+    assert plain.pixel_head is None and "pixel_head.0.weight" not in plain.state_dict()
+
+
+def _plane_depth(normal, offset, K, h, w):
+    """Depth of the plane n . P = offset seen through K (OpenCV camera at the origin)."""
+    u = torch.arange(w) + 0.5
+    v = torch.arange(h) + 0.5
+    rx = (u.view(1, w) - K[0, 2]) / K[0, 0]
+    ry = (v.view(h, 1) - K[1, 2]) / K[1, 1]
+    n = torch.tensor(normal)
+    return offset / (n[0] * rx + n[1] * ry + n[2])  # z along the ray (x, y, 1)
+
+
+def test_shading_cues_recover_plane_normals_and_lambert():
+    from refine.conditioning import Lights, encode_condition, normals_from_depth
+
+    K = torch.tensor([[24.0, 0, 16], [0, 24.0, 16], [0, 0, 1]])
+    n_true = torch.tensor([0.0, -0.6, -0.8])  # tilted towards the camera and up (y is down)
+    depth = _plane_depth(n_true.tolist(), -2.0, K, 32, 32)
+    assert (depth > 0).all()
+    depth = depth.expand(1, 1, 32, 32).contiguous()
+    n = normals_from_depth(depth, depth > 0, K[None])
+    torch.testing.assert_close(n[0, 0, :, 2:-2, 2:-2], n_true.view(3, 1, 1).expand(3, 28, 28), atol=1e-4, rtol=0)
+    # light travelling along -n_true hits the plane head-on; rotate the world to check the viewmat
+    rot = torch.tensor([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])  # world -> camera rotation
+    view = torch.eye(4)
+    view[:3, :3] = rot
+    lights = Lights(direction=tuple((rot.T @ -n_true).tolist()), color=(1.0, 0.5, 0.0), intensity=10.0,
+                    ambient=(0.2, 0.2, 0.2))
+    ones = torch.ones(1, 1, 32, 32)
+    cond = encode_condition(torch.rand(1, 1, 32, 32, 3), depth, ones, torch.zeros(1, 1, 32, 32, 2),
+                            K=K[None], viewmat=view[None], lights=lights)
+    assert cond.shape == (1, 1, 14, 32, 32)
+    mid = cond[0, 0, :, 16, 16]
+    torch.testing.assert_close(mid[10:13], torch.tensor([2.0, 1.0, 0.0]), atol=1e-4, rtol=0)  # 10 / 5 * n.l
+    assert mid[13] == pytest.approx(1.0)  # mean ambient 0.2 * 5
+    empty = depth.clone()
+    empty[..., :8] = float("inf")
+    cond = encode_condition(torch.rand(1, 1, 32, 32, 3), empty, ones, torch.zeros(1, 1, 32, 32, 2),
+                            K=K[None], viewmat=view[None], lights=lights)
+    assert cond[0, 0, 7:13, :, :8].abs().max() == 0  # no surface, no normal, no light
+    with pytest.raises(RefineError, match="together"):
+        encode_condition(torch.rand(1, 1, 32, 32, 3), depth, ones, torch.zeros(1, 1, 32, 32, 2), K=K[None])

@@ -30,8 +30,11 @@ def tiny_weights(tmp_path_factory):
 
 
 def _fake_sim(n_envs=2, cams=(("a", 16, 16), ("b", 32, 16))):
+    from hybridsim.spec import Lighting
+
     cameras = {n: SimpleNamespace(name=n, width=w, height=h) for n, w, h in cams}
-    return SimpleNamespace(cameras=cameras, cfg=SimpleNamespace(n_envs=n_envs), seeds=[11, 12][:n_envs])
+    return SimpleNamespace(cameras=cameras, cfg=SimpleNamespace(n_envs=n_envs), seeds=[11, 12][:n_envs],
+                           scenario=SimpleNamespace(lighting=Lighting(direction=(0.3, -0.2, -1.0))))
 
 
 def _fake_frames(sim, n, seed=0):
@@ -45,12 +48,18 @@ def _fake_frames(sim, n, seed=0):
                                          depth=1 + torch.rand(B, 1, H, W, generator=g),
                                          alpha=torch.rand(B, 1, H, W, generator=g),
                                          flow=torch.randn(B, 1, H, W, 2, generator=g))
-        out.append(SimpleNamespace(index=i, gbuffer=gb))
+        params = {c.name: SimpleNamespace(K=np.tile([[20.0, 0, c.width / 2], [0, 20.0, c.height / 2], [0, 0, 1]],
+                                                    (sim.cfg.n_envs, 1, 1)),
+                                          viewmat=np.tile(np.eye(4), (sim.cfg.n_envs, 1, 1)))
+                  for c in sim.cameras.values()}
+        out.append(SimpleNamespace(index=i, gbuffer=gb, cameras=params))
     return out
 
 
-def test_streaming_equals_offline_refinement_and_keeps_order():
-    """Frame-by-frame streaming gives exactly what refining the whole video at once gives."""
+@pytest.mark.parametrize("channels", [7, 14])
+def test_streaming_equals_offline_refinement_and_keeps_order(channels):
+    """Frame-by-frame streaming gives exactly what refining the whole video at once gives, with the
+    plain G-buffer condition (7 channels) and with the shading cues (14)."""
     from refine import Refiner
     from refine.testing import tiny_model
 
@@ -58,15 +67,18 @@ def test_streaming_equals_offline_refinement_and_keeps_order():
     from hybridsim.refining import StreamRefiner, refined_frames
     from hybridsim.seeding import derive_seed
 
-    model = tiny_model(0)
+    model = tiny_model(0, cond_channels=channels)
     sim = _fake_sim()
     frames = _fake_frames(sim, 7)  # 3 full blocks of 2 and a partial one
+    lighting = sim.scenario.lighting if channels == 14 else None
     sr = StreamRefiner(RefineSettings(device="cpu"), sim, model=model)
     out = list(refined_frames(iter(frames), sr))
     assert [f.index for f in out] == list(range(7))
     assert sr.timings["refine_blocks"] == 4
     for cam in sim.cameras.values():
-        cond = torch.cat([condition_from_gbuffer(f.gbuffer[cam.name]) for f in frames], 1)
+        cond = torch.cat([condition_from_gbuffer(f.gbuffer[cam.name], f.cameras[cam.name], lighting)
+                          for f in frames], 1)
+        assert cond.shape[2] == channels
         ref = Refiner(model, height=cam.height, width=cam.width)
         seeds = [derive_seed(s, "refine", cam.name) % (2**63) for s in sim.seeds]
         want = ref.refine_video(cond, seed=seeds)  # [B, T, 3, H, W]
@@ -196,7 +208,11 @@ def test_random_scenes_are_valid_deterministic_and_varied():
     assert a.to_dict() == b.to_dict()
     scenes = [random_scene(s) for s in range(12)]
     assert len({len(s.entities) for s in scenes}) > 1
-    assert len({s.lighting.intensity for s in scenes}) == 12
+    from hybridsim.spec import Lighting
+
+    default = sum(s.lighting == Lighting() for s in scenes)
+    assert 1 <= default <= 6  # a quarter keep the scenario default light, the rest are random
+    assert len({s.lighting.intensity for s in scenes}) == 12 - default + 1
     assert any(e.appearance.texture for s in scenes for e in s.entities)
     names = {"default", "stack_topple", "franka_push", "mesh_slope"}
     assert not names & {s.name for s in scenes}
@@ -219,7 +235,11 @@ def test_paired_clips_hold_srgb_condition_and_reference_target(clip_dir):
     ds = ClipDataset(files)
     assert len(ds) == 1
     cond, target = ds[0]
-    assert cond.shape == (4, 7, 32, 32) and target.shape == (4, 3, 32, 32)
+    assert cond.shape == (4, 14, 32, 32) and target.shape == (4, 3, 32, 32)
+    torch.testing.assert_close(ClipDataset(files, channels=7)[0][0], cond[:, :7])
+    normal_len = cond[:, 7:10].norm(dim=1)
+    assert ((normal_len - 1).abs() < 1e-2).float()[cond[:, 4] > 0.99].mean() > 0.9  # unit normals on surfaces
+    assert float(cond[:, 10:13].min()) >= 0 and float(cond[:, 10:13].max()) > 0.1  # something is lit
     assert 0 <= float(target.min()) and float(target.max()) <= 1 and float(target.std()) > 0.01
     covered = cond[:, 4] > 0.99
     assert covered.float().mean() > 0.2
@@ -237,6 +257,17 @@ def test_make_clips_resumes_and_refuses_other_options(clip_dir):
     assert files[0].stat().st_mtime_ns == before  # finished scenes are not redone
     with pytest.raises(DataError, match="other options"):
         make_clips(out, ClipOptions(scenes=1, frames=5, res=32, n_envs=1, n_cameras=1, seed=3), progress=False)
+
+
+def test_make_clips_skips_a_scene_that_stalls_and_remembers_it(tmp_path):
+    """A scene that makes no progress within scene_timeout is killed, skipped and recorded, so a
+    resumed run does not wait for it again (the guard against a renderer that spins forever)."""
+    from hybridsim.refine_data import ClipOptions, make_clips
+
+    opts = ClipOptions(scenes=1, frames=2, res=32, n_envs=1, n_cameras=1, seed=4)
+    assert make_clips(tmp_path, opts, progress=False, scene_timeout=0.5) == []
+    assert json.loads((tmp_path / "clips.json").read_text())["skipped"] == [0]
+    assert make_clips(tmp_path, opts, progress=False) == []  # remembered: not retried
 
 
 def test_train_refiner_trains_resumes_and_installs(clip_dir, tmp_path, monkeypatch):
