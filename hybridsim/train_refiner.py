@@ -20,16 +20,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hybridsim.options import parse_options, positive
+from hybridsim.spec import SpecError
 
 DEFAULTS = {
     "out": "refiner_train",
     # data
     "scenes": 20, "frames": 12, "res": 128, "n_envs": 4, "cameras": 2, "data_seed": 0,
     # training
-    "phase1": 700, "phase2": 300, "batch": 2, "clip_frames": 6, "lr": 3e-4, "seed": 0,
+    "phase1": 700, "phase2": 300, "phase3": 0, "batch": 2, "clip_frames": 6, "lr": 3e-4, "seed": 0,
     "checkpoint_every": 50, "threads": 0, "device": "cpu", "prediction": "sample",
     "shading": True,  # 14 condition channels: G-buffer + normals / light (refine.conditioning)
     "head": 16,  # pixel head features per pixel (refine ModelConfig.head_channels); 0 = Wan's un-patchify
+    "sigmas": "",  # sigma list that phases 2/3 specialise on and sampler.json ships, e.g. 0.2,0.1,0.05
     "install": False, "progress": True,
 }
 
@@ -37,6 +39,10 @@ DEFAULTS = {
 def main(overrides: list[str]) -> int:
     opts = parse_options(overrides, DEFAULTS, "train-refiner")
     positive(opts, "train-refiner", "scenes", "frames", "res", "n_envs", "cameras", "batch", "clip_frames", "lr")
+    _sampler(opts["sigmas"])  # a bad list fails now, not after the data is made
+    for key in ("head", "phase3"):
+        if opts[key] < 0:
+            raise SpecError(f"train-refiner {key}", f"must be >= 0, got {opts[key]}")
     result = train_refiner(opts, command="hybridsim train-refiner " + " ".join(shlex.quote(o) for o in overrides))
     print(f"trained {result['steps']} steps (final loss {result['final_loss']:.4f}) -> {result['model_dir']}"
           + (f"; installed to {result['installed']}" if result.get("installed") else ""))
@@ -46,7 +52,7 @@ def main(overrides: list[str]) -> int:
 def train_refiner(opts: dict, command: str = "") -> dict:
     import torch
 
-    from refine import ModelConfig, SamplerConfig, TrainConfig
+    from refine import ModelConfig, TrainConfig
     from refine.model import CausalWanRefiner
     from refine.train import train  # not `from refine import train`: once refine.train is imported
     # as a module, the package attribute `train` is that module, not the lazy function
@@ -63,20 +69,18 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     data_s = time.perf_counter() - t0
     from refine.conditioning import COND_CHANNELS, SHADING_CHANNELS
 
-    if opts["head"] < 0:
-        from hybridsim.spec import SpecError
-
-        raise SpecError("train-refiner head", f"must be >= 0 (0 = no pixel head), got {opts['head']}")
     mcfg = ModelConfig(sample_height=opts["res"], sample_width=opts["res"], prediction=opts["prediction"],
                        cond_channels=COND_CHANNELS + (SHADING_CHANNELS if opts["shading"] else 0),
                        head_channels=opts["head"])
     clips = ClipDataset(files, channels=mcfg.cond_channels)
     torch.manual_seed(opts["seed"])
     model = CausalWanRefiner(**{k: getattr(mcfg, k) for k in mcfg.__dataclass_fields__})
-    tcfg = TrainConfig(phase1_steps=opts["phase1"], phase2_steps=opts["phase2"], batch_size=opts["batch"],
+    sampler_cfg = _sampler(opts["sigmas"])
+    tcfg = TrainConfig(phase1_steps=opts["phase1"], phase2_steps=opts["phase2"], phase3_steps=opts["phase3"],
+                       batch_size=opts["batch"],
                        clip_frames=opts["clip_frames"], lr=opts["lr"], seed=opts["seed"], device=opts["device"],
                        checkpoint_every=opts["checkpoint_every"], progress=opts["progress"],
-                       sampler=SamplerConfig())
+                       sampler=sampler_cfg)
     t1 = time.perf_counter()
     res = train(model, clips, tcfg, out / "train")
     train_s = time.perf_counter() - t1
@@ -104,6 +108,19 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     if opts["install"] and res.model_dir is not None:
         record["installed"] = str(install(res.model_dir, record))
     return record
+
+
+def _sampler(sigmas: str):
+    """'' -> refine's default schedule; '0.2,0.1,0.05' -> that list (checked by SamplerConfig)."""
+    from refine import RefineError, SamplerConfig
+
+    if not sigmas.strip():
+        return SamplerConfig()
+    try:
+        return SamplerConfig(sigmas=tuple(float(x) for x in sigmas.split(",")))
+    except (ValueError, RefineError) as err:
+        raise SpecError("train-refiner sigmas", f"{sigmas!r}: {err}; give decreasing values in (0, 1], "
+                        "e.g. sigmas=0.2,0.1,0.05") from None
 
 
 def install(model_dir: Path, record: dict) -> Path:

@@ -284,14 +284,20 @@ def test_train_refiner_trains_resumes_and_installs(clip_dir, tmp_path, monkeypat
     dest = tmp_path / "weights"
     monkeypatch.setattr(refine, "DEFAULT_WEIGHTS_DIR", dest)
     opts = dict(DEFAULTS, out=str(out), scenes=1, frames=4, res=32, n_envs=1, cameras=1, data_seed=3,
-                phase1=2, phase2=1, batch=1, clip_frames=4, checkpoint_every=1, progress=False, install=True)
+                phase1=2, phase2=1, phase3=1, sigmas="0.2,0.1", batch=1, clip_frames=4, checkpoint_every=1,
+                progress=False, install=True)
     rec = train_refiner(opts, command="hybridsim train-refiner test")
-    assert rec["steps"] == 3 and np.isfinite(rec["final_loss"])
+    assert rec["steps"] == 4 and np.isfinite(rec["final_loss"])
+    phases = [json.loads(line)["phase"] for line in (out / "train" / "loss.jsonl").read_text().splitlines()]
+    assert phases == [1, 1, 2, 3]
+    assert json.loads((dest / "sampler.json").read_text())["sigmas"] == [0.2, 0.1]  # ships with the weights
+    model_cfg = json.loads((dest / "config.json").read_text())
+    assert model_cfg["cond_channels"] == 14 and model_cfg["head_channels"] == 16
     assert (dest / "diffusion_pytorch_model.safetensors").is_file()
     saved = json.loads((dest / "training.json").read_text())
     assert saved["command"] == "hybridsim train-refiner test" and saved["data_seed"] == 3
     again = train_refiner(dict(opts, install=False))
-    assert again["resumed_from_step"] == 3 and again["steps"] == 3  # nothing left to do
+    assert again["resumed_from_step"] == 4 and again["steps"] == 4  # nothing left to do
     assert again["final_loss"] == rec["final_loss"]  # read back from the loss log
 
 
@@ -302,6 +308,9 @@ def test_train_refiner_cli_rejects_bad_options(capsys):
     assert "scenes: must be > 0" in capsys.readouterr().err
     assert main(["train-refiner", "lr=fast"]) == 2
     assert "expected float" in capsys.readouterr().err
+    assert main(["train-refiner", "sigmas=0.1,0.2"]) == 2
+    assert "strictly decreasing" in capsys.readouterr().err
+    assert main(["train-refiner", "head=-1"]) == 2
 
 
 # ---------------------------------------------------------------------------- default weights, eval
