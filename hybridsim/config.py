@@ -20,7 +20,8 @@ class RenderConfig:
     density: float = 48000.0  # Gaussians per m^2 on object surfaces (spacing ~0.5 cm)
     plane_density: float = 555.0  # Gaussians per m^2 on ground planes (the cap over 6 m)
     plane_size: float = 6.0  # metres: splatted extent of an infinite plane (analytic_planes=false)
-    analytic_planes: bool = True  # draw planes exactly to the horizon behind the splats
+    analytic_planes: bool = True  # draw planes exactly behind the splats, up to plane_far
+    plane_far: float = 20.0  # metres along the view axis: the reference camera's far clip (Genesis' default)
     max_gaussians: int = 20000  # per body
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
@@ -60,6 +61,9 @@ class RunConfig:
             raise SpecError("episode", f"must be >= 0, got {cfg.episode}")
         if cfg.render.backend not in ("auto", "torch", "gsplat"):
             raise SpecError("render.backend", f"'{cfg.render.backend}' is not one of auto, torch, gsplat")
+        if not cfg.render.plane_far > 0:
+            raise SpecError("render.plane_far", f"must be > 0 metres, got {cfg.render.plane_far}; use e.g. 20.0 "
+                            "(the reference camera's far clip)")
         return cfg
 
     def to_dict(self) -> dict:

@@ -237,7 +237,7 @@ class Simulation:
             K = torch.as_tensor(cam.K, dtype=torch.float32)[:, None]
             gb = rasterize(g, view, K, cam.width, cam.height, prev_means=self._prev_means,
                            background=(0.0, 0.0, 0.0), backend=self.cfg.render.backend)
-            gb = composite_planes(gb, self.planes, view, K)  # splats over planes over the background
+            gb = composite_planes(gb, self.planes, view, K, far=self.cfg.render.plane_far)  # splats over planes
             gb.rgb = gb.rgb + (1.0 - gb.alpha)[..., None] * bg
             out[name] = gb
         self._prev_means = g.means

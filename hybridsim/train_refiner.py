@@ -31,6 +31,7 @@ DEFAULTS = {
     "checkpoint_every": 50, "threads": 0, "device": "cpu", "prediction": "sample",
     "shading": True,  # 14 condition channels: G-buffer + normals / light (refine.conditioning)
     "head": 16,  # pixel head features per pixel (refine ModelConfig.head_channels); 0 = Wan's un-patchify
+    "ssim": 0.0,  # weight of a (1 - SSIM) term in phases 2 and 3 (refine TrainConfig.ssim_weight)
     "sigmas": "",  # sigma list that phases 2/3 specialise on and sampler.json ships, e.g. 0.2,0.1,0.05
     "install": False, "progress": True,
 }
@@ -40,7 +41,7 @@ def main(overrides: list[str]) -> int:
     opts = parse_options(overrides, DEFAULTS, "train-refiner")
     positive(opts, "train-refiner", "scenes", "frames", "res", "n_envs", "cameras", "batch", "clip_frames", "lr")
     _sampler(opts["sigmas"])  # a bad list fails now, not after the data is made
-    for key in ("head", "phase3"):
+    for key in ("head", "phase3", "ssim"):
         if opts[key] < 0:
             raise SpecError(f"train-refiner {key}", f"must be >= 0, got {opts[key]}")
     result = train_refiner(opts, command="hybridsim train-refiner " + " ".join(shlex.quote(o) for o in overrides))
@@ -77,7 +78,7 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     model = CausalWanRefiner(**{k: getattr(mcfg, k) for k in mcfg.__dataclass_fields__})
     sampler_cfg = _sampler(opts["sigmas"])
     tcfg = TrainConfig(phase1_steps=opts["phase1"], phase2_steps=opts["phase2"], phase3_steps=opts["phase3"],
-                       batch_size=opts["batch"],
+                       batch_size=opts["batch"], ssim_weight=opts["ssim"],
                        clip_frames=opts["clip_frames"], lr=opts["lr"], seed=opts["seed"], device=opts["device"],
                        checkpoint_every=opts["checkpoint_every"], progress=opts["progress"],
                        sampler=sampler_cfg)

@@ -156,6 +156,9 @@ class TrainConfig:
     warmup_steps: int = 50
     grad_clip: float = 1.0
     context_noise: float = 0.05  # max sigma of the noise put on the clean context
+    # weight of a (1 - SSIM) term on the predicted frames (RGB, 7x7 windows as skimage's metric) in
+    # phases 2 and 3, the few-step specialisation: MSE alone leaves faint structure on flat surfaces
+    ssim_weight: float = 0.0
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 0
     device: str = "cpu"
@@ -171,6 +174,8 @@ class TrainConfig:
             raise RefineError("phase1_steps + phase2_steps + phase3_steps is 0; train at least one step")
         for name in ("batch_size", "lr", "checkpoint_every", "keep_checkpoints"):
             _positive(name, getattr(self, name))
+        if not 0.0 <= self.ssim_weight < 1e3:
+            raise RefineError(f"ssim_weight={self.ssim_weight} must be >= 0 (0 = MSE only)")
         if not 0.0 <= self.context_noise < 1.0 or not math.isfinite(self.grad_clip):
             raise RefineError(f"context_noise={self.context_noise} must be in [0, 1) and grad_clip "
                               f"finite (got {self.grad_clip})")

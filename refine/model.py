@@ -301,13 +301,13 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
             return self.spec.residual_scale * (rgb - cond[:, :, :self.spec.out_channels])
         return 2.0 * rgb - 1.0
 
-    def from_diffusion(self, x0: Tensor, cond: Tensor) -> Tensor:
-        """x0 [B, T, 3, H, W] -> rgb [B, T, 3, H, W] clamped to [0, 1]."""
+    def from_diffusion(self, x0: Tensor, cond: Tensor, clamp: bool = True) -> Tensor:
+        """x0 [B, T, 3, H, W] -> rgb [B, T, 3, H, W], clamped to [0, 1] unless clamp=False (losses)."""
         if self.spec.residual_space:
             rgb = cond[:, :, :self.spec.out_channels] + x0 / self.spec.residual_scale
         else:
             rgb = (x0 + 1.0) / 2.0
-        return rgb.clamp(0.0, 1.0)
+        return rgb.clamp(0.0, 1.0) if clamp else rgb
 
     def coarse_x0(self, cond: Tensor) -> Tensor:
         """The coarse render in diffusion space (SDEdit start). cond [B, T, Cc, H, W] -> [B, T, 3, H, W]"""

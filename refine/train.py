@@ -94,9 +94,30 @@ def _block_sigmas(b: int, n_blocks: int, phase: int, cfg: TrainConfig, sig_list:
     return table[torch.randint(len(sig_list), (b, n_blocks), generator=gen)]
 
 
+def ssim_loss(pred: Tensor, target: Tensor, window: int = 7) -> Tensor:
+    """1 - mean SSIM of RGB frames in [0, 1]: [B, T, 3, H, W] x2 -> scalar.
+
+    Uniform 7x7 windows, K1 = 0.01, K2 = 0.03 and the unbiased variance, as skimage's
+    `structural_similarity` (the metric eval-refiner reports); valid windows only.
+    """
+    x, y = pred.flatten(0, 1).float(), target.flatten(0, 1).float()  # [N, 3, H, W]
+
+    def mean(z: Tensor) -> Tensor:
+        return Fn.avg_pool2d(z, window, stride=1)
+
+    n = window * window
+    mx, my = mean(x), mean(y)
+    vx = (mean(x * x) - mx * mx) * n / (n - 1)
+    vy = (mean(y * y) - my * my) * n / (n - 1)
+    cxy = (mean(x * y) - mx * my) * n / (n - 1)
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    ssim = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return 1.0 - ssim.mean()
+
+
 def teacher_forcing_loss(model, cond: Tensor, target: Tensor, sigma_blocks: Tensor, ctx_sigma: Tensor,
-                         gen: torch.Generator) -> Tensor:
-    """Flow-matching loss of one teacher-forcing forward.
+                         gen: torch.Generator, ssim_weight: float = 0.0) -> Tensor:
+    """Flow-matching loss of one teacher-forcing forward (+ ssim_weight * (1 - SSIM) of x0_hat).
 
     cond [B, T, C, H, W]; target [B, T, 3, H, W]; sigma_blocks, ctx_sigma [B, T/F].
     """
@@ -114,11 +135,18 @@ def teacher_forcing_loss(model, cond: Tensor, target: Tensor, sigma_blocks: Tens
     v = model(torch.cat([clean, noisy], 1), torch.cat([cond, cond], 1), 1000.0 * torch.cat([csig, sig], 1),
               layout=FrameLayout.teacher_forcing(t, f))[:, t:]  # [B, T, 3, H, W]
     if model.spec.prediction == "sample":  # x0 loss (= v loss weighted by sigma^2): bounded at small sigma
-        return Fn.mse_loss(noisy - s5.clamp(min=SAMPLE_MIN_SIGMA) * v, x0)
-    return Fn.mse_loss(v, noise - x0)
+        x0_hat = noisy - s5.clamp(min=SAMPLE_MIN_SIGMA) * v
+        loss = Fn.mse_loss(x0_hat, x0)
+    else:
+        x0_hat = noisy - s5 * v
+        loss = Fn.mse_loss(v, noise - x0)
+    if ssim_weight:
+        loss = loss + ssim_weight * ssim_loss(model.from_diffusion(x0_hat, cond, clamp=False), target)
+    return loss
 
 
-def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen: torch.Generator) -> Tensor:
+def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen: torch.Generator,
+                 ssim_weight: float = 0.0) -> Tensor:
     """Self-rollout through the KV cache; supervised x0 loss at one random exit step per block.
 
     Gradients flow through the exit step's forward only (earlier steps, the clean passes and
@@ -147,6 +175,9 @@ def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen
                 cache.detach_()
                 x0 = x - s * model.forward_cached(x, c, tt, cache, mode)
                 loss = Fn.mse_loss(x0, tgt)
+                if ssim_weight:
+                    loss = loss + ssim_weight * ssim_loss(model.from_diffusion(x0, c, clamp=False),
+                                                          target[:, i * f:(i + 1) * f])
                 (loss / n_blocks).backward()
                 total += float(loss.detach())
         with torch.no_grad():
@@ -253,12 +284,13 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
             cond, target = _batch(clips, cfg, f, gen)
             cond, target = cond.to(dev), target.to(dev)
             if phase == 3:
-                loss = rollout_loss(model, cond, target, sig_list, gen)
+                loss = rollout_loss(model, cond, target, sig_list, gen, cfg.ssim_weight)
             else:
                 n_blocks = target.shape[1] // f
                 sig = _block_sigmas(target.shape[0], n_blocks, phase, cfg, sig_list, gen)
                 ctx = torch.rand(target.shape[0], n_blocks, generator=gen) * cfg.context_noise
-                loss = teacher_forcing_loss(model, cond, target, sig, ctx, gen)
+                loss = teacher_forcing_loss(model, cond, target, sig, ctx, gen,
+                                            cfg.ssim_weight if phase == 2 else 0.0)
                 loss.backward()
             loss_val = float(loss.detach())
             if not math.isfinite(loss_val):

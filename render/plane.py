@@ -1,15 +1,16 @@
 """Infinite planes drawn exactly, per pixel, behind the splats.
 
 A ground plane sampled as Gaussians has to stop somewhere, while the reference renderer's plane
-runs to the horizon; the pixels in between would be background in the splat G-buffer and ground in
+runs on until its camera's far clip (Genesis: 20 m); the pixels in between would be background in the splat G-buffer and ground in
 the reference. `composite_planes` intersects every pixel's ray with each plane (one-sided: seen
-from the side its normal points to) and composites the nearest hit behind the splat layer: RGB
+from the side its normal points to) and composites the nearest hit closer than `far` behind the splat layer: RGB
 (flat colour, linear), depth along +z, alpha, instance id. Flow of plane pixels is zero: the
 planes and the cameras are static between frames (a moved camera's plane flow is not modelled).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -27,9 +28,9 @@ class Plane:
     instance_id: int  # written where the plane is the visible surface
 
 
-def plane_hits(planes: list[Plane], viewmats: Tensor, Ks: Tensor, width: int, height: int
-               ) -> tuple[Tensor, Tensor, Tensor]:
-    """Nearest plane per pixel.
+def plane_hits(planes: list[Plane], viewmats: Tensor, Ks: Tensor, width: int, height: int,
+               far: float = math.inf) -> tuple[Tensor, Tensor, Tensor]:
+    """Nearest plane per pixel, up to depth `far` (a raster camera's far clip; inf = to the horizon).
 
     viewmats [B, C, 4, 4] world->camera (OpenCV), Ks [B, C, 3, 3]
     -> depth [B, C, H, W] (inf where no plane), color [B, C, H, W, 3], instance [B, C, H, W] int32
@@ -55,7 +56,7 @@ def plane_hits(planes: list[Plane], viewmats: Tensor, Ks: Tensor, width: int, he
         height_above = ((origin - p0) * n).sum(-1)[..., None, None]  # [B, C, 1, 1]
         facing = (d_world * n).sum(-1)  # [B, C, H, W]
         s = height_above / (-facing).clamp(min=1e-12)  # ray parameter = depth along +z (d_cam.z = 1)
-        hit = (height_above > 0) & (facing < -1e-9) & (s < best)
+        hit = (height_above > 0) & (facing < -1e-9) & (s < best) & (s <= far)
         best = torch.where(hit, s, best)
         color = torch.where(hit[..., None], torch.tensor(p.color, dtype=torch.float32, device=dev), color)
         inst = torch.where(hit, torch.tensor(p.instance_id, dtype=torch.int32, device=dev), inst)
@@ -63,12 +64,13 @@ def plane_hits(planes: list[Plane], viewmats: Tensor, Ks: Tensor, width: int, he
 
 
 def composite_planes(g: GBuffer, planes: list[Plane], viewmats: Tensor, Ks: Tensor,
-                     instance_threshold: float = 0.5) -> GBuffer:
-    """The G-buffer with `planes` composited behind its splats (see the module docstring)."""
+                     instance_threshold: float = 0.5, far: float = math.inf) -> GBuffer:
+    """The G-buffer with `planes` composited behind its splats (see the module docstring), planes
+    drawn up to depth `far`."""
     if not planes:
         return g
     H, W = g.alpha.shape[-2:]
-    depth_p, color_p, inst_p = plane_hits(planes, viewmats, Ks, W, H)
+    depth_p, color_p, inst_p = plane_hits(planes, viewmats, Ks, W, H, far)
     hit = torch.isfinite(depth_p)
     behind = (1.0 - g.alpha) * hit  # weight of the plane layer, [B, C, H, W]
     alpha = g.alpha + behind

@@ -284,7 +284,7 @@ def test_train_refiner_trains_resumes_and_installs(clip_dir, tmp_path, monkeypat
     dest = tmp_path / "weights"
     monkeypatch.setattr(refine, "DEFAULT_WEIGHTS_DIR", dest)
     opts = dict(DEFAULTS, out=str(out), scenes=1, frames=4, res=32, n_envs=1, cameras=1, data_seed=3,
-                phase1=2, phase2=1, phase3=1, sigmas="0.2,0.1", batch=1, clip_frames=4, checkpoint_every=1,
+                phase1=2, phase2=1, phase3=1, sigmas="0.2,0.1", ssim=0.2, batch=1, clip_frames=4, checkpoint_every=1,
                 progress=False, install=True)
     rec = train_refiner(opts, command="hybridsim train-refiner test")
     assert rec["steps"] == 4 and np.isfinite(rec["final_loss"])

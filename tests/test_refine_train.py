@@ -78,3 +78,35 @@ def test_bad_clips_raise(tmp_path):
     odd = synthetic_clips(2, 3)
     with pytest.raises(RefineError, match="multiple"):
         train(tiny_model(), odd, _cfg(clip_frames=3), tmp_path)
+
+
+def test_ssim_loss_equals_skimages_metric_and_is_zero_for_equal_frames():
+    import numpy as np
+    from skimage.metrics import structural_similarity
+
+    from refine.train import ssim_loss
+
+    rng = np.random.default_rng(0)
+    a = rng.random((32, 40, 3))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    want = structural_similarity(a, b, data_range=1.0, channel_axis=-1)
+
+    def t(z):
+        return torch.tensor(z).permute(2, 0, 1)[None, None]  # [1, 1, 3, H, W]
+
+    assert 1 - float(ssim_loss(t(a), t(b))) == pytest.approx(want, abs=1e-6)
+    assert float(ssim_loss(t(a), t(a))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_ssim_term_applies_in_phases_2_and_3_only(clips, tmp_path):
+    """Phase 1 is the same with or without the SSIM term (so a run can add it later and stay
+    reproducible from one command); phases 2 and 3 change."""
+    plain, with_ssim = tmp_path / "plain", tmp_path / "ssim"
+    train(tiny_model(0, prediction="sample"), clips, _cfg(checkpoint_every=100), plain)
+    train(tiny_model(0, prediction="sample"), clips, _cfg(checkpoint_every=100, ssim_weight=0.5), with_ssim)
+    a, b = _losses(plain), _losses(with_ssim)
+    assert a[:8] == b[:8]
+    assert all(y > x for x, y in zip(a[8:9], b[8:9]))  # first phase-2 step: same weights, extra term
+    assert a[8:] != b[8:]
+    with pytest.raises(RefineError, match="ssim_weight"):
+        _cfg(ssim_weight=-1.0)

@@ -72,3 +72,13 @@ def test_composite_puts_planes_behind_splats():
     assert torch.allclose(out.rgb[0, 0, 0, 40], 0.25 + 0.75 * torch.tensor([0.2, 0.4, 0.6]))
     expect = (0.25 * 0.25 + 0.75 * plane_depth[0, 0, 0, 40]) / 1.0
     assert torch.allclose(out.depth[0, 0, 0, 40], expect)
+
+
+def test_far_clip_ends_the_plane_where_the_reference_camera_does():
+    view, K = _camera((0.0, -5.0, 0.5), (0.0, 0.0, 0.5))  # looking level: the ground runs to the horizon
+    depth, _, inst = plane_hits([GROUND], view, K, 64, 48)
+    clipped, _, inst_c = plane_hits([GROUND], view, K, 64, 48, far=20.0)
+    far_rows = torch.isfinite(depth) & (depth > 20.0)
+    assert far_rows.any() and torch.isinf(clipped[far_rows]).all() and (inst_c[far_rows] == 0).all()
+    near = depth <= 20.0
+    assert torch.equal(clipped[near], depth[near]) and torch.equal(inst_c[near], inst[near])
