@@ -203,3 +203,9 @@ def test_v2_round_trip_and_v1_events_still_valid():
         assert back == s
     ev = compose(["scenario=default"]).scenario.events[0]  # v1: a timed event with one inline action
     assert (ev.at, ev.kind, ev.entity, ev.when, ev.actions) == (1.5, "impulse", "crate", None, [])
+
+
+def test_render_plane_far_must_be_positive():
+    assert compose([]).render.plane_far == 20.0  # Genesis' camera far clip: the reference's horizon
+    with pytest.raises(SpecError, match="render.plane_far"):
+        compose(["render.plane_far=0"])
