@@ -202,16 +202,20 @@ def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True,
     meta["cond_channels"] = CLIP_COND_CHANNELS  # clips made before the shading cues have 7
     meta_path = out / "clips.json"
     skipped: list[int] = []
+    made_by = None
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        diff = {k: (old.get(k), v) for k, v in meta.items() if k not in ("scenes", "skipped") and old.get(k) != v}
+        diff = {k: (old.get(k), v) for k, v in meta.items() if k != "scenes" and old.get(k) != v}
         if diff:
             raise DataError(f"{out} holds clips made with other options {diff} (old, new); use another "
                             "data folder or the same options")
         skipped = [int(i) for i in old.get("skipped", [])]
+        made_by = old.get("code_commit")
+    else:
+        made_by = code_commit()
 
-    def write_meta() -> None:
-        meta_path.write_text(json.dumps({**meta, "skipped": sorted(skipped)}, indent=1))
+    def write_meta() -> None:  # code_commit: the code that made the clips (kept when resuming)
+        meta_path.write_text(json.dumps({**meta, "skipped": sorted(skipped), "code_commit": made_by}, indent=1))
 
     write_meta()
     files = [out / f"scene_{i:04d}.npz" for i in range(opts.scenes)]
@@ -260,6 +264,22 @@ def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True,
     if bar is not None:
         bar.close()
     return [f for f in files if f.exists()]
+
+
+def code_commit() -> str | None:
+    """The git commit of this checkout (+ "-dirty" with uncommitted changes), None outside git."""
+    import subprocess
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def _clip_worker(out_dir: str, opts: ClipOptions, todo: list[int], threads: int) -> None:

@@ -58,7 +58,7 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     from refine.train import train  # not `from refine import train`: once refine.train is imported
     # as a module, the package attribute `train` is that module, not the lazy function
 
-    from hybridsim.refine_data import ClipDataset, ClipOptions, make_clips
+    from hybridsim.refine_data import ClipDataset, ClipOptions, code_commit, make_clips
 
     if opts["threads"] > 0:
         torch.set_num_threads(opts["threads"])
@@ -94,6 +94,8 @@ def train_refiner(opts: dict, command: str = "") -> dict:
         "data_seed": opts["data_seed"],
         "train_seed": opts["seed"],
         "clips": len(clips),
+        "code_commit": code_commit(),  # this call's code; the clips' own is clips_code_commit
+        "clips_code_commit": json.loads((out / "clips" / "clips.json").read_text()).get("code_commit"),
         "sampler": sampler,
         "steps": res.end_step,
         "resumed_from_step": res.start_step,
