@@ -24,13 +24,14 @@ import numpy as np
 from hybridsim.seeding import derive_seed
 from hybridsim.spec import Appearance, Camera, Entity, Lighting, Scenario, Timing, validate
 from hybridsim.textures import skimage_names
+from refine.config import COND_CHANNELS, SHADING_CHANNELS
 
 # Photographs used for training textures. Keep in sync with docs: `text` and `moon` are left out
 # because they are nearly flat grey at 128 px.
 TRAIN_TEXTURES = tuple(n for n in skimage_names() if n not in ("text", "moon"))
 
 
-CLIP_COND_CHANNELS = 14  # what make_clips stores: the full condition, shading cues included
+CLIP_COND_CHANNELS = COND_CHANNELS + SHADING_CHANNELS  # what make_clips stores: shading cues included
 
 
 class DataError(RuntimeError):
@@ -323,7 +324,7 @@ class ClipDataset:
     (7 = without the shading cues).
     """
 
-    def __init__(self, files: list[Path], channels: int = 14):
+    def __init__(self, files: list[Path], channels: int = CLIP_COND_CHANNELS):
         if not files:
             raise DataError("no clip files; run make_clips first")
         self.channels = int(channels)
@@ -332,6 +333,9 @@ class ClipDataset:
             with np.load(f) as z:
                 self.cond.append(z["cond"])
                 self.target.append(z["target"])
+            if self.cond[-1].shape[2] < self.channels:
+                raise DataError(f"{f} has {self.cond[-1].shape[2]} condition channels, the model takes "
+                                f"{self.channels}; make the clips again in a new folder")
         self.index = [(s, k) for s, c in enumerate(self.cond) for k in range(c.shape[0])]
 
     def __len__(self) -> int:
@@ -341,10 +345,6 @@ class ClipDataset:
         import torch
 
         s, k = self.index[i]
-        cond = self.cond[s][k]
-        if cond.shape[1] < self.channels:
-            raise DataError(f"clips have {cond.shape[1]} condition channels, the model takes {self.channels}; "
-                            "make the clips again in a new folder")
-        cond = torch.from_numpy(cond[:, :self.channels].astype(np.float32))
+        cond = torch.from_numpy(self.cond[s][k][:, :self.channels].astype(np.float32))
         target = torch.from_numpy(self.target[s][k]).permute(0, 3, 1, 2).float() / 255.0
         return cond, target

@@ -17,10 +17,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from refine.config import COND_CHANNELS, SHADING_CHANNELS  # noqa: F401  (re-exported; stdlib-only home)
 from refine.errors import RefineError
 
-COND_CHANNELS = 7  # coarse RGB (3) | 1/(1+depth) (1) | alpha (1) | flow/16 (2)
-SHADING_CHANNELS = 7  # normal (3) | diffuse light (3) | ambient (1)
 FLOW_SCALE = 16.0  # pixels per frame that map to 1.0
 INTENSITY_SCALE = 5.0  # light intensity that maps to 1.0 (the scenario default)
 

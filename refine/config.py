@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from refine.errors import RefineError
 
 
+COND_CHANNELS = 7  # G-buffer condition: coarse RGB (3) | 1/(1+depth) (1) | alpha (1) | flow/16 (2)
+SHADING_CHANNELS = 7  # shading cues after it: normal (3) | diffuse light (3) | ambient (1)
+
+
 def _positive(name: str, value: int | float) -> None:
     if not value > 0:
         raise RefineError(f"{name}={value!r} must be > 0; pass a positive value")
