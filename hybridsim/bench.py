@@ -12,6 +12,8 @@ Sections (select with `sections=render,physics,refine,pipeline`):
 - pipeline: the default scenario end to end (physics -> splats -> refiner), per-stage ms per frame,
   refined frames/s and the latency from a frame's physics step to its refined frame.
 `threads=N` sets torch's thread count first (on a shared CPU, 1 gives steady numbers).
+The refine section takes `device=cpu|cuda`, `dtype=float32|bfloat16` (autocast, CUDA only) and
+`batch=B` (environments refined together).
 Targets are reported as measured ratios, never asserted.
 """
 
@@ -64,12 +66,23 @@ def _options(overrides: list[str]) -> dict:
 
     opts = parse_options(overrides, {"out": "bench", "sections": ",".join(SECTIONS), "frames": 20,
                                      "scenario": "default", "threads": 0, "rollout_frames": 500,
-                                     "episodes": 8}, "bench")
+                                     "episodes": 8, "device": "cpu", "dtype": "float32", "batch": 1},
+                           "bench")
     unknown = set(opts["sections"].split(",")) - set(SECTIONS)
     if unknown:
         raise SpecError("bench sections", f"unknown {sorted(unknown)}; choose from {list(SECTIONS)}")
     if opts["frames"] < 2:
         raise SpecError("bench frames", f"must be >= 2, got {opts['frames']}")
+    if opts["batch"] < 1:
+        raise SpecError("bench batch", f"must be >= 1, got {opts['batch']}")
+    if "refine" in opts["sections"].split(","):
+        from refine import RefineError
+        from refine.bench import check_device
+
+        try:
+            check_device(opts["device"], opts["dtype"])
+        except RefineError as err:
+            raise SpecError("bench device/dtype", str(err)) from None
     return opts
 
 
@@ -153,14 +166,15 @@ def _default_model():
         return CausalWanRefiner().eval(), None, "random weights, default size (no shipped weights)"
 
 
-def bench_refine(rollout_frames: int = 500) -> dict:
+def bench_refine(rollout_frames: int = 500, device: str = "cpu", dtype: str = "float32", batch: int = 1) -> dict:
     from refine.bench import run_benchmarks
 
     from hybridsim.config import RefineSettings
     from hybridsim.refining import sampler_config
 
     model, folder, which = _default_model()
-    res = run_benchmarks(model, sampler=sampler_config(RefineSettings(), folder), rollout_frames=rollout_frames)
+    res = run_benchmarks(model, sampler=sampler_config(RefineSettings(), folder), rollout_frames=rollout_frames,
+                         batch_size=batch, device=device, dtype=dtype)
     return {"model": which, **asdict(res)}
 
 
@@ -216,7 +230,7 @@ def main(overrides: list[str]) -> int:
     if "render" in sections:
         report.render = [bench_render(opts["scenario"], r, opts["frames"]) for r in (128, 256)]
     if "refine" in sections:
-        report.refine = bench_refine(opts["rollout_frames"])
+        report.refine = bench_refine(opts["rollout_frames"], opts["device"], opts["dtype"], opts["batch"])
     if "pipeline" in sections:
         report.pipeline = bench_pipeline(opts["scenario"], opts["frames"])
     if "throughput" in sections:
@@ -270,19 +284,21 @@ def to_markdown(r: BenchReport) -> str:
 
 def _refine_markdown(d: dict) -> list[str]:
     t, c, f = d["throughput"], d["cache"], d["flops"]
-    lines = [f"\n## refine ({d['model']}, batch {t['batch_size']}, {t['threads']} thread(s))\n",
+    lines = [f"\n## refine ({d['model']}, batch {t['batch_size']}, {t['device']}, {t['dtype']}, "
+             f"{t['threads']} thread(s))\n",
              "| measure | value |", "|---|---|",
              f"| refined frames/s | {t['frames_per_s']:.2f} |",
              f"| block latency median (F frames) | {t['block_latency_ms']:.0f} ms |",
              f"| (a) cached vs recompute-window block | {c['cached_block_ms']:.0f} vs {c['recompute_block_ms']:.0f} ms: "
              f"**{c['speedup']:.2f}x** ({c['context_frames']} context frames) |",
-             f"| (c) achieved / float32 matmul | {t['achieved_gflops']:.1f} / {t['matmul_gflops']:.1f} GFLOP/s = "
+             f"| (c) achieved / {t['dtype']} matmul | {t['achieved_gflops']:.1f} / {t['matmul_gflops']:.1f} GFLOP/s = "
              f"**{t['fraction_of_matmul']:.2f}** ({f['flops_per_frame'] / 1e9:.2f} GFLOP per frame) |"]
     r = d.get("rollout")
     if r:
         lines.append(f"| (b) ms/frame at frame ~{r['early_frame']} vs ~{r['frames']} | {r['early_ms_per_frame']:.1f} vs "
                      f"{r['late_ms_per_frame']:.1f}: ratio **{r['late_over_early']:.2f}**; cache bytes "
-                     f"{r['cache_bytes_early']} vs {r['cache_bytes_late']}; RSS {r['rss_early_mb']:.0f} vs "
+                     f"{r['cache_bytes_early']} vs {r['cache_bytes_late']}; "
+                     f"{'RSS' if t['device'] == 'cpu' else 'CUDA allocated'} {r['rss_early_mb']:.0f} vs "
                      f"{r['rss_late_mb']:.0f} MB |")
     return lines
 

@@ -25,7 +25,7 @@ import numpy as np
 from hybridsim.options import parse_options, positive
 
 DEFAULTS = {"out": "eval_refiner", "scenarios": "default,stack_topple,franka_push,mesh_slope", "frames": 40,
-            "weights": "", "sigmas": "", "threads": 0, "progress": True}
+            "weights": "", "sigmas": "", "noise": "", "threads": 0, "progress": True}
 
 
 @dataclass
@@ -78,7 +78,7 @@ def temporal_stats(refined, coarse, reference, flows, alphas) -> dict[str, float
 
 
 def evaluate_scenario(name: str, frames: int, weights: str | None, progress: bool = True,
-                      sigmas: str = "") -> list[SceneQuality]:
+                      sigmas: str = "", noise: str = "") -> list[SceneQuality]:
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
     from tqdm import tqdm
 
@@ -88,7 +88,8 @@ def evaluate_scenario(name: str, frames: int, weights: str | None, progress: boo
     from hybridsim.writers import linear_to_srgb, to_uint8
 
     cfg, base = resolve_config(name, [f"refine.weights={weights or 'null'}",
-                                      f"refine.sigmas=[{sigmas}]" if sigmas else "refine.sigmas=null"],
+                                      f"refine.sigmas=[{sigmas}]" if sigmas else "refine.sigmas=null",
+                                      f"refine.noise={noise or 'null'}"],
                                progress=False, reference=True)
     timing = cfg.scenario.timing
     timing.duration = frames / timing.fps + 1e-6  # exactly `frames` frames
@@ -146,7 +147,8 @@ def main(overrides: list[str]) -> int:
     t0 = time.perf_counter()
     rows: list[SceneQuality] = []
     for name in [s for s in opts["scenarios"].split(",") if s]:
-        rows += evaluate_scenario(name, opts["frames"], opts["weights"] or None, opts["progress"], opts["sigmas"])
+        rows += evaluate_scenario(name, opts["frames"], opts["weights"] or None, opts["progress"], opts["sigmas"],
+                                  opts["noise"])
         (out / "eval.json").write_text(json.dumps({"options": opts, "rows": [asdict(r) for r in rows]}, indent=1))
     (out / "eval.md").write_text(to_markdown(rows))
     print(to_markdown(rows))

@@ -87,23 +87,33 @@ def needs_shading(model) -> bool:
 
 def sampler_config(settings: RefineSettings, weights_dir: Path | None = None):
     """The sampler: explicit `sigmas`, else `steps`, else the schedule saved beside the weights
-    (sampler.json, written by train-refiner), else refine's default."""
+    (sampler.json, written by train-refiner), else refine's default; `noise` overrides the
+    noise mode of whichever it is."""
+    import dataclasses
     import json
 
     from refine import RefineError, SamplerConfig
 
     try:
         if settings.sigmas:
-            return SamplerConfig(sigmas=tuple(settings.sigmas))
-        if settings.steps is not None:
-            return SamplerConfig(num_steps=settings.steps)
+            cfg = SamplerConfig(sigmas=tuple(settings.sigmas))
+        elif settings.steps is not None:
+            cfg = SamplerConfig(num_steps=settings.steps)
+        else:
+            cfg = None
     except RefineError as err:
         raise SpecError("refine.sigmas" if settings.sigmas else "refine.steps", str(err)) from None
     saved = Path(weights_dir) / "sampler.json" if weights_dir else None
-    if saved is not None and saved.is_file():
+    if cfg is None and saved is not None and saved.is_file():
         data = json.loads(saved.read_text())
-        return SamplerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-    return SamplerConfig()
+        cfg = SamplerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    cfg = cfg or SamplerConfig()
+    if settings.noise is not None:
+        try:
+            cfg = dataclasses.replace(cfg, noise=settings.noise)
+        except RefineError as err:
+            raise SpecError("refine.noise", str(err)) from None
+    return cfg
 
 
 class StreamRefiner:

@@ -33,6 +33,8 @@ DEFAULTS = {
     "head": 16,  # pixel head features per pixel (refine ModelConfig.head_channels); 0 = Wan's un-patchify
     "ssim": 0.0,  # weight of a (1 - SSIM) term in phases 2 and 3 (refine TrainConfig.ssim_weight)
     "sigmas": "",  # sigma list that phases 2/3 specialise on and sampler.json ships, e.g. 0.2,0.1,0.05
+    "temporal": 0.0,  # weight of the frame-to-frame change term in phases 2 and 3 (TrainConfig.temporal_weight)
+    "noise": "fresh",  # sampler noise trained on and shipped: fresh per block, or one static field
     "install": False, "progress": True,
 }
 
@@ -40,8 +42,8 @@ DEFAULTS = {
 def main(overrides: list[str]) -> int:
     opts = parse_options(overrides, DEFAULTS, "train-refiner")
     positive(opts, "train-refiner", "scenes", "frames", "res", "n_envs", "cameras", "batch", "clip_frames", "lr")
-    _sampler(opts["sigmas"])  # a bad list fails now, not after the data is made
-    for key in ("head", "phase3", "ssim"):
+    _sampler(opts["sigmas"], opts["noise"])  # a bad list fails now, not after the data is made
+    for key in ("head", "phase3", "ssim", "temporal"):
         if opts[key] < 0:
             raise SpecError(f"train-refiner {key}", f"must be >= 0, got {opts[key]}")
     result = train_refiner(opts, command="hybridsim train-refiner " + " ".join(shlex.quote(o) for o in overrides))
@@ -76,9 +78,9 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     clips = ClipDataset(files, channels=mcfg.cond_channels)
     torch.manual_seed(opts["seed"])
     model = CausalWanRefiner(**{k: getattr(mcfg, k) for k in mcfg.__dataclass_fields__})
-    sampler_cfg = _sampler(opts["sigmas"])
+    sampler_cfg = _sampler(opts["sigmas"], opts["noise"])
     tcfg = TrainConfig(phase1_steps=opts["phase1"], phase2_steps=opts["phase2"], phase3_steps=opts["phase3"],
-                       batch_size=opts["batch"], ssim_weight=opts["ssim"],
+                       batch_size=opts["batch"], ssim_weight=opts["ssim"], temporal_weight=opts["temporal"],
                        clip_frames=opts["clip_frames"], lr=opts["lr"], seed=opts["seed"], device=opts["device"],
                        checkpoint_every=opts["checkpoint_every"], progress=opts["progress"],
                        sampler=sampler_cfg)
@@ -113,14 +115,18 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     return record
 
 
-def _sampler(sigmas: str):
+def _sampler(sigmas: str, noise: str = "fresh"):
     """'' -> refine's default schedule; '0.2,0.1,0.05' -> that list (checked by SamplerConfig)."""
     from refine import RefineError, SamplerConfig
 
-    if not sigmas.strip():
-        return SamplerConfig()
     try:
-        return SamplerConfig(sigmas=tuple(float(x) for x in sigmas.split(",")))
+        SamplerConfig(noise=noise)
+    except RefineError as err:
+        raise SpecError("train-refiner noise", str(err)) from None
+    if not sigmas.strip():
+        return SamplerConfig(noise=noise)
+    try:
+        return SamplerConfig(sigmas=tuple(float(x) for x in sigmas.split(",")), noise=noise)
     except (ValueError, RefineError) as err:
         raise SpecError("train-refiner sigmas", f"{sigmas!r}: {err}; give decreasing values in (0, 1], "
                         "e.g. sigmas=0.2,0.1,0.05") from None

@@ -115,6 +115,9 @@ class ModelConfig:
         return self.sink_frames + self.window_frames
 
 
+NOISE_MODES = ("fresh", "static")
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     """Few-step flow-matching sampler run once per block.
@@ -130,8 +133,15 @@ class SamplerConfig:
     sigma_max: float = 0.75
     shift: float = 1.0
     sigmas: tuple[float, ...] | None = None
+    # "fresh": new noise for every block and step. "static": one noise field per env and step,
+    # drawn at reset and reused for every frame of every block, so a pixel that does not change
+    # is noised, and so refined, the same way in every frame (less flicker; see NOTES.md).
+    noise: str = "fresh"
 
     def __post_init__(self) -> None:
+        if self.noise not in NOISE_MODES:
+            raise RefineError(f"noise={self.noise!r} must be one of {NOISE_MODES}; 'static' reuses one "
+                              "noise field for every block (steadier video), 'fresh' draws new noise per block")
         if self.sigmas is not None:
             s = tuple(float(x) for x in self.sigmas)
             object.__setattr__(self, "sigmas", s)
@@ -163,6 +173,10 @@ class TrainConfig:
     # weight of a (1 - SSIM) term on the predicted frames (RGB, 7x7 windows as skimage's metric) in
     # phases 2 and 3, the few-step specialisation: MSE alone leaves faint structure on flat surfaces
     ssim_weight: float = 0.0
+    # weight of a temporal term in phases 2 and 3: mean squared difference between the predicted
+    # and the target frame-to-frame change, (x0_t - x0_{t-1}) - (y_t - y_{t-1}); penalises flicker
+    # that a per-frame loss cannot see
+    temporal_weight: float = 0.0
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     seed: int = 0
     device: str = "cpu"
@@ -178,8 +192,9 @@ class TrainConfig:
             raise RefineError("phase1_steps + phase2_steps + phase3_steps is 0; train at least one step")
         for name in ("batch_size", "lr", "checkpoint_every", "keep_checkpoints"):
             _positive(name, getattr(self, name))
-        if not 0.0 <= self.ssim_weight < 1e3:
-            raise RefineError(f"ssim_weight={self.ssim_weight} must be >= 0 (0 = MSE only)")
+        for name in ("ssim_weight", "temporal_weight"):
+            if not 0.0 <= getattr(self, name) < 1e3:
+                raise RefineError(f"{name}={getattr(self, name)} must be in [0, 1000) (0 = off)")
         if not 0.0 <= self.context_noise < 1.0 or not math.isfinite(self.grad_clip):
             raise RefineError(f"context_noise={self.context_noise} must be in [0, 1) and grad_clip "
                               f"finite (got {self.grad_clip})")

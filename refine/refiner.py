@@ -37,6 +37,7 @@ class Refiner:
         self.batch_size = 0
         self.cache: KVCache | None = None
         self._gens: list[torch.Generator] = []
+        self._static: Tensor | None = None  # noise="static": [B, steps, 1, C, H, W]
         self._ctx_x0: Tensor | None = None  # recompute: [B, n, 3, H, W] clean context frames
         self._ctx_cond: Tensor | None = None  # [B, n, Cc, H, W]
         self._ctx_block: list[int] = []
@@ -52,6 +53,10 @@ class Refiner:
         if batch_size <= 0:
             raise RefineError(f"batch_size={batch_size} must be > 0")
         self._gens = make_generators(env_seeds(seed, batch_size), self.device)
+        self._static = None
+        if self.sampler.cfg.noise == "static":
+            shape = (len(self.sampler.sigmas), 1, self.model.spec.out_channels, self.height, self.width)
+            self._static = draw_noise(self._gens, shape, self.device)
         if not self.recompute:
             if self.cache is None or self.cache.batch_size != batch_size:
                 self.cache = self.model.new_cache(batch_size, self.height, self.width)
@@ -82,7 +87,9 @@ class Refiner:
         f = self.frames_per_block
         shape = (f, model.spec.out_channels, self.height, self.width)
 
-        def noise() -> Tensor:
+        def noise(k: int) -> Tensor:
+            if self._static is not None:
+                return self._static[:, k].expand(-1, f, -1, -1, -1)
             return draw_noise(self._gens, shape, self.device)
 
         start = model.coarse_x0(cond)  # [B, F, 3, H, W]

@@ -19,6 +19,8 @@ from refine.errors import RefineError
 
 # denoise(x [B, F, C, H, W], sigma, first_step) -> velocity [B, F, C, H, W]
 Denoiser = Callable[[Tensor, float, bool], Tensor]
+# noise(k) -> [B, F, C, H, W]: the noise injected at step k (k = 0 noises the start)
+Noise = Callable[[int], Tensor]
 
 
 def sigma_schedule(cfg: SamplerConfig) -> list[float]:
@@ -69,17 +71,17 @@ class FewStepSampler:
         self.cfg = cfg or SamplerConfig()
         self.sigmas = sigma_schedule(self.cfg)
 
-    def sample(self, denoise: Denoiser, start_x0: Tensor, noise: Callable[[], Tensor]) -> Tensor:
+    def sample(self, denoise: Denoiser, start_x0: Tensor, noise: Noise) -> Tensor:
         """start_x0 [B, F, C, H, W]: the coarse render in diffusion space (used when sigma_0 < 1).
 
         Returns the predicted clean block x0 [B, F, C, H, W]. Forwards: len(sigmas).
         """
         sig = self.sigmas
-        x = (1.0 - sig[0]) * start_x0 + sig[0] * noise()
+        x = (1.0 - sig[0]) * start_x0 + sig[0] * noise(0)
         x0 = start_x0
         for k, s in enumerate(sig):
             v = denoise(x, s, k == 0)
             x0 = x - s * v
             if k + 1 < len(sig):
-                x = (1.0 - sig[k + 1]) * x0 + sig[k + 1] * noise()
+                x = (1.0 - sig[k + 1]) * x0 + sig[k + 1] * noise(k + 1)
         return x0

@@ -115,17 +115,32 @@ def ssim_loss(pred: Tensor, target: Tensor, window: int = 7) -> Tensor:
     return 1.0 - ssim.mean()
 
 
-def teacher_forcing_loss(model, cond: Tensor, target: Tensor, sigma_blocks: Tensor, ctx_sigma: Tensor,
-                         gen: torch.Generator, ssim_weight: float = 0.0) -> Tensor:
-    """Flow-matching loss of one teacher-forcing forward (+ ssim_weight * (1 - SSIM) of x0_hat).
+def temporal_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean squared error of frame-to-frame changes: [B, T, C, H, W] x2 -> scalar (T >= 2)."""
+    return Fn.mse_loss(pred[:, 1:] - pred[:, :-1], target[:, 1:] - target[:, :-1])
 
-    cond [B, T, C, H, W]; target [B, T, 3, H, W]; sigma_blocks, ctx_sigma [B, T/F].
+
+def _noise(shape: tuple[int, ...], gen: torch.Generator, static: bool) -> Tensor:
+    """Standard normal [B, T, C, H, W]; static: one field per env shared by all T frames."""
+    if static:
+        return torch.randn((shape[0], 1, *shape[2:]), generator=gen).expand(shape)
+    return torch.randn(shape, generator=gen)
+
+
+def teacher_forcing_loss(model, cond: Tensor, target: Tensor, sigma_blocks: Tensor, ctx_sigma: Tensor,
+                         gen: torch.Generator, ssim_weight: float = 0.0, temporal_weight: float = 0.0,
+                         static_noise: bool = False) -> Tensor:
+    """Flow-matching loss of one teacher-forcing forward (+ ssim_weight * (1 - SSIM) of x0_hat
+    + temporal_weight * temporal_loss of x0_hat).
+
+    cond [B, T, C, H, W]; target [B, T, 3, H, W]; sigma_blocks, ctx_sigma [B, T/F]. static_noise:
+    the noisy frames share one noise field per env, as the sampler's noise="static" draws it.
     """
     f = model.spec.frames_per_block
     b, t = target.shape[:2]
     dev = target.device
     x0 = model.to_diffusion(target, cond)  # [B, T, 3, H, W]
-    noise = torch.randn(x0.shape, generator=gen).to(dev)
+    noise = _noise(tuple(x0.shape), gen, static_noise).to(dev)
     ctx_noise = torch.randn(x0.shape, generator=gen).to(dev)
     sig = sigma_blocks.repeat_interleave(f, dim=1).to(dev)  # [B, T]
     csig = ctx_sigma.repeat_interleave(f, dim=1).to(dev)
@@ -142,12 +157,16 @@ def teacher_forcing_loss(model, cond: Tensor, target: Tensor, sigma_blocks: Tens
         loss = Fn.mse_loss(v, noise - x0)
     if ssim_weight:
         loss = loss + ssim_weight * ssim_loss(model.from_diffusion(x0_hat, cond, clamp=False), target)
+    if temporal_weight and t > 1:
+        loss = loss + temporal_weight * temporal_loss(x0_hat, x0)
     return loss
 
 
 def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen: torch.Generator,
-                 ssim_weight: float = 0.0) -> Tensor:
-    """Self-rollout through the KV cache; supervised x0 loss at one random exit step per block.
+                 ssim_weight: float = 0.0, temporal_weight: float = 0.0, static_noise: bool = False) -> Tensor:
+    """Self-rollout through the KV cache; supervised x0 loss at one random exit step per block
+    (+ the SSIM term, + the temporal term within the block and against the previous block's
+    last refined frame).
 
     Gradients flow through the exit step's forward only (earlier steps, the clean passes and
     the cached context are computed without gradient), and are accumulated block by block.
@@ -159,18 +178,27 @@ def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen
     x0_target = model.to_diffusion(target, cond)
     cache = model.new_cache(b, h, w)
     n_blocks, total = t // f, 0.0
+    block = (b, f, target.shape[2], h, w)
+    fields = _noise((b, len(sig_list), *block[2:]), gen, False)[:, :, None] if static_noise else None
+
+    def noise(k: int) -> Tensor:  # as refine.Refiner draws it: per block, or one field per step
+        if fields is not None:
+            return fields[:, k].expand(block).to(dev)
+        return torch.randn(block, generator=gen).to(dev)
+
+    prev = None  # previous block's last refined frame and its target, [B, 1, 3, H, W] each
     for i in range(n_blocks):
         c, tgt = cond[:, i * f:(i + 1) * f], x0_target[:, i * f:(i + 1) * f]
         exit_k = int(torch.randint(len(sig_list), (1,), generator=gen))
         start = model.coarse_x0(c)
-        x = (1 - sig_list[0]) * start + sig_list[0] * torch.randn(start.shape, generator=gen).to(dev)
+        x = (1 - sig_list[0]) * start + sig_list[0] * noise(0)
         for k, s in enumerate(sig_list[:exit_k + 1]):
             tt = torch.full((b, f), 1000.0 * s, device=dev)
             mode = "append" if k == 0 else "overwrite"
             if k < exit_k:
                 with torch.no_grad():
                     x0 = x - s * model.forward_cached(x, c, tt, cache, mode)
-                    x = (1 - sig_list[k + 1]) * x0 + sig_list[k + 1] * torch.randn(x0.shape, generator=gen).to(dev)
+                    x = (1 - sig_list[k + 1]) * x0 + sig_list[k + 1] * noise(k + 1)
             else:
                 cache.detach_()
                 x0 = x - s * model.forward_cached(x, c, tt, cache, mode)
@@ -178,11 +206,16 @@ def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen
                 if ssim_weight:
                     loss = loss + ssim_weight * ssim_loss(model.from_diffusion(x0, c, clamp=False),
                                                           target[:, i * f:(i + 1) * f])
+                if temporal_weight:
+                    seq, ref = (x0, tgt) if prev is None else (torch.cat([prev[0], x0], 1), torch.cat([prev[1], tgt], 1))
+                    if seq.shape[1] > 1:
+                        loss = loss + temporal_weight * temporal_loss(seq, ref)
                 (loss / n_blocks).backward()
                 total += float(loss.detach())
         with torch.no_grad():
             cache.detach_()
             model.forward_cached(x0.detach(), c, torch.zeros(b, f, device=dev), cache, "overwrite", write_only=True)
+        prev = (x0.detach()[:, -1:], tgt[:, -1:])
     return torch.tensor(total / n_blocks)
 
 
@@ -272,6 +305,7 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
     log_path = out / "loss.jsonl"
     _trim_log(log_path, start)
     sig_list = sigma_schedule(cfg.sampler)
+    static = cfg.sampler.noise == "static"  # train on the noise the sampler will draw
     f = model.spec.frames_per_block
     end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
     loss_val, ckpt = float("nan"), None
@@ -284,13 +318,16 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
             cond, target = _batch(clips, cfg, f, gen)
             cond, target = cond.to(dev), target.to(dev)
             if phase == 3:
-                loss = rollout_loss(model, cond, target, sig_list, gen, cfg.ssim_weight)
+                loss = rollout_loss(model, cond, target, sig_list, gen, cfg.ssim_weight, cfg.temporal_weight,
+                                    static_noise=static)
             else:
                 n_blocks = target.shape[1] // f
                 sig = _block_sigmas(target.shape[0], n_blocks, phase, cfg, sig_list, gen)
                 ctx = torch.rand(target.shape[0], n_blocks, generator=gen) * cfg.context_noise
+                late = phase == 2
                 loss = teacher_forcing_loss(model, cond, target, sig, ctx, gen,
-                                            cfg.ssim_weight if phase == 2 else 0.0)
+                                            cfg.ssim_weight if late else 0.0, cfg.temporal_weight if late else 0.0,
+                                            static_noise=static)
                 loss.backward()
             loss_val = float(loss.detach())
             if not math.isfinite(loss_val):

@@ -26,3 +26,9 @@ def test_bench_pipeline_section_reports_stages_and_latency(tmp_path):
     # a frame's refined image exists only after its block's last frame was simulated and refined
     assert p["latency_ms_median"] >= p["ms_per_frame"]["refine"]
     assert "## pipeline" in (out / "report.md").read_text()
+
+
+def test_bench_refine_device_options_are_checked_before_work(capsys):
+    assert main(["bench", "sections=refine", "dtype=bfloat16"]) == 2
+    assert "bench device/dtype" in capsys.readouterr().err
+    assert main(["bench", "sections=refine", "batch=0"]) == 2

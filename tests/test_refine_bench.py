@@ -45,3 +45,18 @@ def test_run_benchmarks_tiny():
     assert res.rollout.cache_bytes_early == res.rollout.cache_bytes_late
     assert res.rollout.late_over_early > 0
     assert matmul_gflops(64, 64, 64, seconds=0.05).gflops > 0
+
+
+def test_bench_device_and_dtype_are_checked():
+    import pytest
+
+    from refine import RefineError
+    from refine.bench import check_device
+
+    with pytest.raises(RefineError, match="bfloat16.*CPU"):
+        check_device("cpu", "bfloat16")
+    with pytest.raises(RefineError, match="dtype='half'"):
+        check_device("cpu", "half")
+    if not torch.cuda.is_available():
+        with pytest.raises(RefineError, match="device='cuda'.*cpu"):
+            run_benchmarks(tiny_model(), device="cuda")

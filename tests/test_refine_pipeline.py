@@ -311,6 +311,25 @@ def test_train_refiner_cli_rejects_bad_options(capsys):
     assert main(["train-refiner", "sigmas=0.1,0.2"]) == 2
     assert "strictly decreasing" in capsys.readouterr().err
     assert main(["train-refiner", "head=-1"]) == 2
+    assert main(["train-refiner", "noise=warped"]) == 2
+    assert "train-refiner noise" in capsys.readouterr().err
+    assert main(["train-refiner", "temporal=-0.5"]) == 2
+
+
+def test_sampler_noise_comes_from_the_weights_unless_the_run_names_it(tmp_path):
+    from hybridsim.config import RefineSettings
+    from hybridsim.refining import sampler_config
+    from hybridsim.spec import SpecError
+
+    (tmp_path / "sampler.json").write_text(json.dumps({"sigmas": [0.2, 0.1], "noise": "static"}))
+    saved = sampler_config(RefineSettings(), tmp_path)
+    assert saved.sigmas == (0.2, 0.1) and saved.noise == "static"
+    fresh = sampler_config(RefineSettings(noise="fresh"), tmp_path)
+    assert fresh.sigmas == (0.2, 0.1) and fresh.noise == "fresh"
+    assert sampler_config(RefineSettings(sigmas=[0.5], noise="static")).noise == "static"
+    assert sampler_config(RefineSettings()).noise == "fresh"  # refine's default, no folder
+    with pytest.raises(SpecError, match="refine.noise.*static"):
+        sampler_config(RefineSettings(noise="warm"), tmp_path)
 
 
 # ---------------------------------------------------------------------------- default weights, eval

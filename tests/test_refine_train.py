@@ -110,3 +110,31 @@ def test_ssim_term_applies_in_phases_2_and_3_only(clips, tmp_path):
     assert a[8:] != b[8:]
     with pytest.raises(RefineError, match="ssim_weight"):
         _cfg(ssim_weight=-1.0)
+
+
+def test_temporal_loss_sees_flicker_not_offsets():
+    from refine.train import _noise, temporal_loss
+
+    target = torch.rand(2, 5, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert float(temporal_loss(target + 0.3, target)) == pytest.approx(0.0, abs=1e-7)  # steady bias: no cost
+    e = 0.1 * torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0])[None, :, None, None, None]
+    assert float(temporal_loss(target + e, target)) == pytest.approx(4 * 0.1 ** 2, rel=1e-5)  # (2e)^2
+    g = torch.Generator().manual_seed(1)
+    n = _noise((2, 4, 3, 8, 8), g, static=True)
+    assert torch.equal(n[:, 0], n[:, 3]) and not torch.equal(n[0], n[1])
+    assert not torch.equal(*_noise((1, 2, 3, 8, 8), g, static=False)[0])
+
+
+def test_temporal_term_and_static_noise_change_training_as_documented(clips, tmp_path):
+    """The temporal term leaves phase 1 alone and adds to phase 2; static noise changes every phase."""
+    runs = {"plain": {}, "temporal": {"temporal_weight": 2.0},
+            "static": {"sampler": SamplerConfig(num_steps=2, noise="static")}}
+    losses = {}
+    for name, kw in runs.items():
+        train(tiny_model(0, prediction="sample"), clips, _cfg(checkpoint_every=100, **kw), tmp_path / name)
+        losses[name] = _losses(tmp_path / name)
+    a, b, c = losses["plain"], losses["temporal"], losses["static"]
+    assert a[:8] == b[:8] and b[8] > a[8] and a[8:] != b[8:]
+    assert a[0] != c[0] and all(map(lambda x: x == x, c))  # finite, different noise from step 0
+    with pytest.raises(RefineError, match="temporal_weight"):
+        _cfg(temporal_weight=-1.0)
