@@ -35,6 +35,7 @@ DEFAULTS = {
     "sigmas": "",  # sigma list that phases 2/3 specialise on and sampler.json ships, e.g. 0.2,0.1,0.05
     "temporal": 0.0,  # weight of the frame-to-frame change term in phases 2 and 3 (TrainConfig.temporal_weight)
     "noise": "fresh",  # sampler noise trained on and shipped: fresh per block, or one static field
+    "init": "",  # start from this saved refiner (fine-tune), e.g. init=refine/weights; '' = fresh weights
     "install": False, "progress": True,
 }
 
@@ -46,6 +47,8 @@ def main(overrides: list[str]) -> int:
     for key in ("head", "phase3", "ssim", "temporal"):
         if opts[key] < 0:
             raise SpecError(f"train-refiner {key}", f"must be >= 0, got {opts[key]}")
+    if opts["init"]:
+        _init_model(opts)  # a missing or mismatched folder fails now, not after the data is made
     result = train_refiner(opts, command="hybridsim train-refiner " + " ".join(shlex.quote(o) for o in overrides))
     print(f"trained {result['steps']} steps (final loss {result['final_loss']:.4f}) -> {result['model_dir']}"
           + (f"; installed to {result['installed']}" if result.get("installed") else ""))
@@ -77,7 +80,11 @@ def train_refiner(opts: dict, command: str = "") -> dict:
                        head_channels=opts["head"])
     clips = ClipDataset(files, channels=mcfg.cond_channels)
     torch.manual_seed(opts["seed"])
-    model = CausalWanRefiner(**{k: getattr(mcfg, k) for k in mcfg.__dataclass_fields__})
+    init = None
+    if opts["init"]:
+        model, init = _init_model(opts)
+    else:
+        model = CausalWanRefiner(**{k: getattr(mcfg, k) for k in mcfg.__dataclass_fields__})
     sampler_cfg = _sampler(opts["sigmas"], opts["noise"])
     tcfg = TrainConfig(phase1_steps=opts["phase1"], phase2_steps=opts["phase2"], phase3_steps=opts["phase3"],
                        batch_size=opts["batch"], ssim_weight=opts["ssim"], temporal_weight=opts["temporal"],
@@ -99,6 +106,7 @@ def train_refiner(opts: dict, command: str = "") -> dict:
         "code_commit": code_commit(),  # this call's code; the clips' own is clips_code_commit
         "clips_code_commit": json.loads((out / "clips" / "clips.json").read_text()).get("code_commit"),
         "sampler": sampler,
+        "init": init,  # the model fine-tuned from, with its own training record (None = fresh weights)
         "steps": res.end_step,
         "resumed_from_step": res.start_step,
         "final_loss": res.final_loss if res.end_step > res.start_step else _last_loss(out / "train" / "loss.jsonl"),
@@ -113,6 +121,38 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     if opts["install"] and res.model_dir is not None:
         record["installed"] = str(install(res.model_dir, record))
     return record
+
+
+# options that fix the architecture; a fine-tune (init=) must agree with the folder's model
+ARCH_OPTIONS = {"res": "sample_height", "prediction": "prediction", "head": "head_channels"}
+
+
+def _init_model(opts: dict):
+    """-> (model loaded from opts['init'], {'folder', 'training'}); SpecError if it cannot be the
+    starting point of this run (not a refiner folder, or another architecture than the options)."""
+    from refine import RefineError
+    from refine.conditioning import COND_CHANNELS, SHADING_CHANNELS
+    from refine.model import CausalWanRefiner
+
+    folder = Path(opts["init"]).expanduser()
+    try:
+        model = CausalWanRefiner.from_pretrained(folder)
+    except RefineError as err:
+        raise SpecError("train-refiner init", f"{err}; give a folder written by train-refiner or save_pretrained, "
+                        "e.g. init=refine/weights") from None
+    spec = model.spec
+    for key, field in ARCH_OPTIONS.items():
+        if getattr(spec, field) != opts[key]:
+            raise SpecError(f"train-refiner {key}", f"{opts[key]!r} but the init model in {folder} has "
+                            f"{field}={getattr(spec, field)!r}; set {key}={getattr(spec, field)} or drop init")
+    cond = COND_CHANNELS + (SHADING_CHANNELS if opts["shading"] else 0)
+    if spec.cond_channels != cond or spec.sample_width != opts["res"]:
+        raise SpecError("train-refiner shading", f"the init model in {folder} takes {spec.cond_channels} condition "
+                        f"channels at {spec.sample_width}x{spec.sample_height}, these options give {cond} at "
+                        f"{opts['res']}x{opts['res']}")
+    record = folder / "training.json"
+    parent = json.loads(record.read_text()) if record.is_file() else None
+    return model, {"folder": str(folder.resolve()), "training": parent}
 
 
 def _sampler(sigmas: str, noise: str = "fresh"):

@@ -300,6 +300,27 @@ def test_train_refiner_trains_resumes_and_installs(clip_dir, tmp_path, monkeypat
     assert again["resumed_from_step"] == 4 and again["steps"] == 4  # nothing left to do
     assert again["final_loss"] == rec["final_loss"]  # read back from the loss log
 
+    # fine-tune from the installed model: starts from its weights, records where it came from
+    from refine.model import CausalWanRefiner
+
+    ft_out = tmp_path / "finetune"
+    shutil.copytree(src, ft_out / "clips")
+    ft = train_refiner(dict(opts, out=str(ft_out), init=str(dest), phase1=0, phase2=1, phase3=0, temporal=1.0,
+                            noise="static", install=False))
+    assert ft["init"]["folder"] == str(dest.resolve()) and ft["init"]["training"]["command"] == saved["command"]
+    assert ft["steps"] == 1 and ft["sampler"]["noise"] == "static"
+    start = CausalWanRefiner.from_pretrained(dest).state_dict()
+    tuned = CausalWanRefiner.from_pretrained(ft_out / "train" / "model").state_dict()
+    fresh = CausalWanRefiner.from_spec(CausalWanRefiner.from_pretrained(dest).spec).state_dict()
+    gap = lambda a: sum(float((a[k] - tuned[k]).abs().sum()) for k in tuned)  # noqa: E731
+    assert 0 < gap(start) < gap(fresh)  # one step away from the init, far from a fresh model
+
+
+def refine_weights():
+    from refine import DEFAULT_WEIGHTS_DIR
+
+    return DEFAULT_WEIGHTS_DIR
+
 
 def test_train_refiner_cli_rejects_bad_options(capsys):
     from hybridsim.cli import main
@@ -314,6 +335,10 @@ def test_train_refiner_cli_rejects_bad_options(capsys):
     assert main(["train-refiner", "noise=warped"]) == 2
     assert "train-refiner noise" in capsys.readouterr().err
     assert main(["train-refiner", "temporal=-0.5"]) == 2
+    assert main(["train-refiner", "init=/nonexistent/weights"]) == 2
+    assert "train-refiner init" in capsys.readouterr().err
+    assert main(["train-refiner", "init=" + str(refine_weights()), "head=0"]) == 2
+    assert "train-refiner head: 0 but the init model" in capsys.readouterr().err
 
 
 def test_sampler_noise_comes_from_the_weights_unless_the_run_names_it(tmp_path):
