@@ -11,6 +11,8 @@ Sections (select with `sections=render,physics,refine,pipeline`):
   local Ray with 1 and 2 workers, side by side (refiner off; it is measured on its own).
 - pipeline: the default scenario end to end (physics -> splats -> refiner), per-stage ms per frame,
   refined frames/s and the latency from a frame's physics step to its refined frame.
+- latent (only when named; needs `clips=<train-refiner out>/clips`): pixel space vs the latent
+  space of a small trained autoencoder, quality and ms per frame (hybridsim.latent_bench).
 `threads=N` sets torch's thread count first (on a shared CPU, 1 gives steady numbers).
 The refine section takes `device=cpu|cuda`, `dtype=float32|bfloat16` (autocast, CUDA only) and
 `batch=B` (environments refined together).
@@ -47,7 +49,8 @@ class PhysicsBench:
     step_ms: float  # median per physics step (all envs)
 
 
-SECTIONS = ("render", "physics", "refine", "pipeline", "throughput")  # default: all
+SECTIONS = ("render", "physics", "refine", "pipeline", "throughput", "latent")
+DEFAULT_SECTIONS = SECTIONS[:-1]  # latent needs a folder of paired clips
 COUNTS = ("visible", "pairs")  # rasterize's timings also count visible Gaussians and tile pairs
 
 
@@ -59,22 +62,28 @@ class BenchReport:
     refine: dict | None = None
     pipeline: dict | None = None
     throughput: dict | None = None
+    latent: dict | None = None
 
 
 def _options(overrides: list[str]) -> dict:
     from hybridsim.options import parse_options
 
-    opts = parse_options(overrides, {"out": "bench", "sections": ",".join(SECTIONS), "frames": 20,
+    opts = parse_options(overrides, {"out": "bench", "sections": ",".join(DEFAULT_SECTIONS), "frames": 20,
                                      "scenario": "default", "threads": 0, "rollout_frames": 500,
-                                     "episodes": 8, "device": "cpu", "dtype": "float32", "batch": 1},
+                                     "episodes": 8, "device": "cpu", "dtype": "float32", "batch": 1,
+                                     "clips": "", "ae_steps": 800},
                            "bench")
     unknown = set(opts["sections"].split(",")) - set(SECTIONS)
     if unknown:
         raise SpecError("bench sections", f"unknown {sorted(unknown)}; choose from {list(SECTIONS)}")
     if opts["frames"] < 2:
         raise SpecError("bench frames", f"must be >= 2, got {opts['frames']}")
-    if opts["batch"] < 1:
-        raise SpecError("bench batch", f"must be >= 1, got {opts['batch']}")
+    if opts["batch"] < 1 or opts["ae_steps"] < 1:
+        raise SpecError("bench batch/ae_steps", f"must be >= 1, got {opts['batch']} / {opts['ae_steps']}")
+    if "latent" in opts["sections"].split(","):
+        from hybridsim.latent_bench import _scene_files
+
+        _scene_files(opts["clips"])  # no clips: fail now, not after the other sections
     if "refine" in opts["sections"].split(","):
         from refine import RefineError
         from refine.bench import check_device
@@ -240,6 +249,10 @@ def main(overrides: list[str]) -> int:
         report.throughput = bench_throughput(opts["scenario"], episodes=opts["episodes"], frames=opts["frames"],
                                              overrides=("refine.enabled=false",),
                                              torch_threads=opts["threads"] or 1)
+    if "latent" in sections:
+        from hybridsim.latent_bench import bench_latent
+
+        report.latent = asdict(bench_latent(opts["clips"], opts["ae_steps"]))
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=float))
@@ -279,6 +292,10 @@ def to_markdown(r: BenchReport) -> str:
         from hybridsim.batch import throughput_markdown
 
         lines += ["", throughput_markdown(r.throughput)]
+    if r.latent:
+        from hybridsim.latent_bench import LatentBench, latent_markdown
+
+        lines += latent_markdown(LatentBench(**r.latent))
     return "\n".join(lines) + "\n"
 
 

@@ -35,6 +35,7 @@ _LAZY = {
     "DEFAULT_WEIGHTS_DIR": "refine.pretrained",
     "run_benchmarks": "refine.bench",
     "EvalResult": "refine.evaluate",
+    "FrameAutoencoder": "refine.autoencoder",
 }
 
 __all__ = ["ModelConfig", "SamplerConfig", "TrainConfig", "RefineError", *_LAZY]
@@ -50,6 +51,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from refine.refiner import Refiner
     from refine.sampler import FewStepSampler, sigma_schedule
     from refine.train import TrainResult, train
+    from refine.autoencoder import FrameAutoencoder
     from refine.wan import WanLoadReport, load_wan_checkpoint
 
 

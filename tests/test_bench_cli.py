@@ -32,3 +32,33 @@ def test_bench_refine_device_options_are_checked_before_work(capsys):
     assert main(["bench", "sections=refine", "dtype=bfloat16"]) == 2
     assert "bench device/dtype" in capsys.readouterr().err
     assert main(["bench", "sections=refine", "batch=0"]) == 2
+
+
+def test_bench_latent_section_needs_clips(capsys, tmp_path):
+    assert main(["bench", "sections=latent", f"clips={tmp_path}"]) == 2
+    err = capsys.readouterr().err
+    assert "bench clips" in err and "train-refiner" in err
+
+
+def _fake_scene(path, seed: int, clips: int = 1, frames: int = 2, res: int = 128) -> None:
+    """A scene file in make_clips' layout (cond float16 [N, T, 14, H, W], target uint8 [N, T, H, W, 3])."""
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    cond = rng.random((clips, frames, 14, res, res), dtype=np.float32).astype(np.float16)
+    target = (cond[:, :, :3].transpose(0, 1, 3, 4, 2) * 200 + 20).astype(np.uint8)
+    np.savez(path, cond=cond, target=target, scenario=json.dumps({}))
+
+
+def test_bench_latent_section_on_tiny_clips(tmp_path):
+    from hybridsim.latent_bench import LatentBench, bench_latent, latent_markdown
+
+    for i in range(2):
+        _fake_scene(tmp_path / f"scene_{i:04d}.npz", seed=i)
+    b = bench_latent(str(tmp_path), ae_steps=3, progress=False)
+    assert b.train_scenes == 1 and b.held_out_scenes == 1 and b.held_out_frames > 0
+    assert 0 < b.ae_psnr < 100 and 0 < b.pixel_psnr < 100 and -1 <= b.ae_ssim <= 1
+    assert b.encode_ms_per_frame > 0 and b.decode_ms_per_frame > 0 and b.refine_ms_per_frame > 0
+    assert "ceiling of a latent refiner" in "\n".join(latent_markdown(LatentBench(**vars(b))))
