@@ -71,7 +71,7 @@ def _options(overrides: list[str]) -> dict:
     opts = parse_options(overrides, {"out": "bench", "sections": ",".join(DEFAULT_SECTIONS), "frames": 20,
                                      "scenario": "default", "threads": 0, "rollout_frames": 500,
                                      "episodes": 8, "device": "cpu", "dtype": "float32", "batch": 1,
-                                     "clips": "", "ae_steps": 800},
+                                     "clips": "", "ae_steps": 800, "space_steps": 0},
                            "bench")
     unknown = set(opts["sections"].split(",")) - set(SECTIONS)
     if unknown:
@@ -253,6 +253,11 @@ def main(overrides: list[str]) -> int:
         from hybridsim.latent_bench import bench_latent
 
         report.latent = asdict(bench_latent(opts["clips"], opts["ae_steps"]))
+        if opts["space_steps"] > 0:
+            from hybridsim.latent_bench import compare_spaces
+
+            report.latent["spaces"] = [asdict(r) for r in compare_spaces(opts["clips"], opts["space_steps"],
+                                                                           opts["ae_steps"])]
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=float))
@@ -293,9 +298,12 @@ def to_markdown(r: BenchReport) -> str:
 
         lines += ["", throughput_markdown(r.throughput)]
     if r.latent:
-        from hybridsim.latent_bench import LatentBench, latent_markdown
+        from hybridsim.latent_bench import LatentBench, SpaceRun, latent_markdown, spaces_markdown
 
-        lines += latent_markdown(LatentBench(**r.latent))
+        spaces = r.latent.get("spaces")
+        lines += latent_markdown(LatentBench(**{k: v for k, v in r.latent.items() if k != "spaces"}))
+        if spaces:
+            lines += spaces_markdown([SpaceRun(**x) for x in spaces])
     return "\n".join(lines) + "\n"
 
 

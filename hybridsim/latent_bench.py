@@ -7,7 +7,9 @@ tenth of the scenes held out:
 - its reconstruction PSNR / SSIM on the held-out targets: an upper bound for any refiner that
   works in that latent space (it cannot beat decode(encode(target)));
 - the shipped pixel-space refiner on the held-out clips (PSNR / SSIM of refined and coarse);
-- ms per frame of the refiner and of the autoencoder's encode and decode, side by side.
+- ms per frame of the refiner and of the autoencoder's encode and decode, side by side;
+- with `space_steps=N`: the same transformer trained from scratch for N steps in each space
+  (`compare_spaces`), scored on the held-out scenes, with the CPU seconds each took.
 """
 
 from __future__ import annotations
@@ -122,3 +124,129 @@ def latent_markdown(b: LatentBench) -> list[str]:
             f"| autoencoder reconstruction ({b.ae_params} params, latent {b.ae_latent}, {b.ae_steps} steps, "
             f"{b.ae_train_cpu_s:.0f} CPU s): ceiling of a latent refiner | {b.ae_psnr:.2f} | {b.ae_ssim:.3f} | "
             f"encode {b.encode_ms_per_frame:.1f} + decode {b.decode_ms_per_frame:.1f} on top of the refiner |"]
+
+
+# ---- equal-budget training: a pixel-space and a latent-space refiner from scratch ---------------
+
+@dataclass
+class SpaceRun:
+    space: str  # "pixel" or "latent"
+    steps: int
+    train_cpu_s: float
+    psnr: float  # held out, decoded to RGB for the latent model
+    ssim: float
+    ms_per_frame: float  # refining (and, for latent, encoding the coarse render and decoding)
+
+
+def _latent_clip(ae, cond, target):
+    """Pixel clip (cond [T, 14, H, W], target [T, 3, H, W]) -> latent clip
+    (cond [T, C + 11, H/4, W/4]: encoded coarse RGB | pooled G-buffer rest; target [T, C, H/4, W/4])."""
+    import torch
+    import torch.nn.functional as Fn
+
+    with torch.no_grad():
+        rest = Fn.avg_pool2d(cond[:, 3:], 4)  # depth, alpha, flow, shading cues at latent resolution
+        return torch.cat([ae.encode(cond[:, :3].clamp(0, 1)), rest], 1), ae.encode(target)
+
+
+def _space_config(space: str, latent_channels: int, h: int, w: int) -> dict:
+    """The shipped model's transformer (dim, layers, heads, F, window) in either space, 256 tokens/frame at 128²."""
+    from refine import ModelConfig
+    from refine.conditioning import COND_CHANNELS, SHADING_CHANNELS
+
+    c = COND_CHANNELS + SHADING_CHANNELS
+    if space == "pixel":
+        spec = ModelConfig(sample_height=h, sample_width=w, cond_channels=c, prediction="sample", head_channels=16)
+    else:  # 4x smaller latents, 2x2 patches: the same token grid as 8x8 pixel patches
+        spec = ModelConfig(sample_height=h // 4, sample_width=w // 4, patch_size=2, out_channels=latent_channels,
+                           cond_channels=latent_channels + c - 3, prediction="sample", head_channels=0)
+    return {k: getattr(spec, k) for k in spec.__dataclass_fields__}
+
+
+def _rollout(model, cond, sigmas, seed):
+    """Few-step sampling through the KV cache, as refine.Refiner does, without clamping the output
+    (latents are not in [0, 1]). cond [1, T, Cc, h, w] -> x [1, T, Cs, h, w] in the model's space."""
+    import torch
+    from refine import SamplerConfig
+    from refine.sampler import FewStepSampler
+
+    spec, f = model.spec, model.spec.frames_per_block
+    b, t, _, h, w = cond.shape
+    sampler = FewStepSampler(SamplerConfig(sigmas=sigmas))
+    cache = model.new_cache(b, h, w)
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for i in range(0, t, f):
+            c = cond[:, i:i + f]
+
+            def denoise(x, s, first, c=c):
+                return model.forward_cached(x, c, torch.full((b, f), 1000.0 * s), cache, "append" if first else "overwrite")
+
+            x0 = sampler.sample(denoise, model.coarse_x0(c),
+                                lambda k: torch.randn(b, f, spec.out_channels, h, w, generator=gen))
+            model.forward_cached(x0, c, torch.zeros(b, f), cache, "overwrite", write_only=True)
+            out.append(model.from_diffusion(x0, c, clamp=False))
+    return torch.cat(out, 1)
+
+
+def compare_spaces(clips_dir: str, steps: int, ae_steps: int = 800, seed: int = 0,
+                   sigmas: tuple[float, ...] = (0.2, 0.1, 0.05), progress: bool = True) -> list[SpaceRun]:
+    """Train the same transformer from scratch in pixel space and in the latent space of a freshly
+    trained FrameAutoencoder, `steps` teacher-forcing steps each on the training scenes, and score
+    both on the held-out scenes. The latent run's CPU time includes training its autoencoder."""
+    import tempfile
+
+    import torch
+    from refine import TrainConfig
+    from refine.autoencoder import FrameAutoencoder, train_autoencoder
+    from refine.model import CausalWanRefiner
+    from refine.train import train
+
+    from hybridsim.refine_data import ClipDataset
+
+    files = _scene_files(clips_dir)
+    n_held = max(1, len(files) // 10)
+    pix_train, pix_held = ClipDataset(files[:-n_held]), ClipDataset(files[-n_held:])
+    h, w = pix_train[0][0].shape[-2:]
+    runs = []
+    for space in ("pixel", "latent"):
+        c0 = time.process_time()
+        torch.manual_seed(seed)
+        data, held, ae = pix_train, [pix_held[i] for i in range(len(pix_held))], None
+        if space == "latent":
+            ae = FrameAutoencoder(latent_channels=8, hidden=32)
+            frames = torch.cat([pix_train[i][1] for i in range(len(pix_train))])
+            train_autoencoder(ae, frames, ae_steps, batch_size=8, seed=seed, progress=progress)
+            data = [_latent_clip(ae, *pix_train[i]) for i in range(len(pix_train))]
+        model = CausalWanRefiner(**_space_config(space, 8, h, w))
+        cfg = TrainConfig(phase1_steps=steps, phase2_steps=0, batch_size=2, clip_frames=6, seed=seed,
+                          checkpoint_every=10**9, progress=progress)
+        with tempfile.TemporaryDirectory() as tmp:
+            train(model, data, cfg, tmp)
+        cpu = time.process_time() - c0
+        pred, target, wall = [], [], 0.0
+        for i, (cond, tgt) in enumerate(held):
+            t0 = time.perf_counter()
+            if ae is None:
+                x = _rollout(model, cond[None], sigmas, seed + i)[0].clamp(0, 1)
+            else:
+                lc, _ = _latent_clip(ae, cond, tgt)
+                with torch.no_grad():
+                    x = ae.decode(_rollout(model, lc[None], sigmas, seed + i)[0]).clamp(0, 1)
+            wall += time.perf_counter() - t0
+            pred.append(_u8(x))
+            target.append(_u8(tgt))
+        q = _quality(np.concatenate(pred), np.concatenate(target))
+        runs.append(SpaceRun(space, steps, cpu, *q, 1e3 * wall / sum(len(t) for t in target)))
+    return runs
+
+
+def spaces_markdown(runs: list[SpaceRun]) -> list[str]:
+    lines = ["\n### same transformer trained from scratch in each space, equal steps (held-out scenes)\n",
+             "| space | steps | training CPU s (latent: incl. its autoencoder) | PSNR dB | SSIM | ms per frame |",
+             "|---|---|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r.space} | {r.steps} | {r.train_cpu_s:.0f} | {r.psnr:.2f} | {r.ssim:.3f} | "
+                     f"{r.ms_per_frame:.0f} |")
+    return lines

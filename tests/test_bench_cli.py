@@ -62,3 +62,14 @@ def test_bench_latent_section_on_tiny_clips(tmp_path):
     assert 0 < b.ae_psnr < 100 and 0 < b.pixel_psnr < 100 and -1 <= b.ae_ssim <= 1
     assert b.encode_ms_per_frame > 0 and b.decode_ms_per_frame > 0 and b.refine_ms_per_frame > 0
     assert "ceiling of a latent refiner" in "\n".join(latent_markdown(LatentBench(**vars(b))))
+
+
+def test_compare_spaces_trains_both_spaces_on_tiny_clips(tmp_path):
+    from hybridsim.latent_bench import compare_spaces, spaces_markdown
+
+    for i in range(2):
+        _fake_scene(tmp_path / f"scene_{i:04d}.npz", seed=i, frames=6, res=32)
+    runs = compare_spaces(str(tmp_path), steps=2, ae_steps=2, progress=False)
+    assert [r.space for r in runs] == ["pixel", "latent"]
+    assert all(0 < r.psnr < 100 and r.train_cpu_s > 0 and r.ms_per_frame > 0 for r in runs)
+    assert "latent" in "\n".join(spaces_markdown(runs))
