@@ -370,6 +370,11 @@ def test_default_weights_are_shipped_and_recorded():
     assert size < 20e6
     rec = json.loads((Path(DEFAULT_WEIGHTS_DIR) / "training.json").read_text())
     assert rec["command"].startswith("hybridsim train-refiner") and "data_seed" in rec and rec["steps"] > 0
+    from hybridsim.config import RefineSettings
+    from hybridsim.refining import sampler_config
+
+    shipped = sampler_config(RefineSettings(), Path(DEFAULT_WEIGHTS_DIR))  # what `hybridsim run` samples with
+    assert shipped.sigmas == (0.2, 0.1, 0.05) and shipped.noise == "static"
 
 
 def test_warp_back_undoes_a_known_shift():
