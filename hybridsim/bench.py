@@ -81,9 +81,9 @@ def _options(overrides: list[str]) -> dict:
     if opts["batch"] < 1 or opts["ae_steps"] < 1:
         raise SpecError("bench batch/ae_steps", f"must be >= 1, got {opts['batch']} / {opts['ae_steps']}")
     if "latent" in opts["sections"].split(","):
-        from hybridsim.latent_bench import _scene_files
+        from hybridsim.latent_bench import scene_files
 
-        _scene_files(opts["clips"])  # no clips: fail now, not after the other sections
+        scene_files(opts["clips"])  # no clips: fail now, not after the other sections
     if "refine" in opts["sections"].split(","):
         from refine import RefineError
         from refine.bench import check_device

@@ -45,7 +45,7 @@ class LatentBench:
     decode_ms_per_frame: float
 
 
-def _scene_files(clips_dir: str) -> list[Path]:
+def scene_files(clips_dir: str) -> list[Path]:
     files = sorted(Path(clips_dir).expanduser().glob("scene_*.npz"))
     if len(files) < 2:
         raise SpecError("bench clips", f"'{clips_dir}' holds {len(files)} scene_*.npz files, the latent section "
@@ -77,7 +77,7 @@ def bench_latent(clips_dir: str, ae_steps: int = 800, seed: int = 0, progress: b
     from hybridsim.refine_data import ClipDataset
     from hybridsim.refining import load_model, sampler_config
 
-    files = _scene_files(clips_dir)
+    files = scene_files(clips_dir)
     n_held = max(1, len(files) // 10)
     train_files, held_files = files[:-n_held], files[-n_held:]
     targets = []
@@ -205,7 +205,7 @@ def compare_spaces(clips_dir: str, steps: int, ae_steps: int = 800, seed: int = 
 
     from hybridsim.refine_data import ClipDataset
 
-    files = _scene_files(clips_dir)
+    files = scene_files(clips_dir)
     n_held = max(1, len(files) // 10)
     pix_train, pix_held = ClipDataset(files[:-n_held]), ClipDataset(files[-n_held:])
     h, w = pix_train[0][0].shape[-2:]
