@@ -73,18 +73,19 @@ def _options(overrides: list[str]) -> dict:
                                      "episodes": 8, "device": "cpu", "dtype": "float32", "batch": 1,
                                      "clips": "", "ae_steps": 800, "space_steps": 0},
                            "bench")
-    unknown = set(opts["sections"].split(",")) - set(SECTIONS)
+    sections = set(opts["sections"].split(","))
+    unknown = sections - set(SECTIONS)
     if unknown:
         raise SpecError("bench sections", f"unknown {sorted(unknown)}; choose from {list(SECTIONS)}")
     if opts["frames"] < 2:
         raise SpecError("bench frames", f"must be >= 2, got {opts['frames']}")
     if opts["batch"] < 1 or opts["ae_steps"] < 1:
         raise SpecError("bench batch/ae_steps", f"must be >= 1, got {opts['batch']} / {opts['ae_steps']}")
-    if "latent" in opts["sections"].split(","):
+    if "latent" in sections:
         from hybridsim.latent_bench import scene_files
 
         scene_files(opts["clips"])  # no clips: fail now, not after the other sections
-    if "refine" in opts["sections"].split(","):
+    if "refine" in sections:
         from refine import RefineError
         from refine.bench import check_device
 
@@ -250,14 +251,13 @@ def main(overrides: list[str]) -> int:
                                              overrides=("refine.enabled=false",),
                                              torch_threads=opts["threads"] or 1)
     if "latent" in sections:
-        from hybridsim.latent_bench import bench_latent
+        from hybridsim.latent_bench import bench_latent, compare_spaces, fit_autoencoder
 
-        report.latent = asdict(bench_latent(opts["clips"], opts["ae_steps"]))
+        fitted = fit_autoencoder(opts["clips"], opts["ae_steps"])  # one autoencoder for both measurements
+        report.latent = asdict(bench_latent(opts["clips"], fitted=fitted))
         if opts["space_steps"] > 0:
-            from hybridsim.latent_bench import compare_spaces
-
             report.latent["spaces"] = [asdict(r) for r in compare_spaces(opts["clips"], opts["space_steps"],
-                                                                           opts["ae_steps"])]
+                                                                           fitted=fitted)]
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=float))

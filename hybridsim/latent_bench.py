@@ -54,6 +54,38 @@ def scene_files(clips_dir: str) -> list[Path]:
     return files
 
 
+def _split(files: list[Path]) -> tuple[list[Path], list[Path]]:
+    """-> (training scenes, held-out scenes): the last tenth (at least one) is held out."""
+    n_held = max(1, len(files) // 10)
+    return files[:-n_held], files[-n_held:]
+
+
+@dataclass
+class FittedAutoencoder:
+    model: object  # refine.autoencoder.FrameAutoencoder, trained, in eval mode
+    steps: int
+    cpu_s: float  # process CPU seconds of its training
+    final_loss: float  # mean of the last 20 steps
+
+
+def fit_autoencoder(clips_dir: str, steps: int = 800, seed: int = 0, progress: bool = True) -> FittedAutoencoder:
+    """Train the FrameAutoencoder (8 x H/4 x W/4 latents) on the training scenes' target frames."""
+    import torch
+    from refine.autoencoder import FrameAutoencoder, train_autoencoder
+
+    train_files, _ = _split(scene_files(clips_dir))
+    targets = []
+    for f in train_files:  # targets only: [clips, T, H, W, 3] uint8 per scene
+        with np.load(f) as z:
+            targets.append(z["target"].reshape(-1, *z["target"].shape[2:]))
+    frames = torch.from_numpy(np.concatenate(targets)).permute(0, 3, 1, 2).float() / 255  # [N, 3, H, W]
+    torch.manual_seed(seed)
+    ae = FrameAutoencoder(latent_channels=8, hidden=32)
+    c0 = time.process_time()
+    losses = train_autoencoder(ae, frames, steps, batch_size=8, seed=seed, progress=progress)
+    return FittedAutoencoder(ae, steps, time.process_time() - c0, float(np.mean(losses[-20:])))
+
+
 def _quality(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
     """uint8 frames [N, H, W, 3] x2 -> mean per-frame PSNR (dB), SSIM (skimage's definitions)."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
@@ -68,29 +100,19 @@ def _u8(x) -> np.ndarray:
     return (x.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255 + 0.5).astype(np.uint8)
 
 
-def bench_latent(clips_dir: str, ae_steps: int = 800, seed: int = 0, progress: bool = True) -> LatentBench:
-    import torch
+def bench_latent(clips_dir: str, ae_steps: int = 800, seed: int = 0, progress: bool = True,
+                 fitted: FittedAutoencoder | None = None) -> LatentBench:
+    """fitted: an autoencoder already trained by fit_autoencoder on these clips (else trained here)."""
     from refine import Refiner
-    from refine.autoencoder import FrameAutoencoder, codec_ms_per_frame, reconstruct, train_autoencoder
+    from refine.autoencoder import codec_ms_per_frame, reconstruct
 
     from hybridsim.config import RefineSettings
     from hybridsim.refine_data import ClipDataset
     from hybridsim.refining import load_model, sampler_config
 
-    files = scene_files(clips_dir)
-    n_held = max(1, len(files) // 10)
-    train_files, held_files = files[:-n_held], files[-n_held:]
-    targets = []
-    for f in train_files:  # targets only: [clips, T, H, W, 3] uint8 per scene
-        with np.load(f) as z:
-            targets.append(z["target"].reshape(-1, *z["target"].shape[2:]))
-    frames = torch.from_numpy(np.concatenate(targets)).permute(0, 3, 1, 2).float() / 255  # [N, 3, H, W]
-    torch.manual_seed(seed)
-    ae = FrameAutoencoder(latent_channels=8, hidden=32)
-    c0 = time.process_time()
-    losses = train_autoencoder(ae, frames, ae_steps, batch_size=8, seed=seed, progress=progress)
-    ae_cpu = time.process_time() - c0
-
+    train_files, held_files = _split(scene_files(clips_dir))
+    fitted = fitted or fit_autoencoder(clips_dir, ae_steps, seed, progress)
+    ae = fitted.model
     model, folder = load_model(RefineSettings(), "cpu")
     refiner = Refiner(model, sampler_config(RefineSettings(), folder))
     held = ClipDataset(held_files, channels=model.spec.cond_channels)
@@ -106,11 +128,11 @@ def bench_latent(clips_dir: str, ae_steps: int = 800, seed: int = 0, progress: b
         recon.append(_u8(reconstruct(ae, tgt)))
     target_all = np.concatenate(target)
     ae_q, pix_q, coarse_q = (_quality(np.concatenate(x), target_all) for x in (recon, refined, coarse))
-    h, w = frames.shape[-2:]
+    h, w = target_all.shape[1:3]
     codec = codec_ms_per_frame(ae, h, w, frames=model.spec.frames_per_block)
-    return LatentBench(str(clips_dir), len(train_files), n_held, len(target_all),
-                       sum(p.numel() for p in ae.parameters()), [8, h // 4, w // 4], ae_steps, ae_cpu,
-                       float(np.mean(losses[-20:])), *ae_q, *pix_q, *coarse_q,
+    return LatentBench(str(clips_dir), len(train_files), len(held_files), len(target_all),
+                       sum(p.numel() for p in ae.parameters()), [8, h // 4, w // 4], fitted.steps, fitted.cpu_s,
+                       fitted.final_loss, *ae_q, *pix_q, *coarse_q,
                        1e3 * refine_s / len(target_all), codec["encode"], codec["decode"])
 
 
@@ -149,7 +171,7 @@ def _latent_clip(ae, cond, target):
         return torch.cat([ae.encode(cond[:, :3].clamp(0, 1)), rest], 1), ae.encode(target)
 
 
-def _space_config(space: str, latent_channels: int, h: int, w: int) -> dict:
+def _space_config(space: str, latent_channels: int, h: int, w: int):
     """The shipped model's transformer (dim, layers, heads, F, window) in either space, 256 tokens/frame at 128²."""
     from refine import ModelConfig
     from refine.conditioning import COND_CHANNELS, SHADING_CHANNELS
@@ -160,80 +182,54 @@ def _space_config(space: str, latent_channels: int, h: int, w: int) -> dict:
     else:  # 4x smaller latents, 2x2 patches: the same token grid as 8x8 pixel patches
         spec = ModelConfig(sample_height=h // 4, sample_width=w // 4, patch_size=2, out_channels=latent_channels,
                            cond_channels=latent_channels + c - 3, prediction="sample", head_channels=0)
-    return {k: getattr(spec, k) for k in spec.__dataclass_fields__}
-
-
-def _rollout(model, cond, sigmas, seed):
-    """Few-step sampling through the KV cache, as refine.Refiner does, without clamping the output
-    (latents are not in [0, 1]). cond [1, T, Cc, h, w] -> x [1, T, Cs, h, w] in the model's space."""
-    import torch
-    from refine import SamplerConfig
-    from refine.sampler import FewStepSampler
-
-    spec, f = model.spec, model.spec.frames_per_block
-    b, t, _, h, w = cond.shape
-    sampler = FewStepSampler(SamplerConfig(sigmas=sigmas))
-    cache = model.new_cache(b, h, w)
-    gen = torch.Generator().manual_seed(seed)
-    out = []
-    with torch.no_grad():
-        for i in range(0, t, f):
-            c = cond[:, i:i + f]
-
-            def denoise(x, s, first, c=c):
-                return model.forward_cached(x, c, torch.full((b, f), 1000.0 * s), cache, "append" if first else "overwrite")
-
-            x0 = sampler.sample(denoise, model.coarse_x0(c),
-                                lambda k: torch.randn(b, f, spec.out_channels, h, w, generator=gen))
-            model.forward_cached(x0, c, torch.zeros(b, f), cache, "overwrite", write_only=True)
-            out.append(model.from_diffusion(x0, c, clamp=False))
-    return torch.cat(out, 1)
+    return spec
 
 
 def compare_spaces(clips_dir: str, steps: int, ae_steps: int = 800, seed: int = 0,
-                   sigmas: tuple[float, ...] = (0.2, 0.1, 0.05), progress: bool = True) -> list[SpaceRun]:
-    """Train the same transformer from scratch in pixel space and in the latent space of a freshly
-    trained FrameAutoencoder, `steps` teacher-forcing steps each on the training scenes, and score
-    both on the held-out scenes. The latent run's CPU time includes training its autoencoder."""
+                   sigmas: tuple[float, ...] = (0.2, 0.1, 0.05), progress: bool = True,
+                   fitted: FittedAutoencoder | None = None) -> list[SpaceRun]:
+    """Train the same transformer from scratch in pixel space and in the latent space of a
+    FrameAutoencoder (`fitted`, else trained here), `steps` teacher-forcing steps each on the
+    training scenes, and score both on the held-out scenes. The latent run's CPU time includes
+    its autoencoder's training."""
     import tempfile
 
     import torch
-    from refine import TrainConfig
-    from refine.autoencoder import FrameAutoencoder, train_autoencoder
+    from refine import Refiner, SamplerConfig, TrainConfig
     from refine.model import CausalWanRefiner
     from refine.train import train
 
     from hybridsim.refine_data import ClipDataset
 
-    files = scene_files(clips_dir)
-    n_held = max(1, len(files) // 10)
-    pix_train, pix_held = ClipDataset(files[:-n_held]), ClipDataset(files[-n_held:])
-    h, w = pix_train[0][0].shape[-2:]
+    train_files, held_files = _split(scene_files(clips_dir))
+    pix_train, pix_held = ClipDataset(train_files), ClipDataset(held_files)
+    held = [pix_held[i] for i in range(len(pix_held))]
+    h, w = held[0][0].shape[-2:]
+    sampler = SamplerConfig(sigmas=sigmas)
+    fitted = fitted or fit_autoencoder(clips_dir, ae_steps, seed, progress)  # its CPU time is counted below
     runs = []
     for space in ("pixel", "latent"):
         c0 = time.process_time()
-        torch.manual_seed(seed)
-        data, held, ae = pix_train, [pix_held[i] for i in range(len(pix_held))], None
+        data, ae, ae_cpu = pix_train, None, 0.0
         if space == "latent":
-            ae = FrameAutoencoder(latent_channels=8, hidden=32)
-            frames = torch.cat([pix_train[i][1] for i in range(len(pix_train))])
-            train_autoencoder(ae, frames, ae_steps, batch_size=8, seed=seed, progress=progress)
+            ae, ae_cpu = fitted.model, fitted.cpu_s
             data = [_latent_clip(ae, *pix_train[i]) for i in range(len(pix_train))]
-        model = CausalWanRefiner(**_space_config(space, 8, h, w))
+        torch.manual_seed(seed)
+        model = CausalWanRefiner.from_spec(_space_config(space, 8, h, w))
         cfg = TrainConfig(phase1_steps=steps, phase2_steps=0, batch_size=2, clip_frames=6, seed=seed,
                           checkpoint_every=10**9, progress=progress)
         with tempfile.TemporaryDirectory() as tmp:
             train(model, data, cfg, tmp)
-        cpu = time.process_time() - c0
+        cpu = time.process_time() - c0 + ae_cpu
+        refiner = Refiner(model, sampler, latent=ae is not None)
         pred, target, wall = [], [], 0.0
         for i, (cond, tgt) in enumerate(held):
             t0 = time.perf_counter()
             if ae is None:
-                x = _rollout(model, cond[None], sigmas, seed + i)[0].clamp(0, 1)
+                x = refiner.refine_video(cond[None], seed=seed + i)[0]
             else:
-                lc, _ = _latent_clip(ae, cond, tgt)
                 with torch.no_grad():
-                    x = ae.decode(_rollout(model, lc[None], sigmas, seed + i)[0]).clamp(0, 1)
+                    x = ae.decode(refiner.refine_video(_latent_clip(ae, cond, tgt)[0][None], seed=seed + i)[0])
             wall += time.perf_counter() - t0
             pred.append(_u8(x))
             target.append(_u8(tgt))

@@ -19,9 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
-from refine.errors import RefineError
-
 from refine.config import ModelConfig, SamplerConfig
+from refine.errors import RefineError
 
 
 @dataclass(frozen=True)

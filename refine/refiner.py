@@ -21,13 +21,19 @@ class Refiner:
     clean pass at t = 0 that writes the block's K/V. recompute=True keeps the clean frames
     themselves instead and re-runs the whole sink + window context in every denoising step (no
     cache, no clean pass): the baseline that the cache speed-up is measured against.
+
+    latent=True: the model diffuses latents (any out_channels, condition led by the encoded coarse
+    render); push returns them unclamped, for the caller's decoder. Otherwise RGB in [0, 1].
     """
 
     def __init__(self, model, sampler: SamplerConfig | None = None, device: str | torch.device = "cpu",
-                 recompute: bool = False, height: int | None = None, width: int | None = None):
+                 recompute: bool = False, height: int | None = None, width: int | None = None,
+                 latent: bool = False):
         spec = model.spec
-        if spec.out_channels != 3:
-            raise RefineError(f"model predicts {spec.out_channels} channels; the pixel refiner needs 3 (RGB)")
+        if spec.out_channels != 3 and not latent:
+            raise RefineError(f"model predicts {spec.out_channels} channels; the pixel refiner needs 3 (RGB), "
+                              "or pass latent=True for a latent-space model and decode its output")
+        self.latent = latent
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.sampler = FewStepSampler(sampler)
@@ -79,7 +85,8 @@ class Refiner:
 
     @torch.no_grad()
     def push(self, cond: Tensor) -> Tensor:
-        """cond [B, F, C_cond, H, W] float32 -> refined rgb [B, F, 3, H, W] in [0, 1]."""
+        """cond [B, F, C_cond, H, W] float32 -> refined rgb [B, F, 3, H, W] in [0, 1]
+        (latent=True: latents [B, F, C_out, H, W], unclamped)."""
         self._check(cond)
         src_device = cond.device
         cond = cond.to(self.device)
@@ -105,7 +112,7 @@ class Refiner:
             zero_t = torch.zeros(self.batch_size, f, device=self.device)
             model.forward_cached(x0, cond, zero_t, self.cache, "overwrite", write_only=True)  # clean K/V
         self.blocks_done += 1
-        return model.from_diffusion(x0, cond).to(src_device)
+        return model.from_diffusion(x0, cond, clamp=not self.latent).to(src_device)
 
     def _recompute_step(self, x: Tensor, cond: Tensor, sigma: float) -> Tensor:
         """Dense forward over [sink + window context (t=0) | noisy block] -> block velocity."""

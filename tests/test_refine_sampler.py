@@ -124,3 +124,12 @@ def test_static_noise_reuses_one_field_for_every_frame_and_block(cond):
     torch.testing.assert_close(a[:, :4], b[:, :4], atol=1e-5, rtol=0)
     with pytest.raises(RefineError, match="noise='warped'.*static"):
         SamplerConfig(noise="warped")
+
+
+def test_latent_refiner_returns_unclamped_latents():
+    model = tiny_model(seed=0, frames_per_block=2, out_channels=4, cond_channels=7)
+    cond = torch.rand(1, 4, 7, 16, 16, generator=torch.Generator().manual_seed(2)) * 4 - 2
+    with pytest.raises(RefineError, match="latent=True"):
+        Refiner(model, SamplerConfig(sigmas=(0.5, 0.2)))
+    out = Refiner(model, SamplerConfig(sigmas=(0.5, 0.2)), latent=True).refine_video(cond, seed=1)
+    assert out.shape == (1, 4, 4, 16, 16) and (out.min() < 0 or out.max() > 1)
