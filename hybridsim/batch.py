@@ -379,7 +379,7 @@ class _SimPool:
 
         self.refiner.seeds = list(self.sim.seeds)  # per-env refiner noise follows the episodes' seeds
         self.refiner.reset()
-        return refined_frames(self.sim.frames(), self.refiner)
+        return refined_frames(self.sim.frames(), self.refiner, overlap=self.cfg.refine.overlap)
 
     def _build(self, **kw):
         from hybridsim.refining import make_refiner

@@ -34,6 +34,7 @@ class RefineSettings:
     sigmas: list[float] | None = None  # explicit noise levels per block (overrides steps); None = default
     noise: str | None = None  # "static" or "fresh" sampler noise; None = the model's saved choice
     device: str = "auto"
+    overlap: bool = True  # refine on a worker thread while the next block is simulated and rendered
 
 
 @dataclass

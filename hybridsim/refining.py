@@ -8,8 +8,11 @@ F - 1 frames after they entered; the last, partial block is padded by repeating 
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -153,49 +156,74 @@ class StreamRefiner:
 
     def push(self, frame) -> list:
         """Add a frame; returns the frames of a finished block (refined attached), else []."""
+        block = self.collect(frame)
+        return self.refine_block(block) if block is not None else []
+
+    def flush(self) -> list:
+        """Refine a partial last block (padded with its last frame); returns its real frames."""
+        block = self.take_partial()
+        return self.refine_block(block) if block is not None else []
+
+    def collect(self, frame) -> _Block | None:
+        """Take a frame's condition now (cameras may move in place later); a full block -> it."""
         for cam in self.cameras:
             self._conds[cam.name].append(condition_from_gbuffer(frame.gbuffer[cam.name], frame.cameras[cam.name],
                                                                 self.lighting))
         self._pending.append(frame)
-        if len(self._pending) == self.frames_per_block:
-            return self._run_block()
-        return []
+        return self._take() if len(self._pending) == self.frames_per_block else None
 
-    def flush(self) -> list:
-        """Refine a partial last block (padded with its last frame); returns its real frames."""
+    def take_partial(self) -> _Block | None:
+        """The last, partial block padded by repeating its last frame (None if nothing is pending)."""
         if not self._pending:
-            return []
-        n = len(self._pending)
+            return None
+        pad = self.frames_per_block - len(self._pending)
         for cam in self.cameras:
-            self._conds[cam.name] += [self._conds[cam.name][-1]] * (self.frames_per_block - n)
-        return self._run_block()[:n]
+            self._conds[cam.name] += [self._conds[cam.name][-1]] * pad
+        return self._take()
 
-    def _run_block(self) -> list:
+    def _take(self) -> _Block:
+        block = _Block(self._pending, self._conds)
+        self._pending = []
+        self._conds = {c.name: [] for c in self.cameras}
+        return block
+
+    def refine_block(self, block: _Block) -> list:
+        """Run the model on one block; -> its real frames with `.refined` set. Blocks must come in
+        order (each camera's KV cache advances)."""
         import torch
 
         t0 = time.perf_counter()
         out = {}
         for cam in self.cameras:
-            cond = torch.cat(self._conds[cam.name], 1)  # [B, F, C, H, W]
+            cond = torch.cat(block.conds[cam.name], 1)  # [B, F, C, H, W]
             rgb = self.refiners[cam.name].push(cond)  # [B, F, 3, H, W] in [0, 1]
             out[cam.name] = (rgb.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
                              .cpu().numpy())  # [B, F, H, W, 3]
-        frames = self._pending
-        for k, frame in enumerate(frames):
+        for k, frame in enumerate(block.frames):
             frame.refined = {name: np.ascontiguousarray(v[:, k]) for name, v in out.items()}
-        self._pending = []
-        self._conds = {c.name: [] for c in self.cameras}
         self.timings["refine_s"] += time.perf_counter() - t0
         self.timings["refine_blocks"] += 1
-        return frames
+        return block.frames
 
 
-def refined_frames(frames: Iterable, refiner: StreamRefiner) -> Iterator:
-    """The same frames, in order, each with `.refined` set; delayed by at most F - 1 frames.
+@dataclass
+class _Block:
+    """One block handed to the model: its real frames and, per camera, F conditions [B, 1, C, H, W]."""
+
+    frames: list
+    conds: dict[str, list]
+
+
+def refined_frames(frames: Iterable, refiner: StreamRefiner, overlap: bool = False) -> Iterator:
+    """The same frames, in order, each with `.refined` set; delayed by at most F - 1 frames
+    (overlap=True: at most 2F - 1, see `overlapped_frames`).
 
     If the upstream generator fails, the frames already received are still refined and yielded
     before the error is re-raised, so a writer keeps every finished frame.
     """
+    if overlap:
+        yield from overlapped_frames(frames, refiner)
+        return
     try:
         for frame in frames:
             yield from refiner.push(frame)
@@ -203,6 +231,93 @@ def refined_frames(frames: Iterable, refiner: StreamRefiner) -> Iterator:
         yield from refiner.flush()
         raise
     yield from refiner.flush()
+
+
+_STOP = object()
+
+
+def overlapped_frames(frames: Iterable, refiner: StreamRefiner) -> Iterator:
+    """`refined_frames` with the model on a worker thread: while it refines block k, this thread
+    steps physics, renders splats and writes outputs for block k + 1 (torch releases the GIL in
+    its kernels, so the stages use different cores). Same frames, same order, same pixels.
+
+    One block is in the worker's hands at a time: the next waits until it is done, so a slow
+    refiner holds the simulation back instead of piling up frames, and a frame leaves at most
+    2F - 1 frames after it entered. A worker error is raised here (as it is, with its traceback);
+    an upstream error still gets every received frame refined first.
+    """
+    inbox: queue.Queue = queue.Queue()  # blocks of conditions, or _STOP
+    free = threading.Semaphore(1)  # released by the worker when its block is done
+    outbox: queue.Queue = queue.Queue()  # ("frames", list) | ("error", exc) | ("done", None)
+
+    def work() -> None:
+        try:
+            while (block := inbox.get()) is not _STOP:
+                outbox.put(("frames", refiner.refine_block(block)))
+                free.release()
+        except BaseException as err:  # handed to the consumer thread
+            outbox.put(("error", err))
+            return
+        outbox.put(("done", None))
+
+    worker = threading.Thread(target=work, name="hybridsim-refiner", daemon=True)
+    worker.start()
+    finished = False
+
+    def drain(wait: bool) -> Iterator:
+        nonlocal finished
+        while not finished:
+            try:
+                kind, item = outbox.get(timeout=0.05) if wait else outbox.get_nowait()
+            except queue.Empty:
+                if wait and not worker.is_alive() and outbox.empty():
+                    raise RuntimeError("the refiner thread stopped without a result") from None
+                if wait:
+                    continue
+                return
+            if kind == "error":
+                finished = True
+                raise item
+            if kind == "done":
+                finished = True
+                return
+            yield from item
+
+    def hand_on(block) -> Iterator:
+        while not free.acquire(timeout=0.05):  # a failed worker frees nothing: surface its error
+            yield from drain(wait=False)
+            if finished:
+                return
+        inbox.put(block)
+
+    try:
+        upstream_error = None
+        try:
+            for frame in frames:
+                block = refiner.collect(frame)
+                if block is not None:
+                    yield from hand_on(block)
+                yield from drain(wait=False)
+        except GeneratorExit:
+            raise
+        except BaseException as err:  # keep what was received: refine it, then re-raise
+            upstream_error = err
+        last = refiner.take_partial()
+        if last is not None:
+            yield from hand_on(last)
+        inbox.put(_STOP)
+        yield from drain(wait=True)
+        if upstream_error is not None:
+            raise upstream_error
+    finally:  # also when the consumer stops early (GeneratorExit): do not leave the worker waiting
+        if worker.is_alive():
+            while True:  # drop blocks not started; the one being refined finishes
+                try:
+                    inbox.get_nowait()
+                except queue.Empty:
+                    break
+            inbox.put(_STOP)
+            worker.join()
 
 
 def make_refiner(cfg, sim) -> StreamRefiner | None:
@@ -221,4 +336,6 @@ def make_refiner(cfg, sim) -> StreamRefiner | None:
 def frame_stream(cfg, sim) -> tuple[Iterator, StreamRefiner | None]:
     """The episode's frames, refined when cfg.refine.enabled (then also the refiner, for its timings)."""
     refiner = make_refiner(cfg, sim)
-    return (sim.frames() if refiner is None else refined_frames(sim.frames(), refiner)), refiner
+    if refiner is None:
+        return sim.frames(), None
+    return refined_frames(sim.frames(), refiner, overlap=cfg.refine.overlap), refiner

@@ -173,6 +173,10 @@ class CachedAttention:
     cos_q: Tensor  # [n, d/2] the newest block's slots
     sin_q: Tensor
 
+    def write(self, layer: int, k: Tensor, v: Tensor) -> None:
+        """k, v [B, n, h, d] (pre-RoPE): store without attending (a clean pass's last layer)."""
+        self.cache.write(layer, k, v)
+
     def __call__(self, q: Tensor, k: Tensor, v: Tensor, layer: int) -> Tensor:
         """q, k, v [B, n, h, d] (pre-RoPE) -> [B, n, h, d]"""
         self.cache.write(layer, k, v)

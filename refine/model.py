@@ -101,6 +101,13 @@ class CausalWanBlock(nn.Module):
         h = _modulate(self.norm3(x), c_shift, c_scale, frames)
         return x + _gate(self.ffn(h), c_gate, frames)
 
+    def write_kv(self, x: Tensor, mod: Tensor, attend, layer: int) -> None:
+        """Only this block's K/V into the cache (the clean pass's last block: nothing reads its output)."""
+        shift, scale = (self.scale_shift_table[None, :, :2] + mod[:, :, :2]).chunk(2, dim=2)
+        h = _modulate(self.norm1(x), shift, scale, mod.shape[1])
+        a = self.attn1
+        attend.write(layer, a.norm_k(a.to_k(h)).unflatten(2, (a.heads, -1)), a.to_v(h).unflatten(2, (a.heads, -1)))
+
 
 class TimeEmbedder(nn.Module):
     """Wan's condition_embedder without the text projection."""
@@ -209,16 +216,19 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
 
     def _run(self, sample: Tensor, cond: Tensor, timestep: Tensor, attend, write_only: bool = False) -> Tensor | None:
         """Shared trunk. -> velocity [B, T, Cs, H, W] (None with write_only: the blocks ran for
-        their side effect on the cache, the output layers are skipped)."""
+        their side effect on the cache; the last block only writes its K/V and the output layers
+        are skipped, since nothing reads them)."""
         b, t, _, h, w = sample.shape
         p = self.spec.patch_size
         hp, wp = h // p, w // p
         x = self.patchify(sample, cond)  # [B, N, D]
         temb, mod = self.time_modulation(timestep)
+        last = len(self.blocks) - 1
         for i, block in enumerate(self.blocks):
+            if write_only and i == last:
+                block.write_kv(x, mod, attend, i)
+                return None
             x = block(x, mod, attend, i, self.null_context)
-        if write_only:
-            return None
         shift, scale = (self.scale_shift_table[None] + temb[:, :, None]).chunk(2, dim=2)  # [B, T, 1, D] x2
         x = _modulate(self.norm_out(x), shift, scale, t)
         x = self.proj_out(x)  # [B, N, p*p*Cs]
@@ -226,7 +236,8 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
         out = x.reshape(b, t, -1, h, w)
         if self.pixel_head is not None:  # [B, T, head + Cs + Cc, H, W] -> [B, T, Cs, H, W]
             feats = torch.cat([out, sample.to(out.dtype), cond.to(out.dtype)], 2).flatten(0, 1)
-            out = self.pixel_head(feats).unflatten(0, (b, t))
+            # channels-last: oneDNN's (and cuDNN's) faster layout for this small 3x3 conv head
+            out = self.pixel_head(feats.contiguous(memory_format=torch.channels_last)).unflatten(0, (b, t))
         if self.spec.prediction == "sample":  # out is x0_hat; return the velocity it implies
             sigma = (timestep.to(out.dtype) / 1000.0).clamp(min=SAMPLE_MIN_SIGMA)[:, :, None, None, None]
             return (sample - out) / sigma

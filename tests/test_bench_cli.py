@@ -20,12 +20,16 @@ def test_bench_pipeline_section_reports_stages_and_latency(tmp_path):
     assert main(["bench", "sections=pipeline", "frames=6", "threads=1", f"out={out}"]) == 0
     report = json.loads((out / "report.json").read_text())
     p = report["pipeline"]
-    assert p["frames"] == 6 and p["frames_per_s"] > 0
-    assert set(p["ms_per_frame"]) == {"physics", "splat_render", "refine"}
-    assert all(v > 0 for v in p["ms_per_frame"].values())
-    # a frame's refined image exists only after its block's last frame was simulated and refined
-    assert p["latency_ms_median"] >= p["ms_per_frame"]["refine"]
-    assert "## pipeline" in (out / "report.md").read_text()
+    assert [r["mode"] for r in p["runs"]] == ["serial", "overlap"]
+    for r in p["runs"]:
+        assert r["frames"] == 6 and r["frames_per_s"] > 0
+        assert set(r["ms_per_frame"]) == {"physics", "splat_render", "refine"}
+        assert all(v > 0 for v in r["ms_per_frame"].values())
+        # a frame's refined image exists only after its block's last frame was simulated and refined
+        assert r["latency_ms_median"] >= r["ms_per_frame"]["refine"]
+    assert p["overlap_speedup"] == pytest.approx(p["runs"][1]["frames_per_s"] / p["runs"][0]["frames_per_s"])
+    md = (out / "report.md").read_text()
+    assert "## pipeline" in md and "overlap / serial" in md
 
 
 def test_bench_refine_device_options_are_checked_before_work(capsys):

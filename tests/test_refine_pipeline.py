@@ -56,10 +56,11 @@ def _fake_frames(sim, n, seed=0):
     return out
 
 
-@pytest.mark.parametrize("channels", [7, 14])
-def test_streaming_equals_offline_refinement_and_keeps_order(channels):
+@pytest.mark.parametrize("channels,overlap", [(7, False), (14, False), (14, True)])
+def test_streaming_equals_offline_refinement_and_keeps_order(channels, overlap):
     """Frame-by-frame streaming gives exactly what refining the whole video at once gives, with the
-    plain G-buffer condition (7 channels) and with the shading cues (14)."""
+    plain G-buffer condition (7 channels) and with the shading cues (14); the same with the model
+    on its worker thread (overlap)."""
     from refine import Refiner
     from refine.testing import tiny_model
 
@@ -72,7 +73,7 @@ def test_streaming_equals_offline_refinement_and_keeps_order(channels):
     frames = _fake_frames(sim, 7)  # 3 full blocks of 2 and a partial one
     lighting = sim.scenario.lighting if channels == 14 else None
     sr = StreamRefiner(RefineSettings(device="cpu"), sim, model=model)
-    out = list(refined_frames(iter(frames), sr))
+    out = list(refined_frames(iter(frames), sr, overlap=overlap))
     assert [f.index for f in out] == list(range(7))
     assert sr.timings["refine_blocks"] == 4
     for cam in sim.cameras.values():
@@ -99,7 +100,8 @@ def test_streaming_emits_each_block_as_soon_as_it_is_complete():
     assert emitted == [0, 2, 0, 2, 0] and len(sr.flush()) == 1 and sr.flush() == []
 
 
-def test_failure_upstream_still_yields_received_frames():
+@pytest.mark.parametrize("overlap", [False, True])
+def test_failure_upstream_still_yields_received_frames(overlap):
     from refine.testing import tiny_model
 
     from hybridsim.refining import StreamRefiner, refined_frames
@@ -112,10 +114,69 @@ def test_failure_upstream_still_yields_received_frames():
         raise RuntimeError("physics blew up")
 
     got = []
+    sr = StreamRefiner(RefineSettings(device="cpu"), sim, model=tiny_model(0))
     with pytest.raises(RuntimeError, match="blew up"):
-        for f in refined_frames(upstream(), StreamRefiner(RefineSettings(device="cpu"), sim, model=tiny_model(0))):
+        for f in refined_frames(upstream(), sr, overlap=overlap):
             got.append(f.index)
-    assert got == [0, 1, 2]
+    assert got == [0, 1, 2] and all(f.refined["a"].shape == (1, 16, 16, 3) for f in frames)
+
+
+def _refiner_threads():
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "hybridsim-refiner"]
+
+
+def test_overlap_looks_ahead_at_most_one_block_and_raises_worker_errors():
+    """The simulation runs at most one block ahead of the model; an error on the worker thread
+    reaches the consumer (after the frames finished before it), and no thread is left behind."""
+    from refine.testing import tiny_model
+
+    from hybridsim.refining import StreamRefiner, refined_frames
+
+    sim = _fake_sim(n_envs=1, cams=(("a", 16, 16),))
+    frames = _fake_frames(sim, 9)
+    pulled = []
+
+    def upstream():
+        for f in frames:
+            pulled.append(f.index)
+            yield f
+
+    sr = StreamRefiner(RefineSettings(device="cpu"), sim, model=tiny_model(0))
+    for f in refined_frames(upstream(), sr, overlap=True):
+        assert len(pulled) - 1 - f.index <= 2 * sr.frames_per_block - 1  # frames simulated past this one
+    assert not _refiner_threads()
+
+    real = sr.refine_block
+    calls = []
+
+    def failing(block):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("refiner broke")
+        return real(block)
+
+    sr.reset()
+    sr.refine_block = failing
+    got = []
+    with pytest.raises(ValueError, match="refiner broke"):
+        for f in refined_frames(iter(_fake_frames(sim, 9)), sr, overlap=True):
+            got.append(f.index)
+    assert got == [0, 1] and not _refiner_threads()
+
+
+def test_overlap_stops_its_worker_when_the_consumer_stops_early():
+    from refine.testing import tiny_model
+
+    from hybridsim.refining import StreamRefiner, refined_frames
+
+    sim = _fake_sim(n_envs=1, cams=(("a", 16, 16),))
+    sr = StreamRefiner(RefineSettings(device="cpu"), sim, model=tiny_model(0))
+    stream = refined_frames(iter(_fake_frames(sim, 9)), sr, overlap=True)
+    assert next(stream).index == 0
+    stream.close()
+    assert not _refiner_threads()
 
 
 def test_camera_size_not_multiple_of_patch_is_a_clear_error():
