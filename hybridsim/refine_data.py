@@ -78,14 +78,20 @@ def textured_box_obj(size: tuple[float, float, float], tile: float = 0.25) -> Pa
     return path
 
 
-def _look_from(rng: np.random.Generator, target: np.ndarray, res: int, name: str) -> Camera:
+ELEVATION = (18.0, 60.0)  # camera elevation range, degrees above the horizontal (the shipped data's)
+
+
+def _look_from(rng: np.random.Generator, target: np.ndarray, res: int, name: str,
+               elevation: tuple[float, float] = ELEVATION) -> Camera:
     az = rng.uniform(0, 2 * math.pi)
-    el = math.radians(rng.uniform(18, 60))
+    el = math.radians(rng.uniform(*elevation))
     dist = rng.uniform(1.3, 2.8)
     pos = target + dist * np.array([math.cos(az) * math.cos(el), math.sin(az) * math.cos(el), math.sin(el)])
     look = target + rng.normal(0, 0.05, 3)
+    # looking (nearly) straight down, world z is no usable up: take the horizontal away from the camera
+    up = (0.0, 0.0, 1.0) if el < math.radians(75) else (-math.cos(az), -math.sin(az), 0.0)
     return Camera(name=name, pos=tuple(float(v) for v in pos), lookat=tuple(float(v) for v in look),
-                  fov=float(rng.uniform(35, 55)), res=(res, res))
+                  up=up, fov=float(rng.uniform(35, 55)), res=(res, res))
 
 
 def _color(rng: np.random.Generator) -> tuple[float, float, float]:
@@ -96,7 +102,7 @@ def _color(rng: np.random.Generator) -> tuple[float, float, float]:
 
 
 def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int = 2,
-                 fps: float = 20.0) -> Scenario:
+                 fps: float = 20.0, elevation: tuple[float, float] = ELEVATION) -> Scenario:
     """A randomised training scene (see the module docstring). Deterministic in `seed`."""
     rng = np.random.default_rng(derive_seed(seed, "refine-data-scene"))
     ents: list[Entity] = []
@@ -144,7 +150,7 @@ def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int 
             ents.append(Entity(type="cylinder", radius=float(s / 3), height=float(s),
                                appearance=Appearance(color=_color(rng)), semantic_class="can", **common))
     target = np.array([0.0, 0.0, top + 0.1])
-    cams = [_look_from(rng, target, res, f"cam{i}") for i in range(n_cameras)]
+    cams = [_look_from(rng, target, res, f"cam{i}", elevation) for i in range(n_cameras)]
     el, az = math.radians(rng.uniform(25, 80)), rng.uniform(0, 2 * math.pi)
     direction = (-math.cos(az) * math.cos(el), -math.sin(az) * math.cos(el), -math.sin(el))
     tint = 1.0 - rng.uniform(0, 0.25, 3) * (rng.random(3) < 0.5)
@@ -171,11 +177,15 @@ class ClipOptions:
     n_envs: int = 4
     n_cameras: int = 2
     seed: int = 0
+    elevation: tuple[float, float] = ELEVATION  # degrees; 90 = looking straight down
 
     def check(self) -> None:
         for name in ("scenes", "frames", "res", "n_envs", "n_cameras"):
             if getattr(self, name) < 1:
                 raise DataError(f"{name}={getattr(self, name)} must be >= 1")
+        lo, hi = self.elevation
+        if not 0.0 <= lo <= hi <= 90.0:
+            raise DataError(f"elevation={lo},{hi} must satisfy 0 <= low <= high <= 90 (degrees)")
         if self.res % 8:
             raise DataError(f"res={self.res} must be a multiple of 8 (the refiner's patch size)")
 
@@ -200,12 +210,14 @@ def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {k: getattr(opts, k) for k in ("scenes", "frames", "res", "n_envs", "n_cameras", "seed")}
+    meta["elevation"] = [float(v) for v in opts.elevation]
     meta["cond_channels"] = CLIP_COND_CHANNELS  # clips made before the shading cues have 7
     meta_path = out / "clips.json"
     skipped: list[int] = []
     made_by = None
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
+        old.setdefault("elevation", list(ELEVATION))  # folders made before the option existed
         diff = {k: (old.get(k), v) for k, v in meta.items() if k != "scenes" and old.get(k) != v}
         if diff:
             raise DataError(f"{out} holds clips made with other options {diff} (old, new); use another "
@@ -298,7 +310,7 @@ def _clip_worker(out_dir: str, opts: ClipOptions, todo: list[int], threads: int)
     for i in todo:
         path = out / f"scene_{i:04d}.npz"
         scen = random_scene(derive_seed(opts.seed, "scene", i), frames=opts.frames, res=opts.res,
-                            n_cameras=opts.n_cameras)
+                            n_cameras=opts.n_cameras, elevation=opts.elevation)
         cfg = RunConfig(scenario=scen, n_envs=opts.n_envs, reference=True, progress=False,
                         render=RenderConfig())
         sim = Simulation(cfg)

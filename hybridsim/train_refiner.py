@@ -26,6 +26,7 @@ DEFAULTS = {
     "out": "refiner_train",
     # data
     "scenes": 20, "frames": 12, "res": 128, "n_envs": 4, "cameras": 2, "data_seed": 0,
+    "elevation": "18,60",  # camera elevation range of the random scenes, degrees (90 = straight down)
     # training
     "phase1": 700, "phase2": 300, "phase3": 0, "batch": 2, "clip_frames": 6, "lr": 3e-4, "seed": 0,
     "checkpoint_every": 50, "threads": 0, "device": "cpu", "prediction": "sample",
@@ -44,6 +45,7 @@ def main(overrides: list[str]) -> int:
     opts = parse_options(overrides, DEFAULTS, "train-refiner")
     positive(opts, "train-refiner", "scenes", "frames", "res", "n_envs", "cameras", "batch", "clip_frames", "lr")
     _sampler(opts["sigmas"], opts["noise"])  # a bad list fails now, not after the data is made
+    _elevation(opts["elevation"])
     for key in ("head", "phase3", "ssim", "temporal"):
         if opts[key] < 0:
             raise SpecError(f"train-refiner {key}", f"must be >= 0, got {opts[key]}")
@@ -71,7 +73,8 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     t0 = time.perf_counter()
     files = make_clips(out / "clips", ClipOptions(scenes=opts["scenes"], frames=opts["frames"], res=opts["res"],
                                                   n_envs=opts["n_envs"], n_cameras=opts["cameras"],
-                                                  seed=opts["data_seed"]), progress=opts["progress"])
+                                                  seed=opts["data_seed"], elevation=_elevation(opts["elevation"])),
+                       progress=opts["progress"])
     data_s = time.perf_counter() - t0
     from refine.conditioning import COND_CHANNELS, SHADING_CHANNELS
 
@@ -153,6 +156,17 @@ def _init_model(opts: dict):
     record = folder / "training.json"
     parent = json.loads(record.read_text()) if record.is_file() else None
     return model, {"folder": str(folder.resolve()), "training": parent}
+
+
+def _elevation(text: str) -> tuple[float, float]:
+    """'low,high' degrees -> (low, high); SpecError naming the option otherwise."""
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise SpecError("train-refiner elevation", f"expected two numbers low,high in degrees, got {text!r}") from None
+    if not 0.0 <= lo <= hi <= 90.0:
+        raise SpecError("train-refiner elevation", f"{text!r}: need 0 <= low <= high <= 90 (90 = straight down)")
+    return lo, hi
 
 
 def _sampler(sigmas: str, noise: str = "fresh"):
