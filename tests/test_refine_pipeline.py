@@ -280,6 +280,31 @@ def test_random_scenes_are_valid_deterministic_and_varied():
     assert all(e.file is None or "duck" not in e.file for s in scenes for e in s.entities)  # mesh_slope held out
 
 
+def test_random_scene_cameras_follow_the_elevation_range():
+    import math
+
+    from hybridsim.refine_data import ClipOptions, DataError, random_scene
+
+    def elevations(scen):
+        out = []
+        for c in scen.cameras:
+            d = np.subtract(c.pos, c.lookat)
+            out.append(math.degrees(math.asin(d[2] / np.linalg.norm(d))))
+        return out
+
+    # the default range is the shipped data's, and other ranges change only the cameras
+    steep = [random_scene(s, elevation=(80.0, 90.0)) for s in range(6)]
+    flat = [random_scene(s) for s in range(6)]
+    for a, b in zip(steep, flat):
+        assert a.entities == b.entities and a.lighting == b.lighting
+        assert all(18 - 3 < e < 60 + 3 for e in elevations(b))  # lookat is jittered by a few cm
+        assert all(e > 75 for e in elevations(a))
+        for c in a.cameras:  # looking down, up is horizontal (world z would be parallel to the view)
+            assert c.up[2] == 0.0 and abs(np.linalg.norm(c.up) - 1) < 1e-9
+    with pytest.raises(DataError, match="elevation"):
+        ClipOptions(elevation=(60.0, 30.0)).check()
+
+
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     from hybridsim.refine_data import ClipOptions, make_clips
@@ -318,6 +343,13 @@ def test_make_clips_resumes_and_refuses_other_options(clip_dir):
     assert files[0].stat().st_mtime_ns == before  # finished scenes are not redone
     with pytest.raises(DataError, match="other options"):
         make_clips(out, ClipOptions(scenes=1, frames=5, res=32, n_envs=1, n_cameras=1, seed=3), progress=False)
+    with pytest.raises(DataError, match="elevation"):
+        make_clips(out, ClipOptions(scenes=1, frames=4, res=32, n_envs=1, n_cameras=1, seed=3, elevation=(5.0, 90.0)),
+                   progress=False)
+    # a folder written before the elevation option existed still resumes with the default range
+    meta = json.loads((out / "clips.json").read_text())
+    (out / "clips.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "elevation"}))
+    assert make_clips(out, opts, progress=False) == files
 
 
 def test_make_clips_skips_a_scene_that_stalls_and_remembers_it(tmp_path):
@@ -381,6 +413,14 @@ def refine_weights():
     from refine import DEFAULT_WEIGHTS_DIR
 
     return DEFAULT_WEIGHTS_DIR
+
+
+def test_train_refiner_cli_rejects_bad_elevation(capsys):
+    from hybridsim.cli import main
+
+    for bad in ("elevation=10", "elevation=a,b", "elevation=20,95"):
+        assert main(["train-refiner", bad]) == 2
+        assert "train-refiner elevation" in capsys.readouterr().err
 
 
 def test_train_refiner_cli_rejects_bad_options(capsys):
