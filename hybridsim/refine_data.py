@@ -79,6 +79,8 @@ def textured_box_obj(size: tuple[float, float, float], tile: float = 0.25) -> Pa
 
 
 ELEVATION = (18.0, 60.0)  # camera elevation range, degrees above the horizontal (the shipped data's)
+PLAIN_FLOOR = 0.5  # probability of a plain-coloured infinite floor (else a photo-textured slab); the shipped data's
+DEFAULT_LIGHT = 0.25  # probability that a scene keeps the scenario's default light; the shipped data's
 
 
 def _look_from(rng: np.random.Generator, target: np.ndarray, res: int, name: str,
@@ -102,11 +104,13 @@ def _color(rng: np.random.Generator) -> tuple[float, float, float]:
 
 
 def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int = 2,
-                 fps: float = 20.0, elevation: tuple[float, float] = ELEVATION) -> Scenario:
-    """A randomised training scene (see the module docstring). Deterministic in `seed`."""
+                 fps: float = 20.0, elevation: tuple[float, float] = ELEVATION, plain_floor: float = PLAIN_FLOOR,
+                 default_light: float = DEFAULT_LIGHT) -> Scenario:
+    """A randomised training scene (see the module docstring). Deterministic in `seed` (and the
+    probabilities: the same draws are made whatever they are, so only the thresholds move)."""
     rng = np.random.default_rng(derive_seed(seed, "refine-data-scene"))
     ents: list[Entity] = []
-    if rng.random() < 0.5:
+    if rng.random() < plain_floor:
         ents.append(Entity(name="ground", type="plane", appearance=Appearance(color=_color(rng)),
                            semantic_class="floor"))
     else:
@@ -157,7 +161,7 @@ def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int 
     amb = float(rng.uniform(0.05, 0.3))
     lighting = Lighting(direction=direction, color=tuple(float(v) for v in tint),
                         intensity=float(rng.uniform(2.5, 7.0)), ambient=(amb, amb, amb))
-    if rng.random() < 0.25:  # the scenario default, which most user scenarios keep
+    if rng.random() < default_light:  # the scenario default, which most user scenarios keep
         lighting = Lighting()
     scen = Scenario(name=f"refine_data_{seed}", seed=int(seed) % (2**31), entities=ents, cameras=cams,
                     timing=Timing(duration=frames / fps, fps=fps, dt=1.0 / (fps * 5), substeps=2),
@@ -178,6 +182,8 @@ class ClipOptions:
     n_cameras: int = 2
     seed: int = 0
     elevation: tuple[float, float] = ELEVATION  # degrees; 90 = looking straight down
+    plain_floor: float = PLAIN_FLOOR  # probability of a plain floor (else a photo-textured slab)
+    default_light: float = DEFAULT_LIGHT  # probability of the scenario's default light (else random)
 
     def check(self) -> None:
         for name in ("scenes", "frames", "res", "n_envs", "n_cameras"):
@@ -186,6 +192,9 @@ class ClipOptions:
         lo, hi = self.elevation
         if not 0.0 <= lo <= hi <= 90.0:
             raise DataError(f"elevation={lo},{hi} must satisfy 0 <= low <= high <= 90 (degrees)")
+        for name in ("plain_floor", "default_light"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise DataError(f"{name}={getattr(self, name)} must be a probability in [0, 1]")
         if self.res % 8:
             raise DataError(f"res={self.res} must be a multiple of 8 (the refiner's patch size)")
 
@@ -211,13 +220,16 @@ def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True,
     out.mkdir(parents=True, exist_ok=True)
     meta = {k: getattr(opts, k) for k in ("scenes", "frames", "res", "n_envs", "n_cameras", "seed")}
     meta["elevation"] = [float(v) for v in opts.elevation]
+    meta["plain_floor"], meta["default_light"] = float(opts.plain_floor), float(opts.default_light)
     meta["cond_channels"] = CLIP_COND_CHANNELS  # clips made before the shading cues have 7
     meta_path = out / "clips.json"
     skipped: list[int] = []
     made_by = None
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        old.setdefault("elevation", list(ELEVATION))  # folders made before the option existed
+        old.setdefault("elevation", list(ELEVATION))  # folders made before these options existed
+        old.setdefault("plain_floor", PLAIN_FLOOR)
+        old.setdefault("default_light", DEFAULT_LIGHT)
         diff = {k: (old.get(k), v) for k, v in meta.items() if k != "scenes" and old.get(k) != v}
         if diff:
             raise DataError(f"{out} holds clips made with other options {diff} (old, new); use another "
@@ -310,7 +322,8 @@ def _clip_worker(out_dir: str, opts: ClipOptions, todo: list[int], threads: int)
     for i in todo:
         path = out / f"scene_{i:04d}.npz"
         scen = random_scene(derive_seed(opts.seed, "scene", i), frames=opts.frames, res=opts.res,
-                            n_cameras=opts.n_cameras, elevation=opts.elevation)
+                            n_cameras=opts.n_cameras, elevation=opts.elevation, plain_floor=opts.plain_floor,
+                            default_light=opts.default_light)
         cfg = RunConfig(scenario=scen, n_envs=opts.n_envs, reference=True, progress=False,
                         render=RenderConfig())
         sim = Simulation(cfg)

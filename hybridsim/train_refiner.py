@@ -27,6 +27,8 @@ DEFAULTS = {
     # data
     "scenes": 20, "frames": 12, "res": 128, "n_envs": 4, "cameras": 2, "data_seed": 0,
     "elevation": "18,60",  # camera elevation range of the random scenes, degrees (90 = straight down)
+    "plain": 0.5,  # probability of a plain-coloured floor in a random scene (else a photo-textured slab)
+    "default_light": 0.25,  # probability that a random scene keeps the scenario's default light
     # training
     "phase1": 700, "phase2": 300, "phase3": 0, "batch": 2, "clip_frames": 6, "lr": 3e-4, "seed": 0,
     "checkpoint_every": 50, "threads": 0, "device": "cpu", "prediction": "sample",
@@ -46,6 +48,9 @@ def main(overrides: list[str]) -> int:
     positive(opts, "train-refiner", "scenes", "frames", "res", "n_envs", "cameras", "batch", "clip_frames", "lr")
     _sampler(opts["sigmas"], opts["noise"])  # a bad list fails now, not after the data is made
     _elevation(opts["elevation"])
+    for key in ("plain", "default_light"):
+        if not 0.0 <= opts[key] <= 1.0:
+            raise SpecError(f"train-refiner {key}", f"must be a probability in [0, 1], got {opts[key]}")
     for key in ("head", "phase3", "ssim", "temporal"):
         if opts[key] < 0:
             raise SpecError(f"train-refiner {key}", f"must be >= 0, got {opts[key]}")
@@ -73,7 +78,8 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     t0 = time.perf_counter()
     files = make_clips(out / "clips", ClipOptions(scenes=opts["scenes"], frames=opts["frames"], res=opts["res"],
                                                   n_envs=opts["n_envs"], n_cameras=opts["cameras"],
-                                                  seed=opts["data_seed"], elevation=_elevation(opts["elevation"])),
+                                                  seed=opts["data_seed"], elevation=_elevation(opts["elevation"]),
+                                                  plain_floor=opts["plain"], default_light=opts["default_light"]),
                        progress=opts["progress"])
     data_s = time.perf_counter() - t0
     from refine.conditioning import COND_CHANNELS, SHADING_CHANNELS
