@@ -32,7 +32,7 @@ class RefineSettings:
     weights: str | None = None  # folder with a saved refiner; None = the default shipped model
     steps: int | None = None  # denoising steps per block; None = the model's default
     sigmas: list[float] | None = None  # explicit noise levels per block (overrides steps); None = default
-    noise: str | None = None  # "static" or "fresh" sampler noise; None = the model's saved choice
+    noise: str | None = None  # "zero", "static" or "fresh" sampler noise; None = the model's saved choice
     device: str = "auto"
     overlap: bool = True  # refine on a worker thread while the next block is simulated and rendered
 

@@ -106,8 +106,8 @@ def _color(rng: np.random.Generator) -> tuple[float, float, float]:
 def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int = 2,
                  fps: float = 20.0, elevation: tuple[float, float] = ELEVATION, plain_floor: float = PLAIN_FLOOR,
                  default_light: float = DEFAULT_LIGHT) -> Scenario:
-    """A randomised training scene (see the module docstring). Deterministic in `seed` (and the
-    probabilities: the same draws are made whatever they are, so only the thresholds move)."""
+    """A randomised training scene (see the module docstring). Deterministic in `seed` and the
+    options; the default probabilities are the thresholds the shipped data was made with."""
     rng = np.random.default_rng(derive_seed(seed, "refine-data-scene"))
     ents: list[Entity] = []
     if rng.random() < plain_floor:

@@ -115,7 +115,7 @@ class ModelConfig:
         return self.sink_frames + self.window_frames
 
 
-NOISE_MODES = ("fresh", "static")
+NOISE_MODES = ("fresh", "static", "zero")
 
 
 @dataclass(frozen=True)
@@ -136,12 +136,16 @@ class SamplerConfig:
     # "fresh": new noise for every block and step. "static": one noise field per env and step,
     # drawn at reset and reused for every frame of every block, so a pixel that does not change
     # is noised, and so refined, the same way in every frame (less flicker; see NOTES.md).
+    # "zero": no noise at all; the block starts from the coarse render and each step re-scales the
+    # predicted x0 to the next sigma (a deterministic refiner: the model's conditional mean, not a
+    # sample; it trains with fresh noise, and only its self-rollout phase runs noise-free).
     noise: str = "fresh"
 
     def __post_init__(self) -> None:
         if self.noise not in NOISE_MODES:
             raise RefineError(f"noise={self.noise!r} must be one of {NOISE_MODES}; 'static' reuses one "
-                              "noise field for every block (steadier video), 'fresh' draws new noise per block")
+                              "noise field for every block (steadier video), 'fresh' draws new noise per block, "
+                              "'zero' samples deterministically")
         if self.sigmas is not None:
             s = tuple(float(x) for x in self.sigmas)
             object.__setattr__(self, "sigmas", s)

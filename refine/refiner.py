@@ -97,6 +97,8 @@ class Refiner:
         def noise(k: int) -> Tensor:
             if self._static is not None:
                 return self._static[:, k].expand(-1, f, -1, -1, -1)
+            if self.sampler.cfg.noise == "zero":
+                return torch.zeros((self.batch_size, *shape), device=self.device)
             return draw_noise(self._gens, shape, self.device)
 
         start = model.coarse_x0(cond)  # [B, F, 3, H, W]

@@ -163,13 +163,15 @@ def teacher_forcing_loss(model, cond: Tensor, target: Tensor, sigma_blocks: Tens
 
 
 def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen: torch.Generator,
-                 ssim_weight: float = 0.0, temporal_weight: float = 0.0, static_noise: bool = False) -> Tensor:
+                 ssim_weight: float = 0.0, temporal_weight: float = 0.0, static_noise: bool = False,
+                 zero_noise: bool = False) -> Tensor:
     """Self-rollout through the KV cache; supervised x0 loss at one random exit step per block
     (+ the SSIM term, + the temporal term within the block and against the previous block's
     last refined frame).
 
     Gradients flow through the exit step's forward only (earlier steps, the clean passes and
     the cached context are computed without gradient), and are accumulated block by block.
+    static_noise / zero_noise: draw the noise as the sampler's noise="static" / "zero" does.
     Returns the mean loss (already back-propagated).
     """
     f = model.spec.frames_per_block
@@ -181,7 +183,9 @@ def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen
     block = (b, f, target.shape[2], h, w)
     fields = _noise((b, len(sig_list), *block[2:]), gen, False)[:, :, None] if static_noise else None
 
-    def noise(k: int) -> Tensor:  # as refine.Refiner draws it: per block, or one field per step
+    def noise(k: int) -> Tensor:  # as refine.Refiner draws it: per block, one field per step, or none
+        if zero_noise:
+            return torch.zeros(block, device=dev)
         if fields is not None:
             return fields[:, k].expand(block).to(dev)
         return torch.randn(block, generator=gen).to(dev)
@@ -306,6 +310,9 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
     _trim_log(log_path, start)
     sig_list = sigma_schedule(cfg.sampler)
     static = cfg.sampler.noise == "static"  # train on the noise the sampler will draw
+    # noise="zero" samples deterministically: teacher forcing still needs noisy inputs (fresh noise),
+    # while the self-rollout phase runs exactly the sampler's noise-free steps
+    zero = cfg.sampler.noise == "zero"
     f = model.spec.frames_per_block
     end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
     loss_val, ckpt = float("nan"), None
@@ -319,7 +326,7 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
             cond, target = cond.to(dev), target.to(dev)
             if phase == 3:
                 loss = rollout_loss(model, cond, target, sig_list, gen, cfg.ssim_weight, cfg.temporal_weight,
-                                    static_noise=static)
+                                    static_noise=static, zero_noise=zero)
             else:
                 n_blocks = target.shape[1] // f
                 sig = _block_sigmas(target.shape[0], n_blocks, phase, cfg, sig_list, gen)

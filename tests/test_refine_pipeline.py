@@ -305,6 +305,23 @@ def test_random_scene_cameras_follow_the_elevation_range():
         ClipOptions(elevation=(60.0, 30.0)).check()
 
 
+def test_random_scene_floor_and_light_probabilities():
+    from hybridsim.refine_data import ClipOptions, DataError, random_scene
+    from hybridsim.spec import Lighting
+
+    # the defaults are the shipped data's thresholds (0.5 / 0.25), so default scenes are unchanged
+    plain = [random_scene(s, plain_floor=1.0, default_light=1.0) for s in range(8)]
+    slab = [random_scene(s, plain_floor=0.0, default_light=0.0) for s in range(8)]
+    base = [random_scene(s) for s in range(8)]
+    assert all(p.entities[0].type == "plane" and p.lighting == Lighting() for p in plain)
+    assert all(q.entities[0].type == "mesh" and q.lighting != Lighting() for q in slab)
+    assert {b.entities[0].type for b in base} == {"plane", "mesh"}
+    assert base == [random_scene(s, plain_floor=0.5, default_light=0.25) for s in range(8)]
+    for bad in ({"plain_floor": 1.5}, {"default_light": -0.1}):
+        with pytest.raises(DataError, match=next(iter(bad))):
+            ClipOptions(**bad).check()
+
+
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     from hybridsim.refine_data import ClipOptions, make_clips
@@ -421,6 +438,9 @@ def test_train_refiner_cli_rejects_bad_elevation(capsys):
     for bad in ("elevation=10", "elevation=a,b", "elevation=20,95"):
         assert main(["train-refiner", bad]) == 2
         assert "train-refiner elevation" in capsys.readouterr().err
+    for bad, key in (("plain=1.5", "plain"), ("default_light=-1", "default_light")):
+        assert main(["train-refiner", bad]) == 2
+        assert f"train-refiner {key}" in capsys.readouterr().err
 
 
 def test_train_refiner_cli_rejects_bad_options(capsys):

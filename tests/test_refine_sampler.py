@@ -126,6 +126,22 @@ def test_static_noise_reuses_one_field_for_every_frame_and_block(cond):
         SamplerConfig(noise="warped")
 
 
+def test_zero_noise_is_deterministic_and_starts_from_the_coarse_render(cond):
+    """noise="zero": every step sees the scaled previous x0 and no noise, so the output does not
+    depend on the seed, the first step sees exactly (1 - sigma_0) * coarse, and the cached and
+    recomputed rollouts agree until the first eviction."""
+    model = tiny_model(seed=0, frames_per_block=2)
+    cfg = SamplerConfig(sigmas=(0.4, 0.2), noise="zero")
+    seen = _first_step_noise(model, cfg, cond)
+    assert len(seen) == 3 and all(float(n.abs().max()) < 1e-6 for n in seen)
+    a = Refiner(model, cfg).refine_video(cond, seed=3)
+    assert torch.equal(a, Refiner(model, cfg).refine_video(cond, seed=4))
+    b = Refiner(model, cfg, recompute=True).refine_video(cond, seed=9)
+    torch.testing.assert_close(a[:, :4], b[:, :4], atol=1e-5, rtol=0)
+    # and it is not the noisy sampler in disguise
+    assert (a - Refiner(model, SamplerConfig(sigmas=(0.4, 0.2))).refine_video(cond, seed=3)).abs().max() > 1e-3
+
+
 def test_latent_refiner_returns_unclamped_latents():
     model = tiny_model(seed=0, frames_per_block=2, out_channels=4, cond_channels=7)
     cond = torch.rand(1, 4, 7, 16, 16, generator=torch.Generator().manual_seed(2)) * 4 - 2

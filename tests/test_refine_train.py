@@ -138,3 +138,17 @@ def test_temporal_term_and_static_noise_change_training_as_documented(clips, tmp
     assert a[0] != c[0] and all(map(lambda x: x == x, c))  # finite, different noise from step 0
     with pytest.raises(RefineError, match="temporal_weight"):
         _cfg(temporal_weight=-1.0)
+
+
+def test_zero_noise_trains_teacher_forcing_with_noise_and_rolls_out_without(clips, tmp_path):
+    """noise="zero" is a sampling mode: phases 1-2 (teacher forcing) are the fresh-noise run's,
+    step for step; only the self-rollout phase (3) changes, since it runs the sampler's steps."""
+    losses = {}
+    for mode in ("fresh", "zero"):
+        train(tiny_model(0, prediction="sample"), clips,
+              _cfg(checkpoint_every=100, sampler=SamplerConfig(num_steps=2, noise=mode)), tmp_path / mode)
+        losses[mode] = _losses(tmp_path / mode)
+    fresh, zero = losses["fresh"], losses["zero"]
+    assert len(fresh) == len(zero) == 14
+    assert fresh[:12] == zero[:12] and fresh[12:] != zero[12:]
+    assert all(x == x for x in zero)
