@@ -61,7 +61,7 @@ def test_cached_equals_dense_forward_on_cuda(f, sink, window, t):
     torch.testing.assert_close(torch.cat(outs, 1), ref, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("noise", ["fresh", "static"])
+@pytest.mark.parametrize("noise", ["fresh", "static", "zero"])
 def test_refiner_on_cuda_is_deterministic_and_returns_to_the_callers_device(noise):
     model = tiny_model(seed=0, frames_per_block=2)
     cond = torch.rand(2, 6, 7, H, W, generator=torch.Generator().manual_seed(4))
