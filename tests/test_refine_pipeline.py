@@ -495,7 +495,7 @@ def test_default_weights_are_shipped_and_recorded():
     from hybridsim.refining import sampler_config
 
     shipped = sampler_config(RefineSettings(), Path(DEFAULT_WEIGHTS_DIR))  # what `hybridsim run` samples with
-    assert shipped.sigmas == (0.2, 0.1, 0.05) and shipped.noise == "static"
+    assert shipped.sigmas == (0.2, 0.1, 0.05) and shipped.noise == "zero"
 
 
 def test_warp_back_undoes_a_known_shift():
