@@ -39,6 +39,7 @@ DEFAULTS = {
     "temporal": 0.0,  # weight of the frame-to-frame change term in phases 2 and 3 (TrainConfig.temporal_weight)
     "noise": "fresh",  # sampler noise trained on and shipped: fresh per block, or one static field
     "init": "",  # start from this saved refiner (fine-tune), e.g. init=refine/weights; '' = fresh weights
+    "train_only": "",  # comma-separated parameter-name prefixes to train, e.g. pixel_head; '' = all
     "install": False, "progress": True,
 }
 
@@ -56,6 +57,8 @@ def main(overrides: list[str]) -> int:
             raise SpecError(f"train-refiner {key}", f"must be >= 0, got {opts[key]}")
     if opts["init"]:
         _init_model(opts)  # a missing or mismatched folder fails now, not after the data is made
+    if opts["train_only"]:
+        _check_train_only(opts)
     result = train_refiner(opts, command="hybridsim train-refiner " + " ".join(shlex.quote(o) for o in overrides))
     print(f"trained {result['steps']} steps (final loss {result['final_loss']:.4f}) -> {result['model_dir']}"
           + (f"; installed to {result['installed']}" if result.get("installed") else ""))
@@ -65,8 +68,7 @@ def main(overrides: list[str]) -> int:
 def train_refiner(opts: dict, command: str = "") -> dict:
     import torch
 
-    from refine import ModelConfig, TrainConfig
-    from refine.model import CausalWanRefiner
+    from refine import TrainConfig
     from refine.train import train  # not `from refine import train`: once refine.train is imported
     # as a module, the package attribute `train` is that module, not the lazy function
 
@@ -82,24 +84,19 @@ def train_refiner(opts: dict, command: str = "") -> dict:
                                                   plain_floor=opts["plain"], default_light=opts["default_light"]),
                        progress=opts["progress"])
     data_s = time.perf_counter() - t0
-    from refine.conditioning import COND_CHANNELS, SHADING_CHANNELS
-
-    mcfg = ModelConfig(sample_height=opts["res"], sample_width=opts["res"], prediction=opts["prediction"],
-                       cond_channels=COND_CHANNELS + (SHADING_CHANNELS if opts["shading"] else 0),
-                       head_channels=opts["head"])
-    clips = ClipDataset(files, channels=mcfg.cond_channels)
     torch.manual_seed(opts["seed"])
     init = None
     if opts["init"]:
         model, init = _init_model(opts)
     else:
-        model = CausalWanRefiner(**{k: getattr(mcfg, k) for k in mcfg.__dataclass_fields__})
+        model = _fresh_model(opts)
+    clips = ClipDataset(files, channels=model.spec.cond_channels)
     sampler_cfg = _sampler(opts["sigmas"], opts["noise"])
     tcfg = TrainConfig(phase1_steps=opts["phase1"], phase2_steps=opts["phase2"], phase3_steps=opts["phase3"],
                        batch_size=opts["batch"], ssim_weight=opts["ssim"], temporal_weight=opts["temporal"],
                        clip_frames=opts["clip_frames"], lr=opts["lr"], seed=opts["seed"], device=opts["device"],
                        checkpoint_every=opts["checkpoint_every"], progress=opts["progress"],
-                       sampler=sampler_cfg)
+                       sampler=sampler_cfg, train_only=_prefixes(opts["train_only"]))
     t1 = time.perf_counter()
     res = train(model, clips, tcfg, out / "train")
     train_s = time.perf_counter() - t1
@@ -132,6 +129,30 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     return record
 
 
+def _fresh_model(opts: dict):
+    """A randomly initialised refiner of the architecture the options name (torch's global seed)."""
+    from refine import ModelConfig
+    from refine.conditioning import COND_CHANNELS, SHADING_CHANNELS
+    from refine.model import CausalWanRefiner
+
+    mcfg = ModelConfig(sample_height=opts["res"], sample_width=opts["res"], prediction=opts["prediction"],
+                       cond_channels=COND_CHANNELS + (SHADING_CHANNELS if opts["shading"] else 0),
+                       head_channels=opts["head"])
+    return CausalWanRefiner(**{k: getattr(mcfg, k) for k in mcfg.__dataclass_fields__})
+
+
+def _check_train_only(opts: dict) -> None:
+    """A train_only prefix that names no parameter of the model fails before any data is made."""
+    from refine import RefineError
+    from refine.train import _trainable
+
+    model = _init_model(opts)[0] if opts["init"] else _fresh_model(opts)
+    try:
+        _trainable(model, _prefixes(opts["train_only"]))
+    except RefineError as err:
+        raise SpecError("train-refiner train_only", str(err)) from None
+
+
 # options that fix the architecture; a fine-tune (init=) must agree with the folder's model
 ARCH_OPTIONS = {"res": "sample_height", "prediction": "prediction", "head": "head_channels"}
 
@@ -162,6 +183,10 @@ def _init_model(opts: dict):
     record = folder / "training.json"
     parent = json.loads(record.read_text()) if record.is_file() else None
     return model, {"folder": str(folder.resolve()), "training": parent}
+
+
+def _prefixes(text: str) -> tuple[str, ...]:
+    return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
 def _elevation(text: str) -> tuple[float, float]:

@@ -182,6 +182,9 @@ class TrainConfig:
     # that a per-frame loss cannot see
     temporal_weight: float = 0.0
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    # train only the parameters whose names start with one of these prefixes (e.g. ("pixel_head",)
+    # to fine-tune the output head of a trained model with the transformer frozen); () = all
+    train_only: tuple[str, ...] = ()
     seed: int = 0
     device: str = "cpu"
     checkpoint_every: int = 100
@@ -204,6 +207,10 @@ class TrainConfig:
                               f"finite (got {self.grad_clip})")
         if self.clip_frames is not None:
             _positive("clip_frames", self.clip_frames)
+        object.__setattr__(self, "train_only", tuple(str(p) for p in self.train_only))
+        if any(not p for p in self.train_only):
+            raise RefineError(f"train_only={self.train_only} holds an empty prefix; name parameter prefixes "
+                              "such as 'pixel_head', or leave it empty to train everything")
 
     @property
     def total_steps(self) -> int:

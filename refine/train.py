@@ -291,6 +291,24 @@ def _trim_log(path: Path, step: int) -> None:
     atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
 
 
+def _trainable(model, prefixes: tuple[str, ...]) -> list:
+    """Mark the parameters to train (all, or those named with one of `prefixes`) and return them;
+    the others are frozen (requires_grad False), so no gradient is computed through them."""
+    if not prefixes:
+        for p in model.parameters():
+            p.requires_grad_(True)
+        return list(model.parameters())
+    chosen = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(name.startswith(prefixes))
+        if p.requires_grad:
+            chosen.append(p)
+    if not chosen:
+        tops = sorted({n.split(".")[0] for n, _ in model.named_parameters()})
+        raise RefineError(f"train_only={prefixes} names no parameter of this model; its modules: {tops}")
+    return chosen
+
+
 def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_after: int | None = None) -> TrainResult:
     """Train `model` in place; resumes from out_dir/checkpoints/latest if present.
 
@@ -304,7 +322,8 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
     dev = torch.device(cfg.device)
     model.to(dev).train()
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    params = _trainable(model, cfg.train_only)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     start = _load_checkpoint(out, model, opt, gen)
     log_path = out / "loss.jsonl"
     _trim_log(log_path, start)
@@ -339,7 +358,7 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
             loss_val = float(loss.detach())
             if not math.isfinite(loss_val):
                 raise RefineError(f"loss became {loss_val} at step {step}; lower TrainConfig.lr={cfg.lr}")
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             log.write(json.dumps({"step": step, "phase": phase, "loss": loss_val, "lr": _lr(step, cfg)}) + "\n")
@@ -350,6 +369,8 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
                 ckpt = _save_checkpoint(out, step + 1, model, opt, gen, cfg)
     bar.close()
     model.eval()
+    for p in model.parameters():  # hand the model back as it came: nothing frozen
+        p.requires_grad_(True)
     model_dir = None
     if end == cfg.total_steps:
         model_dir = out / "model"
