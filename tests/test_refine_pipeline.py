@@ -460,6 +460,9 @@ def test_train_refiner_cli_rejects_bad_options(capsys):
     assert "train-refiner init" in capsys.readouterr().err
     assert main(["train-refiner", "init=" + str(refine_weights()), "head=0"]) == 2
     assert "train-refiner head: 0 but the init model" in capsys.readouterr().err
+    assert main(["train-refiner", "train_only=decoder"]) == 2
+    err = capsys.readouterr().err
+    assert "train-refiner train_only" in err and "pixel_head" in err  # names the model's modules
 
 
 def test_sampler_noise_comes_from_the_weights_unless_the_run_names_it(tmp_path):

@@ -152,3 +152,18 @@ def test_zero_noise_trains_teacher_forcing_with_noise_and_rolls_out_without(clip
     assert len(fresh) == len(zero) == 14
     assert fresh[:12] == zero[:12] and fresh[12:] != zero[12:]
     assert all(x == x for x in zero)
+
+
+def test_train_only_updates_the_named_parameters_and_nothing_else(clips, tmp_path):
+    model = tiny_model(0, prediction="sample", head_channels=4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    train(model, clips, _cfg(phase1_steps=3, phase2_steps=2, phase3_steps=1, train_only=("pixel_head",),
+                             checkpoint_every=100), tmp_path / "head")
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and all(n.startswith("pixel_head") for n in changed)
+    assert "pixel_head.2.weight" in changed  # the zero-initialised last conv learns
+    assert all(p.requires_grad for p in model.parameters())  # handed back unfrozen
+    with pytest.raises(RefineError, match="names no parameter.*proj_out"):
+        train(tiny_model(0), clips, _cfg(train_only=("decoder",)), tmp_path / "bad")
+    with pytest.raises(RefineError, match="empty prefix"):
+        _cfg(train_only=("",))
