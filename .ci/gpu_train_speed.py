@@ -23,7 +23,7 @@ rows = []
 for b in batches:
     torch.manual_seed(0)
     spec = ModelConfig(cond_channels=14, head_channels=16, prediction="sample")
-    model = CausalWanRefiner(**{k: getattr(spec, k) for k in spec.__dataclass_fields__})
+    model = CausalWanRefiner.from_spec(spec)
     times = []
     for n in (1, 2, 2 + steps):  # a warm-up call, then two runs whose difference is `steps` steps
         with tempfile.TemporaryDirectory() as d:

@@ -55,10 +55,11 @@ def main(overrides: list[str]) -> int:
     for key in ("head", "phase3", "ssim", "temporal"):
         if opts[key] < 0:
             raise SpecError(f"train-refiner {key}", f"must be >= 0, got {opts[key]}")
-    if opts["init"]:
-        _init_model(opts)  # a missing or mismatched folder fails now, not after the data is made
+    # a missing or mismatched init folder, or a train_only prefix that names nothing, fails now,
+    # not after the data is made
+    init_model = _init_model(opts)[0] if opts["init"] else None
     if opts["train_only"]:
-        _check_train_only(opts)
+        _check_train_only(opts, init_model)
     result = train_refiner(opts, command="hybridsim train-refiner " + " ".join(shlex.quote(o) for o in overrides))
     print(f"trained {result['steps']} steps (final loss {result['final_loss']:.4f}) -> {result['model_dir']}"
           + (f"; installed to {result['installed']}" if result.get("installed") else ""))
@@ -138,17 +139,17 @@ def _fresh_model(opts: dict):
     mcfg = ModelConfig(sample_height=opts["res"], sample_width=opts["res"], prediction=opts["prediction"],
                        cond_channels=COND_CHANNELS + (SHADING_CHANNELS if opts["shading"] else 0),
                        head_channels=opts["head"])
-    return CausalWanRefiner(**{k: getattr(mcfg, k) for k in mcfg.__dataclass_fields__})
+    return CausalWanRefiner.from_spec(mcfg)
 
 
-def _check_train_only(opts: dict) -> None:
-    """A train_only prefix that names no parameter of the model fails before any data is made."""
+def _check_train_only(opts: dict, model=None) -> None:
+    """SpecError if a train_only prefix names no parameter of `model` (default: a fresh one of the
+    options' architecture)."""
     from refine import RefineError
     from refine.train import _trainable
 
-    model = _init_model(opts)[0] if opts["init"] else _fresh_model(opts)
     try:
-        _trainable(model, _prefixes(opts["train_only"]))
+        _trainable(model if model is not None else _fresh_model(opts), _prefixes(opts["train_only"]))
     except RefineError as err:
         raise SpecError("train-refiner train_only", str(err)) from None
 

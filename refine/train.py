@@ -292,11 +292,9 @@ def _trim_log(path: Path, step: int) -> None:
 
 
 def _trainable(model, prefixes: tuple[str, ...]) -> list:
-    """Mark the parameters to train (all, or those named with one of `prefixes`) and return them;
-    the others are frozen (requires_grad False), so no gradient is computed through them."""
+    """The parameters to train: all (flags untouched), or those named with one of `prefixes`, the
+    others then frozen (requires_grad False) so that no gradient is computed through them."""
     if not prefixes:
-        for p in model.parameters():
-            p.requires_grad_(True)
         return list(model.parameters())
     chosen = []
     for name, p in model.named_parameters():
@@ -322,6 +320,7 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
     dev = torch.device(cfg.device)
     model.to(dev).train()
     gen = torch.Generator().manual_seed(cfg.seed)
+    flags = [p.requires_grad for p in model.parameters()]  # train_only freezes; restored at the end
     params = _trainable(model, cfg.train_only)
     opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     start = _load_checkpoint(out, model, opt, gen)
@@ -369,8 +368,8 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
                 ckpt = _save_checkpoint(out, step + 1, model, opt, gen, cfg)
     bar.close()
     model.eval()
-    for p in model.parameters():  # hand the model back as it came: nothing frozen
-        p.requires_grad_(True)
+    for p, flag in zip(model.parameters(), flags):  # hand the model back as it came
+        p.requires_grad_(flag)
     model_dir = None
     if end == cfg.total_steps:
         model_dir = out / "model"
