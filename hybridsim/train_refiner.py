@@ -34,9 +34,11 @@ DEFAULTS = {
     "checkpoint_every": 50, "threads": 0, "device": "cpu", "prediction": "sample",
     "shading": True,  # 14 condition channels: G-buffer + normals / light (refine.conditioning)
     "head": 16,  # pixel head features per pixel (refine ModelConfig.head_channels); 0 = Wan's un-patchify
+    "unpatchify": "linear",  # tokens to pixels: linear (Wan's p x p blocks) or smooth (bilinear; ModelConfig)
     "ssim": 0.0,  # weight of a (1 - SSIM) term in phases 2 and 3 (refine TrainConfig.ssim_weight)
     "sigmas": "",  # sigma list that phases 2/3 specialise on and sampler.json ships, e.g. 0.2,0.1,0.05
     "temporal": 0.0,  # weight of the frame-to-frame change term in phases 2 and 3 (TrainConfig.temporal_weight)
+    "loss": "mse",  # per-pixel loss: mse, or charbonnier (a smooth L1; refine TrainConfig.loss)
     "noise": "fresh",  # sampler noise trained on and shipped: fresh per block, or one static field
     "init": "",  # start from this saved refiner (fine-tune), e.g. init=refine/weights; '' = fresh weights
     "train_only": "",  # comma-separated parameter-name prefixes to train, e.g. pixel_head; '' = all
@@ -49,9 +51,16 @@ def main(overrides: list[str]) -> int:
     positive(opts, "train-refiner", "scenes", "frames", "res", "n_envs", "cameras", "batch", "clip_frames", "lr")
     _sampler(opts["sigmas"], opts["noise"])  # a bad list fails now, not after the data is made
     _elevation(opts["elevation"])
+    from refine.config import PIXEL_LOSSES
+    if opts["loss"] not in PIXEL_LOSSES:
+        raise SpecError("train-refiner loss", f"must be one of {', '.join(PIXEL_LOSSES)}, got {opts['loss']!r}")
     for key in ("plain", "default_light"):
         if not 0.0 <= opts[key] <= 1.0:
             raise SpecError(f"train-refiner {key}", f"must be a probability in [0, 1], got {opts[key]}")
+    if opts["unpatchify"] not in ("linear", "smooth"):
+        raise SpecError("train-refiner unpatchify", f"must be linear or smooth, got {opts['unpatchify']!r}")
+    if opts["unpatchify"] == "smooth" and not opts["head"]:
+        raise SpecError("train-refiner unpatchify", "smooth needs the pixel head; set head=16 (or more)")
     for key in ("head", "phase3", "ssim", "temporal"):
         if opts[key] < 0:
             raise SpecError(f"train-refiner {key}", f"must be >= 0, got {opts[key]}")
@@ -97,7 +106,7 @@ def train_refiner(opts: dict, command: str = "") -> dict:
                        batch_size=opts["batch"], ssim_weight=opts["ssim"], temporal_weight=opts["temporal"],
                        clip_frames=opts["clip_frames"], lr=opts["lr"], seed=opts["seed"], device=opts["device"],
                        checkpoint_every=opts["checkpoint_every"], progress=opts["progress"],
-                       sampler=sampler_cfg, train_only=_prefixes(opts["train_only"]))
+                       sampler=sampler_cfg, train_only=_prefixes(opts["train_only"]), loss=opts["loss"])
     t1 = time.perf_counter()
     res = train(model, clips, tcfg, out / "train")
     train_s = time.perf_counter() - t1
@@ -138,7 +147,7 @@ def _fresh_model(opts: dict):
 
     mcfg = ModelConfig(sample_height=opts["res"], sample_width=opts["res"], prediction=opts["prediction"],
                        cond_channels=COND_CHANNELS + (SHADING_CHANNELS if opts["shading"] else 0),
-                       head_channels=opts["head"])
+                       head_channels=opts["head"], unpatchify=opts["unpatchify"])
     return CausalWanRefiner.from_spec(mcfg)
 
 
@@ -155,7 +164,8 @@ def _check_train_only(opts: dict, model=None) -> None:
 
 
 # options that fix the architecture; a fine-tune (init=) must agree with the folder's model
-ARCH_OPTIONS = {"res": "sample_height", "prediction": "prediction", "head": "head_channels"}
+ARCH_OPTIONS = {"res": "sample_height", "prediction": "prediction", "head": "head_channels",
+                "unpatchify": "unpatchify"}
 
 
 def _init_model(opts: dict):

@@ -63,6 +63,12 @@ class ModelConfig:
     # condition detail. 0 keeps Wan's layout (needed to load Wan checkpoints).
     head_channels: int = 0
     head_hidden: int = 32
+    # how token outputs become pixels: "linear" (Wan: each token's p x p block from one Linear) or
+    # "smooth" (head_channels features per token, bilinearly upsampled to pixels; needs the pixel
+    # head). With "smooth" the trunk can only add smooth fields, so fine detail can only come from
+    # the head's full-resolution view of the condition: a flat surface in the render stays flat
+    # (the local-affine idea of bilateral-guided upsampling / HDRNet)
+    unpatchify: str = "linear"
 
     def __post_init__(self) -> None:
         for name in ("patch_size", "num_attention_heads", "attention_head_dim", "out_channels",
@@ -75,6 +81,11 @@ class ModelConfig:
         if self.head_channels < 0 or self.head_hidden <= 0:
             raise RefineError(f"head_channels={self.head_channels} must be >= 0 and head_hidden="
                               f"{self.head_hidden} > 0")
+        if self.unpatchify not in ("linear", "smooth"):
+            raise RefineError(f"unpatchify={self.unpatchify!r} must be 'linear' or 'smooth'")
+        if self.unpatchify == "smooth" and not self.head_channels:
+            raise RefineError("unpatchify='smooth' needs the pixel head (head_channels > 0): the head "
+                              "adds the detail a smooth field cannot")
         if self.cond_channels < 0 or self.cross_attn_tokens < 0 or self.sink_frames < 0:
             raise RefineError("cond_channels, cross_attn_tokens and sink_frames must be >= 0, got "
                               f"{self.cond_channels}, {self.cross_attn_tokens}, {self.sink_frames}")
@@ -160,6 +171,10 @@ class SamplerConfig:
                               "noise or 0.6-0.9 to start from the noised coarse render")
 
 
+PIXEL_LOSSES = ("mse", "charbonnier")
+CHARBONNIER_EPS = 1e-3  # in diffusion units (residual_scale 2: one grey level is 2/255 = 0.0078)
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Training schedule: teacher forcing, then few-step specialisation, optionally self-rollout."""
@@ -181,6 +196,10 @@ class TrainConfig:
     # and the target frame-to-frame change, (x0_t - x0_{t-1}) - (y_t - y_{t-1}); penalises flicker
     # that a per-frame loss cannot see
     temporal_weight: float = 0.0
+    # per-pixel loss on x0 (or v): "mse", or "charbonnier" (sqrt(d^2 + eps^2) - eps, eps =
+    # CHARBONNIER_EPS, an L1 that stays smooth at 0). MSE's gradient vanishes with the error, so a
+    # faint (1 grey level) texture costs almost nothing; L1's does not (NOTES.md, session 7)
+    loss: str = "mse"
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     # train only the parameters whose names start with one of these prefixes (e.g. ("pixel_head",)
     # to fine-tune the output head of a trained model with the transformer frozen); () = all
@@ -207,6 +226,8 @@ class TrainConfig:
                               f"finite (got {self.grad_clip})")
         if self.clip_frames is not None:
             _positive("clip_frames", self.clip_frames)
+        if self.loss not in PIXEL_LOSSES:
+            raise RefineError(f"loss={self.loss!r} is not one of {PIXEL_LOSSES}")
         object.__setattr__(self, "train_only", tuple(str(p) for p in self.train_only))
         if any(not p for p in self.train_only):
             raise RefineError(f"train_only={self.train_only} holds an empty prefix; name parameter prefixes "

@@ -145,13 +145,14 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
                  window_frames: int = _D.window_frames, residual_space: bool = _D.residual_space,
                  residual_scale: float = _D.residual_scale, sample_height: int = _D.sample_height,
                  sample_width: int = _D.sample_width, prediction: str = _D.prediction,
-                 head_channels: int = _D.head_channels, head_hidden: int = _D.head_hidden):
+                 head_channels: int = _D.head_channels, head_hidden: int = _D.head_hidden,
+                 unpatchify: str = _D.unpatchify):
         super().__init__()
         cfg = ModelConfig(**{f.name: v for f, v in zip(fields(ModelConfig), (
             patch_size, num_attention_heads, attention_head_dim, cond_channels, out_channels, freq_dim,
             ffn_dim, num_layers, eps, cross_attn_tokens, cross_attn_norm, rope_max_seq_len, rope_theta,
             frames_per_block, sink_frames, window_frames, residual_space, residual_scale, sample_height,
-            sample_width, prediction, head_channels, head_hidden))})
+            sample_width, prediction, head_channels, head_hidden, unpatchify))})
         self.spec = cfg
         dim, p = cfg.dim, cfg.patch_size
         self.rope = RotaryTables(cfg.attention_head_dim, cfg.rope_max_seq_len, cfg.rope_theta)
@@ -163,7 +164,8 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
             CausalWanBlock(dim, cfg.ffn_dim, cfg.num_attention_heads, cfg.eps, n_ctx > 0, cfg.cross_attn_norm)
             for _ in range(cfg.num_layers)])
         self.norm_out = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
-        self.proj_out = nn.Linear(dim, (cfg.head_channels or cfg.out_channels) * p * p)
+        per_token = 1 if cfg.unpatchify == "smooth" else p * p
+        self.proj_out = nn.Linear(dim, (cfg.head_channels or cfg.out_channels) * per_token)
         self.pixel_head = None
         if cfg.head_channels:
             hid = cfg.head_hidden
@@ -231,9 +233,13 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
             x = block(x, mod, attend, i, self.null_context)
         shift, scale = (self.scale_shift_table[None] + temb[:, :, None]).chunk(2, dim=2)  # [B, T, 1, D] x2
         x = _modulate(self.norm_out(x), shift, scale, t)
-        x = self.proj_out(x)  # [B, N, p*p*Cs]
-        x = x.reshape(b, t, hp, wp, p, p, -1).permute(0, 1, 6, 2, 4, 3, 5)  # [B, T, Cs, hp, p, wp, p]
-        out = x.reshape(b, t, -1, h, w)
+        x = self.proj_out(x)  # [B, N, p*p*Cs] (linear) or [B, N, Cs] (smooth)
+        if self.spec.unpatchify == "smooth":  # one value per token and channel, bilinear to pixels
+            x = x.reshape(b * t, hp, wp, -1).permute(0, 3, 1, 2)  # [B*T, Cs, hp, wp]
+            out = Fn.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).unflatten(0, (b, t))
+        else:
+            x = x.reshape(b, t, hp, wp, p, p, -1).permute(0, 1, 6, 2, 4, 3, 5)  # [B, T, Cs, hp, p, wp, p]
+            out = x.reshape(b, t, -1, h, w)
         if self.pixel_head is not None:  # [B, T, head + Cs + Cc, H, W] -> [B, T, Cs, H, W]
             feats = torch.cat([out, sample.to(out.dtype), cond.to(out.dtype)], 2).flatten(0, 1)
             # channels-last: oneDNN's (and cuDNN's) faster layout for this small 3x3 conv head

@@ -26,7 +26,7 @@ import torch.nn.functional as Fn
 from torch import Tensor
 
 from refine.checkpoint import atomic_write_bytes, check_state_dict, read_json, read_safetensors, WEIGHTS_NAME
-from refine.config import TrainConfig
+from refine.config import CHARBONNIER_EPS, TrainConfig
 from refine.errors import RefineError
 from refine.layout import FrameLayout
 from refine.model import SAMPLE_MIN_SIGMA
@@ -115,6 +115,17 @@ def ssim_loss(pred: Tensor, target: Tensor, window: int = 7) -> Tensor:
     return 1.0 - ssim.mean()
 
 
+def pixel_loss(pred: Tensor, target: Tensor, kind: str = "mse") -> Tensor:
+    """Mean per-element loss: "mse", or "charbonnier" = mean(sqrt(d^2 + eps^2) - eps), an L1 whose
+    gradient keeps its size as the error shrinks (so faint texture on a flat surface is pushed to 0)."""
+    if kind == "mse":
+        return Fn.mse_loss(pred, target)
+    if kind == "charbonnier":
+        d = pred - target
+        return (torch.sqrt(d * d + CHARBONNIER_EPS ** 2) - CHARBONNIER_EPS).mean()
+    raise RefineError(f"pixel loss {kind!r} is not 'mse' or 'charbonnier'")
+
+
 def temporal_loss(pred: Tensor, target: Tensor) -> Tensor:
     """Mean squared error of frame-to-frame changes: [B, T, C, H, W] x2 -> scalar (T >= 2)."""
     return Fn.mse_loss(pred[:, 1:] - pred[:, :-1], target[:, 1:] - target[:, :-1])
@@ -129,8 +140,8 @@ def _noise(shape: tuple[int, ...], gen: torch.Generator, static: bool) -> Tensor
 
 def teacher_forcing_loss(model, cond: Tensor, target: Tensor, sigma_blocks: Tensor, ctx_sigma: Tensor,
                          gen: torch.Generator, ssim_weight: float = 0.0, temporal_weight: float = 0.0,
-                         static_noise: bool = False) -> Tensor:
-    """Flow-matching loss of one teacher-forcing forward (+ ssim_weight * (1 - SSIM) of x0_hat
+                         static_noise: bool = False, kind: str = "mse") -> Tensor:
+    """Flow-matching loss (pixel_loss `kind`) of one teacher-forcing forward (+ ssim_weight * (1 - SSIM) of x0_hat
     + temporal_weight * temporal_loss of x0_hat).
 
     cond [B, T, C, H, W]; target [B, T, 3, H, W]; sigma_blocks, ctx_sigma [B, T/F]. static_noise:
@@ -151,10 +162,10 @@ def teacher_forcing_loss(model, cond: Tensor, target: Tensor, sigma_blocks: Tens
               layout=FrameLayout.teacher_forcing(t, f))[:, t:]  # [B, T, 3, H, W]
     if model.spec.prediction == "sample":  # x0 loss (= v loss weighted by sigma^2): bounded at small sigma
         x0_hat = noisy - s5.clamp(min=SAMPLE_MIN_SIGMA) * v
-        loss = Fn.mse_loss(x0_hat, x0)
+        loss = pixel_loss(x0_hat, x0, kind)
     else:
         x0_hat = noisy - s5 * v
-        loss = Fn.mse_loss(v, noise - x0)
+        loss = pixel_loss(v, noise - x0, kind)
     if ssim_weight:
         loss = loss + ssim_weight * ssim_loss(model.from_diffusion(x0_hat, cond, clamp=False), target)
     if temporal_weight and t > 1:
@@ -164,8 +175,8 @@ def teacher_forcing_loss(model, cond: Tensor, target: Tensor, sigma_blocks: Tens
 
 def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen: torch.Generator,
                  ssim_weight: float = 0.0, temporal_weight: float = 0.0, static_noise: bool = False,
-                 zero_noise: bool = False) -> Tensor:
-    """Self-rollout through the KV cache; supervised x0 loss at one random exit step per block
+                 zero_noise: bool = False, kind: str = "mse") -> Tensor:
+    """Self-rollout through the KV cache; supervised x0 loss (pixel_loss `kind`) at one random exit step per block
     (+ the SSIM term, + the temporal term within the block and against the previous block's
     last refined frame).
 
@@ -206,7 +217,7 @@ def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen
             else:
                 cache.detach_()
                 x0 = x - s * model.forward_cached(x, c, tt, cache, mode)
-                loss = Fn.mse_loss(x0, tgt)
+                loss = pixel_loss(x0, tgt, kind)
                 if ssim_weight:
                     loss = loss + ssim_weight * ssim_loss(model.from_diffusion(x0, c, clamp=False),
                                                           target[:, i * f:(i + 1) * f])
@@ -344,7 +355,7 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
             cond, target = cond.to(dev), target.to(dev)
             if phase == 3:
                 loss = rollout_loss(model, cond, target, sig_list, gen, cfg.ssim_weight, cfg.temporal_weight,
-                                    static_noise=static, zero_noise=zero)
+                                    static_noise=static, zero_noise=zero, kind=cfg.loss)
             else:
                 n_blocks = target.shape[1] // f
                 sig = _block_sigmas(target.shape[0], n_blocks, phase, cfg, sig_list, gen)
@@ -352,7 +363,7 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
                 late = phase == 2
                 loss = teacher_forcing_loss(model, cond, target, sig, ctx, gen,
                                             cfg.ssim_weight if late else 0.0, cfg.temporal_weight if late else 0.0,
-                                            static_noise=static)
+                                            static_noise=static, kind=cfg.loss)
                 loss.backward()
             loss_val = float(loss.detach())
             if not math.isfinite(loss_val):

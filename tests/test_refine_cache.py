@@ -63,10 +63,12 @@ def test_cached_equals_dense_forward(f, sink, window, t):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-def test_cached_equals_dense_forward_with_pixel_head():
-    """The pixel head is per frame, so it keeps the cache proof (F = 3, rolled window, sink kept)."""
+@pytest.mark.parametrize("unpatchify", ["linear", "smooth"])
+def test_cached_equals_dense_forward_with_pixel_head(unpatchify):
+    """The pixel head (and the smooth un-patchify) is per frame, so it keeps the cache proof
+    (F = 3, rolled window, sink kept)."""
     model = tiny_model(seed=2, frames_per_block=3, sink_frames=1, window_frames=3, head_channels=4,
-                       prediction="sample")
+                       prediction="sample", unpatchify=unpatchify)
     torch.nn.init.normal_(model.pixel_head[2].weight, std=0.1)  # zero-initialised: make it count
     x, cond, ts, g = _inputs(2, 12, seed=5)
     with torch.no_grad():

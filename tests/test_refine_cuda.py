@@ -34,9 +34,10 @@ def _inputs(b: int, t: int, seed: int):
             torch.rand(b, t, generator=g) * 1000)
 
 
-def test_dense_forward_on_cuda_matches_cpu():
+@pytest.mark.parametrize("unpatchify", ["linear", "smooth"])
+def test_dense_forward_on_cuda_matches_cpu(unpatchify):
     model = tiny_model(seed=3, frames_per_block=3, sink_frames=1, window_frames=3, head_channels=4,
-                       prediction="sample")
+                       prediction="sample", unpatchify=unpatchify)
     torch.nn.init.normal_(model.pixel_head[2].weight, std=0.1)
     x, cond, ts = _inputs(2, 12, seed=1)
     with torch.no_grad():
@@ -75,14 +76,15 @@ def test_refiner_on_cuda_is_deterministic_and_returns_to_the_callers_device(nois
     torch.testing.assert_close(a[:, :4], r[:, :4], atol=1e-4, rtol=0)
 
 
-def test_training_steps_on_cuda(tmp_path):
+@pytest.mark.parametrize("loss, unpatchify, head", [("mse", "linear", 0), ("charbonnier", "smooth", 4)])
+def test_training_steps_on_cuda(tmp_path, loss, unpatchify, head):
     from refine import TrainConfig
     from refine.model import CausalWanRefiner
     from refine.train import train
 
-    model = tiny_model(seed=0, prediction="sample")
+    model = tiny_model(seed=0, prediction="sample", unpatchify=unpatchify, head_channels=head)
     cfg = TrainConfig(phase1_steps=3, phase2_steps=2, phase3_steps=2, batch_size=2, clip_frames=4, device="cuda",
-                      checkpoint_every=7, progress=False, temporal_weight=1.0, ssim_weight=0.1,
+                      checkpoint_every=7, progress=False, temporal_weight=1.0, ssim_weight=0.1, loss=loss,
                       sampler=SamplerConfig(num_steps=2, noise="static"))
     result = train(model, synthetic_clips(4, 6), cfg, tmp_path)
     assert result.end_step == 7 and result.final_loss == result.final_loss

@@ -67,6 +67,8 @@ def test_output_shape_and_validation():
     (dict(sample_height=18), "multiple of patch_size"),
     (dict(cond_channels=2), "residual_space"),
     (dict(head_channels=-1), "head_channels"),
+    (dict(unpatchify="pixelshuffle"), "unpatchify"),
+    (dict(unpatchify="smooth"), "needs the pixel head"),
 ])
 def test_config_validation(bad, match):
     with pytest.raises(RefineError, match=match):
@@ -156,6 +158,37 @@ def test_pixel_head_starts_at_the_coarse_render_and_round_trips(tmp_path):
         torch.testing.assert_close(back(x, cond, ts), model(x, cond, ts))
     plain = tiny_model(0)
     assert plain.pixel_head is None and "pixel_head.0.weight" not in plain.state_dict()
+
+
+def test_smooth_unpatchify_adds_no_detail_where_the_render_is_flat(tmp_path):
+    """unpatchify="smooth": the trunk's output reaches pixels as a bilinear field, so on a flat
+    render (a smooth ramp as condition, zero sample) the output has no patch tile and no texture: its
+    second differences are those of a bilinear field through a 2-conv head, far below the linear
+    un-patchify's, whose p x p blocks are independent weights. Round-trips through save/load."""
+    from refine.model import CausalWanRefiner
+
+    def roughness(model):
+        x = torch.zeros(1, 2, 3, 16, 16)
+        ramp = torch.linspace(0.2, 0.7, 16)
+        cond = (ramp.view(16, 1) + 0.3 * ramp.view(1, 16)).expand(1, 2, 7, 16, 16)
+        torch.nn.init.normal_(model.pixel_head[2].weight, std=0.3)
+        with torch.no_grad():
+            x0 = x - 0.5 * model(x, cond, torch.full((1, 2), 500.0))
+        inner = x0[..., 2:-2, 2:-2]  # away from the convs' zero padding
+        return float((inner[..., 2:, :] - 2 * inner[..., 1:-1, :] + inner[..., :-2, :]).abs().mean()
+                     / inner.std())
+
+    smooth = tiny_model(0, head_channels=4, prediction="sample", unpatchify="smooth")
+    linear = tiny_model(0, head_channels=4, prediction="sample")
+    assert smooth.proj_out.out_features == 4 and linear.proj_out.out_features == 4 * 4 * 4
+    r_smooth, r_linear = roughness(smooth), roughness(linear)
+    assert r_smooth < 0.25 * r_linear, (r_smooth, r_linear)
+    smooth.save_pretrained(tmp_path / "m")
+    back = CausalWanRefiner.from_pretrained(tmp_path / "m")
+    assert back.spec.unpatchify == "smooth"
+    x, cond, ts = _inputs(1, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, cond, ts), smooth(x, cond, ts))
 
 
 def _plane_depth(normal, offset, K, h, w):

@@ -456,6 +456,13 @@ def test_train_refiner_cli_rejects_bad_options(capsys):
     assert main(["train-refiner", "noise=warped"]) == 2
     assert "train-refiner noise" in capsys.readouterr().err
     assert main(["train-refiner", "temporal=-0.5"]) == 2
+    assert main(["train-refiner", "loss=l2"]) == 2
+    assert "train-refiner loss" in capsys.readouterr().err  # names the choices: mse, charbonnier
+    for bad in ("unpatchify=pixelshuffle", "unpatchify=smooth head=0"):
+        assert main(["train-refiner", *bad.split()]) == 2
+        assert "train-refiner unpatchify" in capsys.readouterr().err
+    assert main(["train-refiner", "init=" + str(refine_weights()), "unpatchify=smooth"]) == 2
+    assert "unpatchify='linear'" in capsys.readouterr().err  # the shipped model's layout
     assert main(["train-refiner", "init=/nonexistent/weights"]) == 2
     assert "train-refiner init" in capsys.readouterr().err
     assert main(["train-refiner", "init=" + str(refine_weights()), "head=0"]) == 2

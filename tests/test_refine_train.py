@@ -112,6 +112,41 @@ def test_ssim_term_applies_in_phases_2_and_3_only(clips, tmp_path):
         _cfg(ssim_weight=-1.0)
 
 
+def test_charbonnier_is_a_smooth_l1_that_keeps_pushing_faint_errors():
+    from refine.config import CHARBONNIER_EPS
+    from refine.train import pixel_loss
+
+    target = torch.zeros(1, 2, 3, 4, 4)
+    big = torch.full_like(target, 0.5)
+    assert float(pixel_loss(big, target, "mse")) == pytest.approx(0.25)
+    want = (0.25 + CHARBONNIER_EPS ** 2) ** 0.5 - CHARBONNIER_EPS  # pinned by hand
+    assert float(pixel_loss(big, target, "charbonnier")) == pytest.approx(want, rel=1e-6)
+    assert float(pixel_loss(target, target, "charbonnier")) == 0.0
+    # a one-grey-level error (2/255 in residual units): MSE's gradient is 2d, ~0.016 per element
+    # (summed over the mean's 1/n); the Charbonnier gradient stays ~1, the sign of d
+    faint = torch.full_like(target, 2 / 255).requires_grad_()
+    pixel_loss(faint, target, "mse").backward()
+    g_mse = float(faint.grad.abs().sum())
+    faint.grad = None
+    pixel_loss(faint, target, "charbonnier").backward()
+    g_l1 = float(faint.grad.abs().sum())
+    assert g_l1 == pytest.approx(0.992, abs=1e-3) and g_mse == pytest.approx(4 / 255, rel=1e-5)
+    with pytest.raises(RefineError, match="'l2'"):
+        pixel_loss(big, target, "l2")
+
+
+def test_loss_option_changes_training_from_the_first_step(clips, tmp_path):
+    a, b = tmp_path / "mse", tmp_path / "charb"
+    cfg = dict(phase1_steps=3, phase2_steps=1, phase3_steps=1, checkpoint_every=100)
+    train(tiny_model(0, prediction="sample"), clips, _cfg(**cfg), a)
+    train(tiny_model(0, prediction="sample"), clips, _cfg(**cfg, loss="charbonnier"), b)
+    la, lb = _losses(a), _losses(b)
+    assert len(la) == len(lb) == 5 and all(x != y for x, y in zip(la, lb))
+    assert all(0 < y < 10 for y in lb)
+    with pytest.raises(RefineError, match="loss='huber'"):
+        _cfg(loss="huber")
+
+
 def test_temporal_loss_sees_flicker_not_offsets():
     from refine.train import _noise, temporal_loss
 
