@@ -332,55 +332,57 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
     model.to(dev).train()
     gen = torch.Generator().manual_seed(cfg.seed)
     flags = [p.requires_grad for p in model.parameters()]  # train_only freezes; restored at the end
-    params = _trainable(model, cfg.train_only)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
-    start = _load_checkpoint(out, model, opt, gen)
-    log_path = out / "loss.jsonl"
-    _trim_log(log_path, start)
-    sig_list = sigma_schedule(cfg.sampler)
-    static = cfg.sampler.noise == "static"  # train on the noise the sampler will draw
-    # noise="zero" samples deterministically: teacher forcing still needs noisy inputs (fresh noise),
-    # while the self-rollout phase runs exactly the sampler's noise-free steps
-    zero = cfg.sampler.noise == "zero"
-    f = model.spec.frames_per_block
-    end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
-    loss_val, ckpt = float("nan"), None
-    bar = tqdm(total=cfg.total_steps, initial=start, disable=not cfg.progress, desc="refine train")
-    with log_path.open("a") as log:
-        for step in range(start, end):
-            phase = _phase(step, cfg)
-            for group in opt.param_groups:
-                group["lr"] = _lr(step, cfg)
-            cond, target = _batch(clips, cfg, f, gen)
-            cond, target = cond.to(dev), target.to(dev)
-            if phase == 3:
-                loss = rollout_loss(model, cond, target, sig_list, gen, cfg.ssim_weight, cfg.temporal_weight,
-                                    static_noise=static, zero_noise=zero, kind=cfg.loss)
-            else:
-                n_blocks = target.shape[1] // f
-                sig = _block_sigmas(target.shape[0], n_blocks, phase, cfg, sig_list, gen)
-                ctx = torch.rand(target.shape[0], n_blocks, generator=gen) * cfg.context_noise
-                late = phase == 2
-                loss = teacher_forcing_loss(model, cond, target, sig, ctx, gen,
-                                            cfg.ssim_weight if late else 0.0, cfg.temporal_weight if late else 0.0,
-                                            static_noise=static, kind=cfg.loss)
-                loss.backward()
-            loss_val = float(loss.detach())
-            if not math.isfinite(loss_val):
-                raise RefineError(f"loss became {loss_val} at step {step}; lower TrainConfig.lr={cfg.lr}")
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            log.write(json.dumps({"step": step, "phase": phase, "loss": loss_val, "lr": _lr(step, cfg)}) + "\n")
-            log.flush()
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.4f}", phase=phase)
-            if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
-                ckpt = _save_checkpoint(out, step + 1, model, opt, gen, cfg)
-    bar.close()
-    model.eval()
-    for p, flag in zip(model.parameters(), flags):  # hand the model back as it came
-        p.requires_grad_(flag)
+    try:
+        params = _trainable(model, cfg.train_only)
+        opt = torch.optim.AdamW(params, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+        start = _load_checkpoint(out, model, opt, gen)
+        log_path = out / "loss.jsonl"
+        _trim_log(log_path, start)
+        sig_list = sigma_schedule(cfg.sampler)
+        static = cfg.sampler.noise == "static"  # train on the noise the sampler will draw
+        # noise="zero" samples deterministically: teacher forcing still needs noisy inputs (fresh noise),
+        # while the self-rollout phase runs exactly the sampler's noise-free steps
+        zero = cfg.sampler.noise == "zero"
+        f = model.spec.frames_per_block
+        end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
+        loss_val, ckpt = float("nan"), None
+        bar = tqdm(total=cfg.total_steps, initial=start, disable=not cfg.progress, desc="refine train")
+        with log_path.open("a") as log:
+            for step in range(start, end):
+                phase = _phase(step, cfg)
+                for group in opt.param_groups:
+                    group["lr"] = _lr(step, cfg)
+                cond, target = _batch(clips, cfg, f, gen)
+                cond, target = cond.to(dev), target.to(dev)
+                if phase == 3:
+                    loss = rollout_loss(model, cond, target, sig_list, gen, cfg.ssim_weight, cfg.temporal_weight,
+                                        static_noise=static, zero_noise=zero, kind=cfg.loss)
+                else:
+                    n_blocks = target.shape[1] // f
+                    sig = _block_sigmas(target.shape[0], n_blocks, phase, cfg, sig_list, gen)
+                    ctx = torch.rand(target.shape[0], n_blocks, generator=gen) * cfg.context_noise
+                    late = phase == 2
+                    loss = teacher_forcing_loss(model, cond, target, sig, ctx, gen,
+                                                cfg.ssim_weight if late else 0.0, cfg.temporal_weight if late else 0.0,
+                                                static_noise=static, kind=cfg.loss)
+                    loss.backward()
+                loss_val = float(loss.detach())
+                if not math.isfinite(loss_val):
+                    raise RefineError(f"loss became {loss_val} at step {step}; lower TrainConfig.lr={cfg.lr}")
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                log.write(json.dumps({"step": step, "phase": phase, "loss": loss_val, "lr": _lr(step, cfg)}) + "\n")
+                log.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_val:.4f}", phase=phase)
+                if (step + 1) % cfg.checkpoint_every == 0 or step + 1 == end:
+                    ckpt = _save_checkpoint(out, step + 1, model, opt, gen, cfg)
+        bar.close()
+    finally:  # hand the model back as it came, also when a step fails
+        model.eval()
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
     model_dir = None
     if end == cfg.total_steps:
         model_dir = out / "model"

@@ -198,7 +198,9 @@ def test_train_only_updates_the_named_parameters_and_nothing_else(clips, tmp_pat
     assert changed and all(n.startswith("pixel_head") for n in changed)
     assert "pixel_head.2.weight" in changed  # the zero-initialised last conv learns
     assert all(p.requires_grad for p in model.parameters())  # handed back unfrozen
+    bad = tiny_model(0)
     with pytest.raises(RefineError, match="names no parameter.*proj_out"):
-        train(tiny_model(0), clips, _cfg(train_only=("decoder",)), tmp_path / "bad")
+        train(bad, clips, _cfg(train_only=("decoder",)), tmp_path / "bad")
+    assert all(p.requires_grad for p in bad.parameters())  # a failed run hands it back unfrozen too
     with pytest.raises(RefineError, match="empty prefix"):
         _cfg(train_only=("",))
