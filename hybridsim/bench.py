@@ -65,14 +65,15 @@ class BenchReport:
     latent: dict | None = None
 
 
+DEFAULTS = {"out": "bench", "sections": ",".join(DEFAULT_SECTIONS), "frames": 20, "scenario": "default",
+            "threads": 0, "rollout_frames": 500, "episodes": 8, "device": "cpu", "dtype": "float32", "batch": 1,
+            "clips": "", "ae_steps": 800, "space_steps": 0}
+
+
 def _options(overrides: list[str]) -> dict:
     from hybridsim.options import parse_options
 
-    opts = parse_options(overrides, {"out": "bench", "sections": ",".join(DEFAULT_SECTIONS), "frames": 20,
-                                     "scenario": "default", "threads": 0, "rollout_frames": 500,
-                                     "episodes": 8, "device": "cpu", "dtype": "float32", "batch": 1,
-                                     "clips": "", "ae_steps": 800, "space_steps": 0},
-                           "bench")
+    opts = parse_options(overrides, DEFAULTS, "bench")
     sections = set(opts["sections"].split(","))
     unknown = sections - set(SECTIONS)
     if unknown:

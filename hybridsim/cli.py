@@ -16,7 +16,28 @@ COMMANDS = {
 }
 
 
-def _parser() -> argparse.ArgumentParser:
+# commands whose key=value options are a flat dict of typed defaults (listed by --help)
+OPTION_MODULES = {"bench": "hybridsim.bench", "train-refiner": "hybridsim.train_refiner",
+                  "eval-refiner": "hybridsim.refine_eval"}
+
+
+def _options_epilog(command: str) -> str:
+    """`key=default` for every option of a command (imported only when help is asked for)."""
+    import importlib
+
+    if command not in OPTION_MODULES:
+        return ("options are the run config's keys (Hydra-style overrides); "
+                "see them with: hybridsim show-config")
+    defaults = importlib.import_module(OPTION_MODULES[command]).DEFAULTS
+    width = max(len(k) for k in defaults)
+    def shown(v: object) -> str:
+        return str(v).lower() if isinstance(v, bool) else repr(v) if isinstance(v, str) else str(v)
+
+    lines = [f"  {k:<{width}} = {shown(v)}" for k, v in defaults.items()]
+    return "key=value options (defaults shown):\n" + "\n".join(lines)
+
+
+def _parser(with_options: bool = False) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="hybridsim",
         description="Hybrid physics + Gaussian-splat + causal video-diffusion simulator.",
@@ -26,13 +47,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     for name, text in COMMANDS.items():
-        sp = sub.add_parser(name, help=text, description=text)
+        epilog = _options_epilog(name) if with_options and name not in ("scenarios",) else None
+        sp = sub.add_parser(name, help=text, description=text, epilog=epilog,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
         sp.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(with_options=any(a in ("-h", "--help") for a in argv)).parse_args(argv)
     if args.command is None:
         _parser().print_help()
         return 2

@@ -15,6 +15,22 @@ def test_bench_rejects_unknown_options_and_sections(capsys):
     assert main(["bench", "frames=1"]) == 2
 
 
+@pytest.mark.parametrize("command", ["bench", "train-refiner", "eval-refiner"])
+def test_help_lists_every_option_with_its_default(command, capsys):
+    import importlib
+
+    from hybridsim.cli import OPTION_MODULES
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    defaults = importlib.import_module(OPTION_MODULES[command]).DEFAULTS
+    for key, value in defaults.items():
+        assert f"  {key} " in out, key
+    assert f"= {defaults['out']!r}" in out and f"= {defaults['frames']}" in out
+
+
 def test_bench_pipeline_section_reports_stages_and_latency(tmp_path):
     out = tmp_path / "bench"
     assert main(["bench", "sections=pipeline", "frames=6", "threads=1", f"out={out}"]) == 0
