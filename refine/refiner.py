@@ -11,7 +11,7 @@ from refine.cache import KVCache
 from refine.config import SamplerConfig
 from refine.errors import RefineError
 from refine.layout import FrameLayout
-from refine.sampler import FewStepSampler, draw_noise, env_seeds, make_generators
+from refine.sampler import FewStepSampler, block_noise, draw_noise, env_seeds, make_generators
 
 
 class Refiner:
@@ -94,12 +94,8 @@ class Refiner:
         f = self.frames_per_block
         shape = (f, model.spec.out_channels, self.height, self.width)
 
-        def noise(k: int) -> Tensor:
-            if self._static is not None:
-                return self._static[:, k].expand(-1, f, -1, -1, -1)
-            if self.sampler.cfg.noise == "zero":
-                return torch.zeros((self.batch_size, *shape), device=self.device)
-            return draw_noise(self._gens, shape, self.device)
+        noise = block_noise(self.sampler.cfg.noise, (self.batch_size, *shape),
+                            lambda: draw_noise(self._gens, shape, self.device), self._static, self.device)
 
         start = model.coarse_x0(cond)  # [B, F, 3, H, W]
         if self.recompute:

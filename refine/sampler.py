@@ -64,6 +64,28 @@ def draw_noise(generators: Sequence[torch.Generator], shape: tuple[int, ...], de
     return torch.stack([torch.randn(shape, generator=g, device=device) for g in generators])
 
 
+def block_noise(kind: str, block: tuple[int, ...], draw: Callable[[], Tensor],
+                static_fields: Tensor | None = None, device: torch.device | str = "cpu") -> Noise:
+    """The `noise(k)` closure that FewStepSampler.sample reads for one block [B, F, C, H, W].
+
+    kind (SamplerConfig.noise): "fresh" calls `draw()` at every step; "static" returns step k's
+    field of `static_fields` [B, steps, 1, C, H, W], the same for every frame and every block;
+    "zero" returns zeros (the deterministic sampler). The refiner and the self-rollout loss
+    both draw through this, so training sees exactly the noise inference does.
+    """
+    if kind == "static" and static_fields is None:
+        raise RefineError("noise='static' needs the per-step fields drawn at reset")
+
+    def noise(k: int) -> Tensor:
+        if kind == "zero":
+            return torch.zeros(block, device=device)
+        if kind == "static":
+            return static_fields[:, k].expand(block).to(device)
+        return draw()
+
+    return noise
+
+
 class FewStepSampler:
     """Runs the sigma list on one block given a denoiser closure (cached or recompute)."""
 

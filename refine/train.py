@@ -30,7 +30,7 @@ from refine.config import CHARBONNIER_EPS, TrainConfig
 from refine.errors import RefineError
 from refine.layout import FrameLayout
 from refine.model import SAMPLE_MIN_SIGMA
-from refine.sampler import sigma_schedule
+from refine.sampler import block_noise, sigma_schedule
 
 
 @dataclass(frozen=True)
@@ -194,12 +194,8 @@ def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen
     block = (b, f, target.shape[2], h, w)
     fields = _noise((b, len(sig_list), *block[2:]), gen, False)[:, :, None] if static_noise else None
 
-    def noise(k: int) -> Tensor:  # as refine.Refiner draws it: per block, one field per step, or none
-        if zero_noise:
-            return torch.zeros(block, device=dev)
-        if fields is not None:
-            return fields[:, k].expand(block).to(dev)
-        return torch.randn(block, generator=gen).to(dev)
+    noise_kind = "zero" if zero_noise else "static" if static_noise else "fresh"
+    noise = block_noise(noise_kind, block, lambda: torch.randn(block, generator=gen).to(dev), fields, dev)
 
     prev = None  # previous block's last refined frame and its target, [B, 1, 3, H, W] each
     for i in range(n_blocks):
