@@ -97,15 +97,22 @@ def estimate_flops(spec: ModelConfig, sampler: SamplerConfig | None = None, heig
     if spec.cross_attn_tokens:
         per_layer += 2 * n * 2 * d * d + 4 * n * spec.cross_attn_tokens * d
     trunk = spec.num_layers * per_layer + 2 * n * d * spec.in_channels * p * p
-    output = 2 * n * d * (spec.head_channels or spec.out_channels) * p * p
-    if spec.head_channels:  # two 3x3 convs per pixel
+    output = 2 * n * d * (spec.head_channels or spec.out_channels) * _outputs_per_token(spec)
+    if spec.head_channels:  # two 3x3 convs per pixel (+ 4 multiply-adds per value for a bilinear upsample)
         c_in, hid = spec.head_channels + spec.in_channels, spec.head_hidden
         output += 2 * spec.frames_per_block * h * w * 9 * (c_in * hid + hid * spec.out_channels)
+        if spec.unpatchify == "smooth":
+            output += 2 * spec.frames_per_block * h * w * 4 * spec.head_channels
     fwd = trunk + output
     steps = sampler.num_steps if sampler.sigmas is None else len(sampler.sigmas)
     params = _param_count(spec)
     per_block = steps * fwd + trunk
     return FlopEstimate(params, tokens, ctx, steps + 1, float(fwd), float(per_block / spec.frames_per_block))
+
+
+def _outputs_per_token(spec: ModelConfig) -> int:
+    """Values per channel that proj_out emits per token: a p x p block (linear) or one (smooth)."""
+    return 1 if spec.unpatchify == "smooth" else spec.patch_size * spec.patch_size
 
 
 def _param_count(spec: ModelConfig) -> int:
@@ -114,7 +121,8 @@ def _param_count(spec: ModelConfig) -> int:
     if spec.cross_attn_tokens:
         layer += 4 * (d * d + d) + 2 * d + 2 * d
     emit = spec.head_channels or spec.out_channels
-    head = spec.in_channels * p * p * d + d + d * emit * p * p + emit * p * p + 2 * d
+    k = _outputs_per_token(spec)
+    head = spec.in_channels * p * p * d + d + d * emit * k + emit * k + 2 * d
     if spec.head_channels:
         c_in, hid = spec.head_channels + spec.in_channels, spec.head_hidden
         head += 9 * c_in * hid + hid + 9 * hid * spec.out_channels + spec.out_channels

@@ -11,7 +11,8 @@ from refine.testing import tiny_config, tiny_model
 
 
 def test_flop_estimate_counts_the_real_parameters():
-    for overrides in ({}, {"cross_attn_tokens": 3}, {"num_layers": 3, "ffn_dim": 96}, {"head_channels": 4}):
+    for overrides in ({}, {"cross_attn_tokens": 3}, {"num_layers": 3, "ffn_dim": 96}, {"head_channels": 4},
+                      {"head_channels": 4, "unpatchify": "smooth"}):
         model = tiny_model(**overrides)
         est = estimate_flops(ModelConfig(**tiny_config(**overrides)), SamplerConfig(num_steps=3))
         assert est.params == sum(p.numel() for p in model.parameters())
