@@ -443,7 +443,7 @@ def test_train_refiner_cli_rejects_bad_elevation(capsys):
         assert f"train-refiner {key}" in capsys.readouterr().err
 
 
-def test_train_refiner_cli_rejects_bad_options(capsys):
+def test_train_refiner_cli_rejects_bad_options(capsys, tmp_path):
     from hybridsim.cli import main
 
     assert main(["train-refiner", "scenes=0"]) == 2
@@ -461,8 +461,13 @@ def test_train_refiner_cli_rejects_bad_options(capsys):
     for bad in ("unpatchify=pixelshuffle", "unpatchify=smooth head=0"):
         assert main(["train-refiner", *bad.split()]) == 2
         assert "train-refiner unpatchify" in capsys.readouterr().err
-    assert main(["train-refiner", "init=" + str(refine_weights()), "unpatchify=smooth"]) == 2
-    assert "unpatchify='linear'" in capsys.readouterr().err  # the shipped model's layout
+    shipped = json.loads((refine_weights() / "config.json").read_text()).get("unpatchify", "linear")
+    other = "linear" if shipped == "smooth" else "smooth"
+    # out= and a one-step schedule: should the check ever stop firing, this fails in seconds, not in a 40-minute training
+    safe = [f"out={tmp_path / 'never'}", "scenes=1", "phase1=1", "phase2=0", "progress=false"]
+    assert main(["train-refiner", "init=" + str(refine_weights()), f"unpatchify={other}", *safe]) == 2
+    assert f"unpatchify={shipped!r}" in capsys.readouterr().err  # names the shipped model's layout
+    assert not (tmp_path / "never").exists()
     assert main(["train-refiner", "init=/nonexistent/weights"]) == 2
     assert "train-refiner init" in capsys.readouterr().err
     assert main(["train-refiner", "init=" + str(refine_weights()), "head=0"]) == 2
@@ -553,4 +558,4 @@ def test_sample_prediction_trains_on_the_x0_error():
     cond, target = torch.rand(1, 4, 7, 16, 16, generator=g), torch.rand(1, 4, 3, 16, 16, generator=g)
     sig = torch.tensor([[1e-4, 0.5]])  # a tiny sigma would blow a velocity loss up; the x0 loss stays bounded
     loss = teacher_forcing_loss(model, cond, target, sig, torch.zeros(1, 2), torch.Generator().manual_seed(2))
-    assert torch.isfinite(loss) and float(loss) < 10
+    assert torch.isfinite(loss) and float(loss.detach()) < 10
