@@ -445,36 +445,42 @@ def test_train_refiner_cli_rejects_bad_elevation(capsys):
 
 def test_train_refiner_cli_rejects_bad_options(capsys, tmp_path):
     from hybridsim.cli import main
+    from refine import CausalWanRefiner
 
-    assert main(["train-refiner", "scenes=0"]) == 2
+    # every call starts from a tiny job in tmp (the bad option, named last, overrides it): should a check
+    # ever stop firing, the test fails in seconds instead of making clips and training for 40 minutes
+    tiny = [f"out={tmp_path / 'never'}", "scenes=1", "phase1=1", "phase2=0", "progress=false"]
+
+    def train_refiner(*opts: str) -> int:
+        return main(["train-refiner", *tiny, *opts])
+
+    assert train_refiner("scenes=0") == 2
     assert "scenes: must be > 0" in capsys.readouterr().err
-    assert main(["train-refiner", "lr=fast"]) == 2
+    assert train_refiner("lr=fast") == 2
     assert "expected float" in capsys.readouterr().err
-    assert main(["train-refiner", "sigmas=0.1,0.2"]) == 2
+    assert train_refiner("sigmas=0.1,0.2") == 2
     assert "strictly decreasing" in capsys.readouterr().err
-    assert main(["train-refiner", "head=-1"]) == 2
-    assert main(["train-refiner", "noise=warped"]) == 2
+    assert train_refiner("head=-1") == 2
+    assert train_refiner("noise=warped") == 2
     assert "train-refiner noise" in capsys.readouterr().err
-    assert main(["train-refiner", "temporal=-0.5"]) == 2
-    assert main(["train-refiner", "loss=l2"]) == 2
+    assert train_refiner("temporal=-0.5") == 2
+    assert train_refiner("loss=l2") == 2
     assert "train-refiner loss" in capsys.readouterr().err  # names the choices: mse, charbonnier
     for bad in ("unpatchify=pixelshuffle", "unpatchify=smooth head=0"):
-        assert main(["train-refiner", *bad.split()]) == 2
+        assert train_refiner(*bad.split()) == 2
         assert "train-refiner unpatchify" in capsys.readouterr().err
-    shipped = json.loads((refine_weights() / "config.json").read_text()).get("unpatchify", "linear")
+    shipped = CausalWanRefiner.load_config(refine_weights())["unpatchify"]
     other = "linear" if shipped == "smooth" else "smooth"
-    # out= and a one-step schedule: should the check ever stop firing, this fails in seconds, not in a 40-minute training
-    safe = [f"out={tmp_path / 'never'}", "scenes=1", "phase1=1", "phase2=0", "progress=false"]
-    assert main(["train-refiner", "init=" + str(refine_weights()), f"unpatchify={other}", *safe]) == 2
+    assert train_refiner("init=" + str(refine_weights()), f"unpatchify={other}") == 2
     assert f"unpatchify={shipped!r}" in capsys.readouterr().err  # names the shipped model's layout
-    assert not (tmp_path / "never").exists()
-    assert main(["train-refiner", "init=/nonexistent/weights"]) == 2
+    assert train_refiner("init=/nonexistent/weights") == 2
     assert "train-refiner init" in capsys.readouterr().err
-    assert main(["train-refiner", "init=" + str(refine_weights()), "head=0"]) == 2
+    assert train_refiner("init=" + str(refine_weights()), "head=0") == 2
     assert "train-refiner head: 0 but the init model" in capsys.readouterr().err
-    assert main(["train-refiner", "train_only=decoder"]) == 2
+    assert train_refiner("train_only=decoder") == 2
     err = capsys.readouterr().err
     assert "train-refiner train_only" in err and "pixel_head" in err  # names the model's modules
+    assert not (tmp_path / "never").exists()
 
 
 def test_sampler_noise_comes_from_the_weights_unless_the_run_names_it(tmp_path):
