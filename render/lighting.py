@@ -1,0 +1,142 @@
+"""Lit splat render: the splat G-buffer shaded by the environment and the sun, with shadows.
+
+    radiance = albedo / pi * (E_env(n) + sun_color * sun_strength * max(0, n . l) * V_sun)
+
+where the albedo is the splat colour, n the per-pixel normal composited from per-Gaussian normals
+(a surface splat is a flat disc: its normal is the axis of its smallest scale, turned towards the
+camera), E_env the 9-coefficient SH irradiance of the environment map (render.environment), l the
+direction towards the sun and V_sun its visibility, read from a shadow map that the same splat
+rasteriser draws from the sun (a distant pinhole camera along the sun direction, so nearly
+orthographic). Where no surface is, the pixel shows the environment along its ray, as the path
+tracer's camera does. Not modelled (the refiner's job): occlusion of the environment light, soft
+shadows, specular highlights, inter-reflection, refraction.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor
+
+from render.environment import Environment, env_radiance, irradiance
+from render.plane import Plane, composite_planes
+from render.project import camera_centers
+from render.quat import quat_to_rotmat
+from render.rasterize import rasterize
+from render.types import GBuffer, Gaussians
+
+SHADOW_RES = 128  # shadow-map pixels per side
+SHADOW_DISTANCE = 50.0  # light camera distance in scene radii (large: nearly orthographic)
+
+
+@dataclass
+class Lit:
+    rgb: Tensor  # [B, C, H, W, 3] linear radiance (clamp and encode to sRGB for display)
+    normals: Tensor  # [B, C, H, W, 3] world-frame unit normals (0 where nothing is drawn)
+    sun_visibility: Tensor  # [B, C, H, W] in [0, 1] (1 = lit, 0 = in the shadow map's shadow)
+
+
+def splat_normals(g: Gaussians, eye: Tensor) -> Tensor:  # eye [B, 3] -> [B, N, 3]
+    """Per-Gaussian unit normals (axis of the smallest scale) turned towards the point `eye`."""
+    scales = g.scales.expand(g.means.shape[0], *g.scales.shape[-2:]) if g.scales.dim() == 2 else g.scales
+    axis = scales.argmin(-1)  # [B, N]
+    rot = quat_to_rotmat(torch.nn.functional.normalize(g.quats, dim=-1))  # [B, N, 3, 3], columns = body axes
+    n = torch.gather(rot, -1, axis[..., None, None].expand(*axis.shape, 3, 1))[..., 0]
+    flip = ((eye[:, None] - g.means) * n).sum(-1, keepdim=True) < 0
+    return torch.where(flip, -n, n)
+
+
+def _light_camera(g: Gaussians, sun: Tensor, res: int) -> tuple[Tensor, Tensor]:
+    """A distant camera looking along the sun direction at every env's Gaussians: ([B,1,4,4], [B,1,3,3])."""
+    lo, hi = g.means.amin(1), g.means.amax(1)  # [B, 3]
+    centre, radius = (lo + hi) / 2, ((hi - lo).norm(dim=-1) / 2).clamp(min=0.05)  # [B], metres
+    dist = SHADOW_DISTANCE * radius
+    eye = centre - sun[None] * dist[:, None]
+    fwd = sun.expand_as(eye)
+    helper = torch.tensor([0.0, 0.0, 1.0]) if abs(float(sun[2])) < 0.99 else torch.tensor([1.0, 0.0, 0.0])
+    right = torch.nn.functional.normalize(torch.linalg.cross(fwd, helper.expand_as(fwd)), dim=-1)
+    down = torch.linalg.cross(fwd, right)
+    rot = torch.stack((right, down, fwd), 1)  # [B, 3, 3] rows = camera axes
+    view = torch.eye(4).repeat(len(eye), 1, 1)
+    view[:, :3, :3], view[:, :3, 3] = rot, -(rot @ eye[..., None])[..., 0]
+    f = (res / 2) * dist / (1.05 * radius)  # the scene's bounding sphere fills the image
+    K = torch.zeros(len(eye), 3, 3)
+    K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = f, f, res / 2, res / 2, 1.0
+    return view[:, None], K[:, None]
+
+
+def sun_visibility(g: Gaussians, points: Tensor, env: Environment, backend: str = "auto",
+                   res: int = SHADOW_RES) -> Tensor:
+    """points [B, C, H, W, 3] world -> [B, C, H, W] visibility of the sun (3x3 percentage closer
+    filtering of a splat shadow map drawn from the sun)."""
+    sun = torch.as_tensor(env.sun_unit, dtype=torch.float32)
+    view, K = _light_camera(g, sun, res)
+    sm = rasterize(g, view, K, res, res, background=(0.0, 0.0, 0.0), backend=backend, far=1e6)
+    depth = torch.where(sm.alpha[:, 0] > 0.2, sm.depth[:, 0], torch.full_like(sm.depth[:, 0], float("inf")))
+    # close pin holes between splats seen edge-on from the light: nearest occluder in 3x3 texels
+    depth = -torch.nn.functional.max_pool2d(-depth[:, None], 3, stride=1, padding=1)[:, 0]
+    B = points.shape[0]
+    p = points.reshape(B, -1, 3)
+    pc = torch.einsum("bij,bnj->bni", view[:, 0, :3, :3], p) + view[:, 0, None, :3, 3]  # light camera frame
+    z = pc[..., 2]
+    u = K[:, 0, None, 0, 0] * pc[..., 0] / z + K[:, 0, None, 0, 2]
+    v = K[:, 0, None, 1, 1] * pc[..., 1] / z + K[:, 0, None, 1, 2]
+    # bias: a few shadow-map texels of depth, plus the splats' own thickness
+    texel = z / K[:, 0, None, 0, 0]  # metres per shadow-map pixel at that depth
+    bias = 3.0 * texel + 0.005
+    vis = torch.zeros_like(z)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            iu = (u - 0.5 + dx).round().long().clamp(0, res - 1)
+            iv = (v - 0.5 + dy).round().long().clamp(0, res - 1)
+            occ = torch.gather(depth.reshape(B, -1), 1, iv * res + iu)
+            vis += (z <= occ + bias).float()
+    return (vis / 9).reshape(points.shape[:-1])
+
+
+def pixel_rays(viewmats: Tensor, Ks: Tensor, width: int, height: int) -> tuple[Tensor, Tensor]:
+    """Camera centres [B, C, 3] and world ray directions through pixel centres [B, C, H, W, 3]
+    scaled so their camera z is 1 (so centre + depth * ray is the surface point)."""
+    ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32) + 0.5,
+                            torch.arange(width, dtype=torch.float32) + 0.5, indexing="ij")
+    fx, fy = Ks[..., 0, 0, None, None], Ks[..., 1, 1, None, None]
+    cx, cy = Ks[..., 0, 2, None, None], Ks[..., 1, 2, None, None]
+    d = torch.stack([(xs - cx) / fx, (ys - cy) / fy, torch.ones_like(xs - cx)], -1)
+    return camera_centers(viewmats), torch.einsum("bcji,bchwj->bchwi", viewmats[..., :3, :3], d)
+
+
+def shade(g: Gaussians, gbuffer: GBuffer, planes: list[Plane], viewmats: Tensor, Ks: Tensor,
+          env: Environment, *, backend: str = "auto", far: float = math.inf) -> Lit:
+    """Shade a G-buffer rendered (with `planes` composited, over a black background) from these
+    Gaussians and cameras: viewmats [B, C, 4, 4], Ks [B, C, 3, 3]. Costs one more splat pass per
+    camera (normals) and one shadow-map pass per call."""
+    B, C, H, W = gbuffer.alpha.shape
+    eye, rays = pixel_rays(viewmats, Ks, W, H)
+    normals = []
+    for c in range(C):  # normals face each camera
+        n = splat_normals(g, eye[:, c])
+        ng = Gaussians(g.means, g.quats, g.scales, g.opacities, n * 0.5 + 0.5, g.instance_id)
+        gbn = rasterize(ng, viewmats[:, c:c + 1], Ks[:, c:c + 1], W, H, backend=backend)
+        gbn = composite_planes(gbn, [replace(p, color=_encoded(p.normal)) for p in planes],
+                               viewmats[:, c:c + 1], Ks[:, c:c + 1], far=far)
+        normals.append(gbn.rgb[:, 0] / gbn.alpha[:, 0, ..., None].clamp(min=1e-6) * 2 - 1)
+    nrm = torch.nn.functional.normalize(torch.stack(normals, 1), dim=-1)  # [B, C, H, W, 3]
+    covered = gbuffer.alpha > 1e-3
+    nrm = torch.where(covered[..., None], nrm, torch.zeros_like(nrm))
+    points = eye[:, :, None, None] + gbuffer.depth[..., None] * rays
+    vis = sun_visibility(g, points, env, backend) if env.sun_strength > 0 else torch.zeros_like(gbuffer.alpha)
+    to_sun = -torch.as_tensor(env.sun_unit, dtype=torch.float32)
+    sun = torch.as_tensor(env.sun_color, dtype=torch.float32) * env.sun_strength
+    direct = (nrm @ to_sun).clamp(min=0)[..., None] * vis[..., None] * sun
+    albedo = gbuffer.rgb / gbuffer.alpha[..., None].clamp(min=1e-6)
+    surface = albedo * (irradiance(env, nrm) + direct) / math.pi
+    background = env_radiance(env, rays)
+    a = gbuffer.alpha.clamp(0, 1)[..., None]
+    return Lit(rgb=a * surface + (1 - a) * background, normals=nrm, sun_visibility=vis)
+
+
+def _encoded(normal) -> tuple[float, float, float]:
+    n = torch.nn.functional.normalize(torch.as_tensor(normal, dtype=torch.float32), dim=0)
+    return tuple((n * 0.5 + 0.5).tolist())
