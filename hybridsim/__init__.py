@@ -12,26 +12,26 @@ Quick to import: the heavy stages load on first use.
 __version__ = "0.1.0"
 
 _LAZY = {
-    "run": "hybridsim.runner",
-    "RunResult": "hybridsim.runner",
-    "generate": "hybridsim.batch",
-    "BatchResult": "hybridsim.batch",
+    "run": "hybridsim.output.runner",
+    "RunResult": "hybridsim.output.runner",
+    "generate": "hybridsim.output.batch",
+    "BatchResult": "hybridsim.output.batch",
     "Simulation": "hybridsim.pipeline",
     "Frame": "hybridsim.pipeline",
     "compose": "hybridsim.config",
     "load_scenario": "hybridsim.config",
     "scenario_names": "hybridsim.config",
     "RunConfig": "hybridsim.config",
-    "Scenario": "hybridsim.spec",
-    "Entity": "hybridsim.spec",
-    "Camera": "hybridsim.spec",
-    "Event": "hybridsim.spec",
-    "Timing": "hybridsim.spec",
-    "Appearance": "hybridsim.spec",
-    "SpecError": "hybridsim.spec",
-    "Lighting": "hybridsim.spec",
-    "sample_scenario": "hybridsim.sampling",
-    "layout_key": "hybridsim.sampling",
+    "Scenario": "hybridsim.scenario.spec",
+    "Entity": "hybridsim.scenario.spec",
+    "Camera": "hybridsim.scenario.spec",
+    "Event": "hybridsim.scenario.spec",
+    "Timing": "hybridsim.scenario.spec",
+    "Appearance": "hybridsim.scenario.spec",
+    "SpecError": "hybridsim.scenario.spec",
+    "Lighting": "hybridsim.scenario.spec",
+    "sample_scenario": "hybridsim.scenario.sampling",
+    "layout_key": "hybridsim.scenario.sampling",
 }
 
 __all__ = list(_LAZY)
@@ -50,7 +50,7 @@ def frames(scenario="default", overrides=(), **kwargs):
     carries `frame.refined` (camera -> uint8 [B, H, W, 3]), delayed by at most one refiner block."""
     from hybridsim.pipeline import Simulation
     from hybridsim.refining import frame_stream
-    from hybridsim.runner import resolve_config
+    from hybridsim.output.runner import resolve_config
 
     cfg, base = resolve_config(scenario, overrides, **kwargs)
     yield from frame_stream(cfg, Simulation(cfg, base_dir=base))[0]

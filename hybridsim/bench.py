@@ -12,7 +12,7 @@ Sections (select with `sections=render,physics,refine,pipeline`):
 - pipeline: the default scenario end to end (physics -> splats -> refiner), per-stage ms per frame,
   refined frames/s and the latency from a frame's physics step to its refined frame.
 - latent (only when named; needs `clips=<train-refiner out>/clips`): pixel space vs the latent
-  space of a small trained autoencoder, quality and ms per frame (hybridsim.latent_bench).
+  space of a small trained autoencoder, quality and ms per frame (hybridsim.training.latent_bench).
 `threads=N` sets torch's thread count first (on a shared CPU, 1 gives steady numbers).
 The refine section takes `device=cpu|cuda`, `dtype=float32|bfloat16` (autocast, CUDA only) and
 `batch=B` (environments refined together).
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridsim.spec import SpecError
+from hybridsim.scenario.spec import SpecError
 
 
 @dataclass
@@ -83,7 +83,7 @@ def _options(overrides: list[str]) -> dict:
     if opts["batch"] < 1 or opts["ae_steps"] < 1:
         raise SpecError("bench batch/ae_steps", f"must be >= 1, got {opts['batch']} / {opts['ae_steps']}")
     if "latent" in sections:
-        from hybridsim.latent_bench import scene_files
+        from hybridsim.training.latent_bench import scene_files
 
         scene_files(opts["clips"])  # no clips: fail now, not after the other sections
     if "refine" in sections:
@@ -255,14 +255,14 @@ def main(overrides: list[str]) -> int:
     if "pipeline" in sections:
         report.pipeline = bench_pipeline(opts["scenario"], opts["frames"])
     if "throughput" in sections:
-        from hybridsim.batch import bench_throughput
+        from hybridsim.output.batch import bench_throughput
 
         # simulation + splat render + labels + dataset writing; the refiner is benched on its own above
         report.throughput = bench_throughput(opts["scenario"], episodes=opts["episodes"], frames=opts["frames"],
                                              overrides=("refine.enabled=false",),
                                              torch_threads=opts["threads"] or 1)
     if "latent" in sections:
-        from hybridsim.latent_bench import bench_latent, compare_spaces, fit_autoencoder
+        from hybridsim.training.latent_bench import bench_latent, compare_spaces, fit_autoencoder
 
         fitted = fit_autoencoder(opts["clips"], opts["ae_steps"])  # one autoencoder for both measurements
         report.latent = asdict(bench_latent(opts["clips"], fitted=fitted))
@@ -308,11 +308,11 @@ def to_markdown(r: BenchReport) -> str:
                          f"{run['latency_ms_median']:.0f} / {run['latency_ms_max']:.0f} |")
         lines.append(f"\noverlap / serial: **{p['overlap_speedup']:.2f}x** refined frames/s")
     if r.throughput:
-        from hybridsim.batch import throughput_markdown
+        from hybridsim.output.batch import throughput_markdown
 
         lines += ["", throughput_markdown(r.throughput)]
     if r.latent:
-        from hybridsim.latent_bench import LatentBench, SpaceRun, latent_markdown, spaces_markdown
+        from hybridsim.training.latent_bench import LatentBench, SpaceRun, latent_markdown, spaces_markdown
 
         spaces = r.latent.get("spaces")
         lines += latent_markdown(LatentBench(**{k: v for k, v in r.latent.items() if k != "spaces"}))

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hybridsim.seeding import derive_seed
-from hybridsim.spec import Action, Entity, Event, Scenario, template_copies
+from hybridsim.scenario.seeding import derive_seed
+from hybridsim.scenario.spec import Action, Entity, Event, Scenario, template_copies
 
 
 def entity_quat(e: Entity) -> tuple[float, float, float, float]:
@@ -45,8 +45,8 @@ def world_spec(s: Scenario, reference: bool = True, base_dir=None):
     """Scenario -> physics.WorldSpec (templates expanded, files resolved, textures as images)."""
     from physics import BodySpec, CameraSpec, WorldSpec
 
-    from hybridsim.spec import resolve_file
-    from hybridsim.textures import texture_file
+    from hybridsim.scenario.spec import resolve_file
+    from hybridsim.scenario.textures import texture_file
 
     s = expand_templates(s)
     parked = template_copies(s)
@@ -98,7 +98,7 @@ def schedule(s: Scenario) -> list[ScheduledEvent]:
 
 def apply_event(world, ev: Event, dt: float) -> None:
     """Fire one v1 timed event on every environment of a physics.World."""
-    from hybridsim.spec import event_actions
+    from hybridsim.scenario.spec import event_actions
 
     for a in event_actions(ev):
         apply_action(world, [a] * world.n_envs, np.arange(world.n_envs), dt)

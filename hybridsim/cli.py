@@ -17,8 +17,8 @@ COMMANDS = {
 
 
 # commands whose key=value options are a flat dict of typed defaults (listed by --help)
-OPTION_MODULES = {"bench": "hybridsim.bench", "train-refiner": "hybridsim.train_refiner",
-                  "eval-refiner": "hybridsim.refine_eval"}
+OPTION_MODULES = {"bench": "hybridsim.bench", "train-refiner": "hybridsim.training.train_refiner",
+                  "eval-refiner": "hybridsim.training.refine_eval"}
 
 
 def _options_epilog(command: str) -> str:
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         _parser().print_help()
         return 2
-    from hybridsim.spec import SpecError
+    from hybridsim.scenario.spec import SpecError
 
     try:
         return _dispatch(args.command, args.overrides)
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(command: str, overrides: list[str]) -> int:
     if command == "run":
-        from hybridsim.runner import run
+        from hybridsim.output.runner import run
 
         result = run(overrides=overrides) if not any(o.startswith("scenario=") for o in overrides) else run(
             _pop_scenario(overrides), [o for o in overrides if not o.startswith("scenario=")])
@@ -105,15 +105,15 @@ def _dispatch(command: str, overrides: list[str]) -> int:
         print(OmegaConf.to_yaml(OmegaConf.create(compose(overrides).to_dict())))
         return 0
     if command == "train-refiner":
-        from hybridsim.train_refiner import main as train_main
+        from hybridsim.training.train_refiner import main as train_main
 
         return train_main(overrides)
     if command == "eval-refiner":
-        from hybridsim.refine_eval import main as eval_main
+        from hybridsim.training.refine_eval import main as eval_main
 
         return eval_main(overrides)
     if command == "batch":
-        from hybridsim.batch import main as batch_main
+        from hybridsim.output.batch import main as batch_main
 
         return batch_main(overrides)
     if command == "bench":

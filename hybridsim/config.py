@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridsim.spec import Scenario, SpecError, _build, _plain
+from hybridsim.scenario.spec import Scenario, SpecError, _build, _plain
 
 
 @dataclass

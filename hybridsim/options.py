@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hybridsim.spec import SpecError
+from hybridsim.scenario.spec import SpecError
 
 
 def parse_options(overrides: list[str], defaults: dict, command: str) -> dict:

@@ -4,11 +4,11 @@
 call `step()` yourself (interactive). Frame 0 is the initial state; frame i is the state after
 i * steps_per_frame physics steps.
 
-Episodes: environment b runs `episodes[b]`, a concrete scenario (hybridsim.sampling); all must
+Episodes: environment b runs `episodes[b]`, a concrete scenario (hybridsim.scenario.sampling); all must
 share one `layout_key`. Without `episodes`, env b runs `sample_scenario(cfg.scenario, seeds[b])`
 with its derived seed `env_seeds(scenario.seed, cfg.episode, n_envs)[b]`, as v1's pos_jitter did
 (a scenario without distributions runs identically in every env). Triggers are checked before
-every physics step (hybridsim.events); `Frame.events` lists what fired during the steps leading to
+every physics step (hybridsim.scenario.events); `Frame.events` lists what fired during the steps leading to
 the frame, so an event at t = 0 is reported on frame 1. An env is `done` at its time limit or
 `terminate` condition; `frames()` stops when all are done, `end_frame[b]` is its last frame.
 """
@@ -24,8 +24,8 @@ import numpy as np
 
 from hybridsim.bridge import camera_matrices_per_env, expand_templates, schedule, world_spec
 from hybridsim.config import RunConfig
-from hybridsim.seeding import env_seeds
-from hybridsim.spec import Scenario, SpecError
+from hybridsim.scenario.seeding import env_seeds
+from hybridsim.scenario.spec import Scenario, SpecError
 
 
 @dataclass
@@ -46,7 +46,7 @@ class Frame:
     reference: dict[str, object] = field(default_factory=dict)  # camera -> physics.ReferenceFrame
     gbuffer: dict[str, object] = field(default_factory=dict)  # camera -> render.GBuffer
     fired: list[int] = field(default_factory=list)  # indices of scenario.events fired since last frame (any env)
-    events: list[dict] = field(default_factory=list)  # event records fired since last frame (hybridsim.events)
+    events: list[dict] = field(default_factory=list)  # event records fired since last frame (hybridsim.scenario.events)
     refined: dict = field(default_factory=dict)  # camera -> uint8 [B, H, W, 3], filled by the refiner
 
 
@@ -83,7 +83,7 @@ class Simulation:
 
     # ------------------------------------------------------------ episodes
     def _set_episodes(self, episodes: list[Scenario] | None) -> None:
-        from hybridsim.sampling import has_distributions, layout_key, sample_scenario
+        from hybridsim.scenario.sampling import has_distributions, layout_key, sample_scenario
 
         cfg = self.cfg
         derived = env_seeds(cfg.scenario.seed, cfg.episode, cfg.n_envs)
@@ -113,7 +113,7 @@ class Simulation:
 
     def _load(self) -> None:
         """Per-episode state on the built world: cameras, events, time limits, the initial snapshot."""
-        from hybridsim.events import EventEngine
+        from hybridsim.scenario.events import EventEngine
 
         self.cameras = {name: CameraParams(name, w, h, view, K)
                         for name, (view, K, w, h) in camera_matrices_per_env(self.episodes).items()}
@@ -261,7 +261,7 @@ def build_splat_scene(world, scenario, rcfg):
     from render import Plane, SplatScene, mesh_to_splats, primitive_splats, srgb_to_linear
 
     from hybridsim.bridge import entity_quat
-    from hybridsim.textures import load_texture
+    from hybridsim.scenario.textures import load_texture
 
     index = {e.name: i for i, e in enumerate(scenario.entities)}
     assets, bodies, ids, planes = [], [], [], []

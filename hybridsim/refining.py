@@ -19,8 +19,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from hybridsim.config import RefineSettings
-from hybridsim.seeding import derive_seed
-from hybridsim.spec import SpecError
+from hybridsim.scenario.seeding import derive_seed
+from hybridsim.scenario.spec import SpecError
 
 
 def resolve_device(device: str) -> str:

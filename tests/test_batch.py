@@ -18,10 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import hybridsim
-from hybridsim.batch import episode_seed, shard_range
-from hybridsim.dataset import (column_array, decode_episode, load_episodes, load_frames, load_info, load_stats,
-                               staged_episodes, verify)
-from hybridsim.spec import SpecError
+from hybridsim.output.batch import episode_seed, shard_range
+from hybridsim.output.dataset import (column_array, decode_episode, load_episodes, load_frames, load_info, load_stats,
+                                      staged_episodes, verify)
+from hybridsim.scenario.spec import SpecError
 
 DATA = Path(__file__).parent / "data"
 SCENARIO = str(DATA / "drop.yaml")
@@ -237,7 +237,7 @@ class _FakePool:
 
 
 def test_rejected_episodes_are_resampled_and_short_envs_stop(tmp_path, monkeypatch):
-    import hybridsim.batch as batch
+    import hybridsim.output.batch as batch
 
     monkeypatch.setattr(batch, "_SimPool", _FakePool)
     res = hybridsim.generate(SCENARIO, episodes=4, overrides=OVERRIDES, out_dir=tmp_path / "ds", n_envs=2)

@@ -73,7 +73,7 @@ def _fake_scene(path, seed: int, clips: int = 1, frames: int = 2, res: int = 128
 
 
 def test_bench_latent_section_on_tiny_clips(tmp_path):
-    from hybridsim.latent_bench import LatentBench, bench_latent, latent_markdown
+    from hybridsim.training.latent_bench import LatentBench, bench_latent, latent_markdown
 
     for i in range(2):
         _fake_scene(tmp_path / f"scene_{i:04d}.npz", seed=i)
@@ -85,7 +85,7 @@ def test_bench_latent_section_on_tiny_clips(tmp_path):
 
 
 def test_compare_spaces_trains_both_spaces_on_tiny_clips(tmp_path):
-    from hybridsim.latent_bench import compare_spaces, spaces_markdown
+    from hybridsim.training.latent_bench import compare_spaces, spaces_markdown
 
     for i in range(2):
         _fake_scene(tmp_path / f"scene_{i:04d}.npz", seed=i, frames=6, res=32)

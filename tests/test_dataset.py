@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from hybridsim.dataset import (DatasetError, EpisodeWriter, aggregate_stats, column_array, decode_episode,
-                               load_episodes, load_frames, load_info, load_stats, load_tasks, merge, staged_episodes,
-                               verify)
+from hybridsim.output.dataset import (DatasetError, EpisodeWriter, aggregate_stats, column_array, decode_episode,
+                                      load_episodes, load_frames, load_info, load_stats, load_tasks, merge,
+                                      staged_episodes, verify)
 
 FPS = 10.0
 KEY = "observation.images.cam.coarse"

@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from hybridsim.config import compose
-from hybridsim.sampling import layout_key, sample_scenario
-from hybridsim.seeding import derive_seed
-from hybridsim.spec import Action, Require, Scenario
+from hybridsim.scenario.sampling import layout_key, sample_scenario
+from hybridsim.scenario.seeding import derive_seed
+from hybridsim.scenario.spec import Action, Require, Scenario
 
 SCENE = yaml.safe_load("""
 name: events_test
@@ -112,7 +112,7 @@ def test_conditions_fire_on_the_first_step_they_hold(sim, run):
 def test_records_match_what_happened(sim, run, tmp_path):
     import json
 
-    from hybridsim.events import write_events_jsonl
+    from hybridsim.scenario.events import write_events_jsonl
 
     frames, states, log = run
     write_events_jsonl(tmp_path / "events.jsonl", log)

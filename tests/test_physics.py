@@ -12,7 +12,7 @@ import torch
 
 from hybridsim.bridge import initial_offsets
 from hybridsim.config import compose
-from hybridsim.seeding import derive_seed, env_seeds
+from hybridsim.scenario.seeding import derive_seed, env_seeds
 
 DATA = Path(__file__).parent / "data"
 G = 9.81

@@ -12,7 +12,7 @@ import torch
 import hybridsim
 from hybridsim.config import RefineSettings
 
-from hybridsim.writers import read_video as _decode
+from hybridsim.output.writers import read_video as _decode
 
 DATA = Path(__file__).parent / "data"
 
@@ -30,7 +30,7 @@ def tiny_weights(tmp_path_factory):
 
 
 def _fake_sim(n_envs=2, cams=(("a", 16, 16), ("b", 32, 16))):
-    from hybridsim.spec import Lighting
+    from hybridsim.scenario.spec import Lighting
 
     cameras = {n: SimpleNamespace(name=n, width=w, height=h) for n, w, h in cams}
     return SimpleNamespace(cameras=cameras, cfg=SimpleNamespace(n_envs=n_envs), seeds=[11, 12][:n_envs],
@@ -66,7 +66,7 @@ def test_streaming_equals_offline_refinement_and_keeps_order(channels, overlap):
 
     from hybridsim.refining import condition_from_gbuffer
     from hybridsim.refining import StreamRefiner, refined_frames
-    from hybridsim.seeding import derive_seed
+    from hybridsim.scenario.seeding import derive_seed
 
     model = tiny_model(0, cond_channels=channels)
     sim = _fake_sim()
@@ -183,7 +183,7 @@ def test_camera_size_not_multiple_of_patch_is_a_clear_error():
     from refine.testing import tiny_model
 
     from hybridsim.refining import StreamRefiner
-    from hybridsim.spec import SpecError
+    from hybridsim.scenario.spec import SpecError
 
     sim = _fake_sim(n_envs=1, cams=(("side", 18, 16),))
     with pytest.raises(SpecError, match="side.*patch size 4"):
@@ -192,7 +192,7 @@ def test_camera_size_not_multiple_of_patch_is_a_clear_error():
 
 def test_bad_weights_folder_is_a_clear_error(tmp_path):
     from hybridsim.refining import load_model
-    from hybridsim.spec import SpecError
+    from hybridsim.scenario.spec import SpecError
 
     with pytest.raises(SpecError, match="not a folder"):
         load_model(RefineSettings(weights=str(tmp_path / "nope")), "cpu")
@@ -248,7 +248,7 @@ def test_refine_needs_the_splat_render(tmp_path):
 def test_textured_box_mesh_has_extents_and_tiled_uvs(tmp_path, monkeypatch):
     import trimesh
 
-    from hybridsim.refine_data import textured_box_obj
+    from hybridsim.training.refine_data import textured_box_obj
 
     monkeypatch.setenv("HYBRIDSIM_CACHE", str(tmp_path))
     path = textured_box_obj((0.4, 0.2, 0.1), tile=0.1)
@@ -263,13 +263,13 @@ def test_textured_box_mesh_has_extents_and_tiled_uvs(tmp_path, monkeypatch):
 
 
 def test_random_scenes_are_valid_deterministic_and_varied():
-    from hybridsim.refine_data import random_scene
+    from hybridsim.training.refine_data import random_scene
 
     a, b = random_scene(5), random_scene(5)
     assert a.to_dict() == b.to_dict()
     scenes = [random_scene(s) for s in range(12)]
     assert len({len(s.entities) for s in scenes}) > 1
-    from hybridsim.spec import Lighting
+    from hybridsim.scenario.spec import Lighting
 
     default = sum(s.lighting == Lighting() for s in scenes)
     assert 1 <= default <= 6  # a quarter keep the scenario default light, the rest are random
@@ -283,7 +283,7 @@ def test_random_scenes_are_valid_deterministic_and_varied():
 def test_random_scene_cameras_follow_the_elevation_range():
     import math
 
-    from hybridsim.refine_data import ClipOptions, DataError, random_scene
+    from hybridsim.training.refine_data import ClipOptions, DataError, random_scene
 
     def elevations(scen):
         out = []
@@ -306,8 +306,8 @@ def test_random_scene_cameras_follow_the_elevation_range():
 
 
 def test_random_scene_floor_and_light_probabilities():
-    from hybridsim.refine_data import ClipOptions, DataError, random_scene
-    from hybridsim.spec import Lighting
+    from hybridsim.training.refine_data import ClipOptions, DataError, random_scene
+    from hybridsim.scenario.spec import Lighting
 
     # the defaults are the shipped data's thresholds (0.5 / 0.25), so default scenes are unchanged
     plain = [random_scene(s, plain_floor=1.0, default_light=1.0) for s in range(8)]
@@ -324,7 +324,7 @@ def test_random_scene_floor_and_light_probabilities():
 
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
-    from hybridsim.refine_data import ClipOptions, make_clips
+    from hybridsim.training.refine_data import ClipOptions, make_clips
 
     out = tmp_path_factory.mktemp("clips")
     opts = ClipOptions(scenes=1, frames=4, res=32, n_envs=1, n_cameras=1, seed=3)
@@ -332,7 +332,7 @@ def clip_dir(tmp_path_factory):
 
 
 def test_paired_clips_hold_srgb_condition_and_reference_target(clip_dir):
-    from hybridsim.refine_data import ClipDataset
+    from hybridsim.training.refine_data import ClipDataset
 
     _, _, files = clip_dir
     ds = ClipDataset(files)
@@ -352,7 +352,7 @@ def test_paired_clips_hold_srgb_condition_and_reference_target(clip_dir):
 
 
 def test_make_clips_resumes_and_refuses_other_options(clip_dir):
-    from hybridsim.refine_data import ClipOptions, DataError, make_clips
+    from hybridsim.training.refine_data import ClipOptions, DataError, make_clips
 
     out, opts, files = clip_dir
     before = files[0].stat().st_mtime_ns
@@ -372,7 +372,7 @@ def test_make_clips_resumes_and_refuses_other_options(clip_dir):
 def test_make_clips_skips_a_scene_that_stalls_and_remembers_it(tmp_path):
     """A scene that makes no progress within scene_timeout is killed, skipped and recorded, so a
     resumed run does not wait for it again (the guard against a renderer that spins forever)."""
-    from hybridsim.refine_data import ClipOptions, make_clips
+    from hybridsim.training.refine_data import ClipOptions, make_clips
 
     opts = ClipOptions(scenes=1, frames=2, res=32, n_envs=1, n_cameras=1, seed=4)
     assert make_clips(tmp_path, opts, progress=False, scene_timeout=0.5) == []
@@ -383,7 +383,7 @@ def test_make_clips_skips_a_scene_that_stalls_and_remembers_it(tmp_path):
 def test_train_refiner_trains_resumes_and_installs(clip_dir, tmp_path, monkeypatch):
     import refine
 
-    from hybridsim.train_refiner import DEFAULTS, train_refiner
+    from hybridsim.training.train_refiner import DEFAULTS, train_refiner
 
     src, _, _ = clip_dir
     out = tmp_path / "train"
@@ -486,7 +486,7 @@ def test_train_refiner_cli_rejects_bad_options(capsys, tmp_path):
 def test_sampler_noise_comes_from_the_weights_unless_the_run_names_it(tmp_path):
     from hybridsim.config import RefineSettings
     from hybridsim.refining import sampler_config
-    from hybridsim.spec import SpecError
+    from hybridsim.scenario.spec import SpecError
 
     (tmp_path / "sampler.json").write_text(json.dumps({"sigmas": [0.2, 0.1], "noise": "static"}))
     saved = sampler_config(RefineSettings(), tmp_path)
@@ -520,7 +520,7 @@ def test_default_weights_are_shipped_and_recorded():
 
 
 def test_warp_back_undoes_a_known_shift():
-    from hybridsim.refine_eval import temporal_stats, warp_back
+    from hybridsim.training.refine_eval import temporal_stats, warp_back
 
     rng = np.random.default_rng(0)
     prev = rng.random((16, 20, 3)).astype(np.float32)

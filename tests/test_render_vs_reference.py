@@ -3,7 +3,7 @@
 import pytest
 
 from hybridsim.config import compose
-from hybridsim.evaluate import compare_frames
+from hybridsim.training.evaluate import compare_frames
 
 
 @pytest.fixture(scope="module")

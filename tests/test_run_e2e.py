@@ -10,7 +10,7 @@ import pytest
 
 import hybridsim
 
-from hybridsim.writers import read_video as _decode
+from hybridsim.output.writers import read_video as _decode
 
 DATA = Path(__file__).parent / "data"
 

@@ -9,9 +9,9 @@ import yaml
 from scipy import stats
 
 from hybridsim.config import compose, scenario_names
-from hybridsim.sampling import (Choice, LogUniform, Normal, Param, RandInt, Uniform, has_distributions, layout_key,
-                                sample_scenario)
-from hybridsim.spec import Entity, Scenario
+from hybridsim.scenario.sampling import (Choice, LogUniform, Normal, Param, RandInt, Uniform, has_distributions,
+                                         layout_key, sample_scenario)
+from hybridsim.scenario.spec import Entity, Scenario
 
 RARE = ["glass_table_edge", "ramp_slip", "thrown_collision", "stack_topple_rare", "robot_knock", "heavy_on_light"]
 
@@ -103,7 +103,7 @@ def test_pos_jitter_resolves_like_v1():
 
 
 def test_python_api_equals_yaml():
-    from hybridsim.spec import Camera, Event
+    from hybridsim.scenario.spec import Camera, Event
 
     py = Scenario(
         name="py", params={"t": Uniform(0.1, 0.5)},

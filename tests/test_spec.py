@@ -11,7 +11,7 @@ import yaml
 import hybridsim
 from hybridsim.cli import main
 from hybridsim.config import compose, config_dir, scenario_names
-from hybridsim.spec import Camera, Entity, Event, Scenario, SpecError, Timing
+from hybridsim.scenario.spec import Camera, Entity, Event, Scenario, SpecError, Timing
 
 DATA = Path(__file__).parent / "data"
 

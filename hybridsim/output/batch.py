@@ -8,7 +8,7 @@
 Episode i of a batch with root seed s has seed `derive_seed(s, "episode", i, "env", 0)` whatever env
 slot, batch, shard or worker ran it: the seed `hybridsim run scenario=X episode=i` gives its one
 environment, so that command regenerates episode i alone. Each
-finished episode is staged atomically (hybridsim.dataset.EpisodeWriter); a re-run of the same
+finished episode is staged atomically (hybridsim.output.dataset.EpisodeWriter); a re-run of the same
 command skips staged episodes, redoes the one that was cut off, and merges.
 """
 
@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 
 from hybridsim.config import RunConfig
-from hybridsim.dataset import (SIDECAR, DatasetError, EpisodeWriter, clean_partial, merge, staged_episodes)
-from hybridsim.seeding import derive_seed, env_seeds
-from hybridsim.spec import SpecError
+from hybridsim.output.dataset import (SIDECAR, DatasetError, EpisodeWriter, clean_partial, merge, staged_episodes)
+from hybridsim.scenario.seeding import derive_seed, env_seeds
+from hybridsim.scenario.spec import SpecError
 
 
 @dataclass
@@ -110,7 +110,7 @@ def resolve(scenario=None, overrides=(), **kwargs) -> tuple[RunConfig, Path | No
     """Run config + batch options from a scenario, `key=value` overrides and keyword arguments."""
     import yaml
 
-    from hybridsim.runner import resolve_config
+    from hybridsim.output.runner import resolve_config
 
     run_over, batch = [], {}
     for o in overrides:
@@ -158,7 +158,7 @@ def _prepare_out_dir(out: Path, cfg: RunConfig, opts: BatchOptions, driver: bool
             raise SpecError("out_dir", f"'{out}' holds a dataset of scenario '{old['scenario']}' made with another "
                                        f"config (differs in {diff[:6]}); pass overwrite=true to replace it or "
                                        "choose another out_dir")
-    from hybridsim.writers import write_json
+    from hybridsim.output.writers import write_json
 
     marker.parent.mkdir(parents=True, exist_ok=True)
     write_json(marker, {"fingerprint": fp, "scenario": cfg.scenario.name, "episodes": opts.episodes,
@@ -291,11 +291,11 @@ def _batched_api() -> bool:
 
 
 def _sampling():
-    """hybridsim.sampling's (sample_scenario, layout_key) where Simulation takes sampled episodes;
+    """hybridsim.scenario.sampling's (sample_scenario, layout_key) where Simulation takes sampled episodes;
     before that, identity and one layout (envs are then seeded as `hybridsim run episode=i` seeds)."""
     if not _batched_api():
         return (lambda scenario, seed: scenario), (lambda scenario: "default")
-    from hybridsim.sampling import layout_key, sample_scenario
+    from hybridsim.scenario.sampling import layout_key, sample_scenario
 
     return sample_scenario, layout_key
 
@@ -448,8 +448,8 @@ class _Recorder:
     def convert(self, frame):
         import torch
 
-        from hybridsim.labels import encode_depth_mm
-        from hybridsim.writers import linear_to_srgb, to_uint8
+        from hybridsim.output.labels import encode_depth_mm
+        from hybridsim.output.writers import linear_to_srgb, to_uint8
 
         s = frame.state
         B = s.body_pos.shape[0]
@@ -473,7 +473,7 @@ class _Recorder:
         return values, images, labels
 
     def _features(self, values: dict, images: dict) -> dict:
-        from hybridsim.dataset import DEFAULT_FEATURES
+        from hybridsim.output.dataset import DEFAULT_FEATURES
 
         fps = self.scenario.timing.fps
         names = {"observation.state": [f"{b.entity}.{b.link}.{c}" for b in self.sim.world.bodies
@@ -497,7 +497,7 @@ class _Recorder:
         if evs is not None:  # fired events with the env slot they fired in; the slot is not episode content
             return [{k: v for k, v in e.items() if k != "env"} for e in evs if e.get("env", b) == b]
         return [{"event": f"event{i}", "index": i, "action": sc.events[i].kind, "t": frame.t, "frame": frame.index,
-                 "entities": [sc.events[i].entity]} for i in frame.fired]  # the core keys of hybridsim.events
+                 "entities": [sc.events[i].entity]} for i in frame.fired]  # the core keys of hybridsim.scenario.events
 
     @staticmethod
     def instances(sc) -> dict:

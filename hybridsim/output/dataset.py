@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridsim.writers import VideoWriter, write_json
+from hybridsim.output.writers import VideoWriter, write_json
 
 CODEBASE_VERSION = "v3.0"
 CHUNK_FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridsim.writers import write_json
+from hybridsim.output.writers import write_json
 
 
 def encode_depth_mm(depth: np.ndarray) -> np.ndarray:

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from hybridsim.config import RunConfig, compose, save_yaml
-from hybridsim.spec import Scenario, SpecError
-from hybridsim.writers import TableWriter, VideoWriter, linear_to_srgb, to_uint8, write_json
+from hybridsim.scenario.spec import Scenario, SpecError
+from hybridsim.output.writers import TableWriter, VideoWriter, linear_to_srgb, to_uint8, write_json
 
 
 @dataclass
@@ -117,7 +117,7 @@ class RunSink:
         self._inst = [index[b.entity] + 1 for b in self._bodies]
         self.labels = None
         if sim.splats is not None:
-            from hybridsim.labels import LabelWriter
+            from hybridsim.output.labels import LabelWriter
 
             self.labels = LabelWriter(out / "labels", sim)
 

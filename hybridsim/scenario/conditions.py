@@ -3,7 +3,7 @@
 `compile_condition` turns the conditions of B environments (same structure, own values) into one
 node; `update(ctx)` sets its [B] bool `value` from the PhysicsState before each physics step.
 Leaves: `contact`, `speed`, `height`, `distance`, `at_rest`, `in_region`, `visible`, `time`;
-groups: `all`, `any`. Semantics: see `hybridsim.events`. `EventEngine` (hybridsim.events) owns the
+groups: `all`, `any`. Semantics: see `hybridsim.scenario.events`. `EventEngine` (hybridsim.scenario.events) owns the
 nodes; this module only reads the engine's world, cameras, dt, B and per-step bookkeeping.
 """
 
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hybridsim.spec import Condition, SpecError
+from hybridsim.scenario.spec import Condition, SpecError
 
 if TYPE_CHECKING:
-    from hybridsim.events import EventEngine
+    from hybridsim.scenario.events import EventEngine
 
 LEAVES = ("contact", "speed", "height", "distance", "at_rest", "in_region", "time", "visible")
 

@@ -28,9 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridsim.conditions import LEAVES, Context, compile_condition, project_visible  # noqa: F401 (re-exported)
-from hybridsim.spec import (Action, Condition, Scenario, SpecError, check, components, event_actions, event_name,
-                            template_copies, values)
+from hybridsim.scenario.conditions import (LEAVES, Context, compile_condition,  # noqa: F401 (re-exported)
+                                           project_visible)
+from hybridsim.scenario.spec import (Action, Condition, Scenario, SpecError, check, components, event_actions,
+                                     event_name, template_copies, values)
 
 _ACTION_FIELDS = {
     "impulse": {"entity", "vector"}, "force": {"entity", "vector", "duration"},

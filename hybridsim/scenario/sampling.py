@@ -181,7 +181,7 @@ def parse_distribution(value, tp, path: str, convert):
     """YAML data -> Distribution, checked against the field type `tp` (None: untyped param).
 
     `convert(value, tp, path)` is the spec's converter, used for choice options."""
-    from hybridsim.spec import SpecError
+    from hybridsim.scenario.spec import SpecError
 
     if isinstance(value, Distribution):
         return value
@@ -240,7 +240,7 @@ def parse_distribution(value, tp, path: str, convert):
 
 
 def _parse_choice(options, weights, tp, path, convert):
-    from hybridsim.spec import SpecError
+    from hybridsim.scenario.spec import SpecError
 
     if not isinstance(options, (list, tuple)) or not options:
         raise SpecError(f"{path}.choice", f"expected a non-empty list of options, got {options!r}")
@@ -257,7 +257,7 @@ def _parse_choice(options, weights, tp, path, convert):
 
 
 def _number(v, path: str) -> float:
-    from hybridsim.spec import SpecError
+    from hybridsim.scenario.spec import SpecError
 
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
         raise SpecError(path, f"expected a finite number, got {v!r}")
@@ -270,7 +270,7 @@ def _freeze(v):
 
 def parse_param(value, path: str):
     """A `params:` entry: a distribution or a constant (number, string, bool, list of numbers)."""
-    from hybridsim.spec import SpecError
+    from hybridsim.scenario.spec import SpecError
 
     if is_param_ref(value) or (isinstance(value, dict) and "param" in value):
         raise SpecError(path, "a parameter cannot refer to another parameter; give a distribution or a constant")
@@ -283,7 +283,7 @@ def parse_param(value, path: str):
 
 def check_compatible(d: Distribution, tp, path: str, params: dict) -> None:
     """A distribution can only stand where its draws have the field's type."""
-    from hybridsim.spec import SpecError, _convert
+    from hybridsim.scenario.spec import SpecError, _convert
 
     if isinstance(d, Param):
         if d.name not in params:
@@ -329,8 +329,8 @@ def _strip_optional(tp):
 
 def sample_scenario(scenario, seed: int):
     """A concrete Scenario for one episode (see the module docstring). Deterministic in `seed`."""
-    from hybridsim.seeding import derive_seed
-    from hybridsim.spec import SpecError, validate
+    from hybridsim.scenario.seeding import derive_seed
+    from hybridsim.scenario.spec import SpecError, validate
 
     params = {}
     for name, p in scenario.params.items():
@@ -349,8 +349,8 @@ def sample_scenario(scenario, seed: int):
 
 
 def _sample(obj, tp, path: str, seed: int, params: dict):
-    from hybridsim.seeding import derive_seed
-    from hybridsim.spec import hints
+    from hybridsim.scenario.seeding import derive_seed
+    from hybridsim.scenario.spec import hints
 
     if isinstance(obj, Distribution):
         v = obj.sample(np.random.default_rng(derive_seed(seed, "value", path)), params)
@@ -471,7 +471,7 @@ def layout_key(scenario) -> str:
 
 def event_signature(s) -> list:
     """The structure of events, require and terminate with every value left out."""
-    from hybridsim.spec import event_actions
+    from hybridsim.scenario.spec import event_actions
 
     def cond(c):
         if c is None:

@@ -6,15 +6,15 @@ In YAML, `entities`, `templates` and `cameras` are mappings keyed by name (so Hy
 naming the YAML path of the bad value and the fix.
 
 v2, the rare-event language (docs/scenarios.md), adds, all optional so v1 files stay valid:
-- a distribution in place of any value, and a `params:` block of named ones (hybridsim.sampling);
+- a distribution in place of any value, and a `params:` block of named ones (hybridsim.scenario.sampling);
 - `templates:` (bodies to `spawn`, preallocated `capacity` times) and `held: true` entities;
 - events with one trigger (`at`, `after: {event, delay}` or `when: <condition>`), `once` /
   `max_count` and a list of `actions`; a v1 event (`at` + `kind` + `entity` ...) is a timed
   event with one action;
 - `require:` (reject an episode where an event did not fire, or fired out of sight) and
   `terminate:` (time limit; everything at rest for a while).
-The semantic checks (`validate`) live in `hybridsim.spec_validate` (re-exported here), those of the
-event language in `hybridsim.events.validate_events`.
+The semantic checks (`validate`) live in `hybridsim.scenario.validate` (re-exported here), those of the
+event language in `hybridsim.scenario.events.validate_events`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from hybridsim.sampling import (Distribution, Normal, Param, is_distribution_data, is_param_ref, parse_distribution,
-                                parse_param)
+from hybridsim.scenario.sampling import (Distribution, Normal, Param, is_distribution_data, is_param_ref,
+                                         parse_distribution, parse_param)
 
 Vec3 = tuple[float, float, float]
 Quat = tuple[float, float, float, float]
@@ -282,7 +282,7 @@ class Scenario:
             params = _require_mapping(data["params"], f"{path}.params")
             data["params"] = {str(k): parse_param(v, f"{path}.params.{k}") for k, v in params.items()}
         scenario = _build(cls, data, path)
-        from hybridsim.spec_validate import validate
+        from hybridsim.scenario.validate import validate
 
         validate(scenario, path, base_dir)
         return scenario
@@ -539,7 +539,7 @@ def resolve_file(name: str, path: str = "", base_dir=None) -> Path:
 
 def resolve_texture(name: str, path: str = "", base_dir=None) -> Path | str:
     if name.startswith("skimage:"):
-        from hybridsim.textures import skimage_names
+        from hybridsim.scenario.textures import skimage_names
 
         key = name.split(":", 1)[1]
         if key not in skimage_names():
@@ -562,9 +562,10 @@ _VALIDATE_NAMES = ("validate", "_walk_distributions", "_optional_inner", "_valid
 
 
 def __getattr__(name):
-    """Re-export `validate` and its helpers from `hybridsim.spec_validate` (imported lazily: it imports this module)."""
+    """Re-export `validate` and its helpers from `hybridsim.scenario.validate` (imported lazily: it imports this
+    module)."""
     if name in _VALIDATE_NAMES:
-        import hybridsim.spec_validate
+        import hybridsim.scenario.validate
 
-        return getattr(hybridsim.spec_validate, name)
+        return getattr(hybridsim.scenario.validate, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

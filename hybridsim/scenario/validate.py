@@ -1,8 +1,8 @@
 """Semantic validation of a `Scenario`: the checks that need more than one field.
 
-`validate` (re-exported as `hybridsim.spec.validate`, run by `Scenario.from_dict`) raises
+`validate` (re-exported as `hybridsim.scenario.spec.validate`, run by `Scenario.from_dict`) raises
 `SpecError` naming the YAML path of the bad value and the fix. The checks of the event language
-live in `hybridsim.events.validate_events`.
+live in `hybridsim.scenario.events.validate_events`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from hybridsim.sampling import Distribution, Param, check_compatible
-from hybridsim.spec import (_PARAMS, MESH_SUFFIXES, Camera, Entity, Lighting, Scenario, SpecError, _key, check,
-                            components, hints, resolve_file, resolve_texture, shown, template_copies, values)
+from hybridsim.scenario.sampling import Distribution, Param, check_compatible
+from hybridsim.scenario.spec import (_PARAMS, MESH_SUFFIXES, Camera, Entity, Lighting, Scenario, SpecError, _key, check,
+                                     components, hints, resolve_file, resolve_texture, shown, template_copies, values)
 
 
 
@@ -90,7 +90,7 @@ def _validate(s: Scenario, path: str, base_dir) -> None:
         raise SpecError(f"{path}.cameras", "at least one camera is needed")
     for c in s.cameras:
         _validate_camera(c, f"{path}.cameras.{c.name}")
-    from hybridsim.events import validate_events
+    from hybridsim.scenario.events import validate_events
 
     validate_events(s, path)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridsim.spec import SpecError
+from hybridsim.scenario.spec import SpecError
 
 
 @dataclass
@@ -107,7 +107,7 @@ def bench_latent(clips_dir: str, ae_steps: int = 800, seed: int = 0, progress: b
     from refine.autoencoder import codec_ms_per_frame, reconstruct
 
     from hybridsim.config import RefineSettings
-    from hybridsim.refine_data import ClipDataset
+    from hybridsim.training.refine_data import ClipDataset
     from hybridsim.refining import load_model, sampler_config
 
     train_files, held_files = _split(scene_files(clips_dir))
@@ -199,7 +199,7 @@ def compare_spaces(clips_dir: str, steps: int, ae_steps: int = 800, seed: int = 
     from refine.model import CausalWanRefiner
     from refine.train import train
 
-    from hybridsim.refine_data import ClipDataset
+    from hybridsim.training.refine_data import ClipDataset
 
     train_files, held_files = _split(scene_files(clips_dir))
     pix_train, pix_held = ClipDataset(train_files), ClipDataset(held_files)

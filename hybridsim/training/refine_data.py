@@ -4,7 +4,7 @@ Scenes are procedural and randomised from one data seed: a floor (plain plane or
 sometimes a table, 2-4 dropped or thrown objects (boxes textured with scikit-image photographs,
 coloured boxes, spheres, cylinders), random directional light and ambient level, and random cameras
 around the objects. None of the shipped scenarios (configs/scenario/) is used, so they stay held out
-for evaluation (`hybridsim.refine_eval`).
+for evaluation (`hybridsim.training.refine_eval`).
 
 One Genesis build per scene, `n_envs` environments (position jitter per environment) and
 `n_cameras` cameras give n_envs * n_cameras clips per build. Each scene is stored as
@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridsim.seeding import derive_seed
-from hybridsim.spec import Appearance, Camera, Entity, Lighting, Scenario, Timing, validate
-from hybridsim.textures import skimage_names
+from hybridsim.scenario.seeding import derive_seed
+from hybridsim.scenario.spec import Appearance, Camera, Entity, Lighting, Scenario, Timing, validate
+from hybridsim.scenario.textures import skimage_names
 from refine.config import COND_CHANNELS, SHADING_CHANNELS
 
 # Photographs used for training textures. Keep in sync with docs: `text` and `moon` are left out
@@ -295,7 +295,7 @@ def code_commit() -> str | None:
     """The git commit of this checkout (+ "-dirty" with uncommitted changes), None outside git."""
     import subprocess
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
         if head.returncode != 0:

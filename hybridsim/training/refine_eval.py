@@ -1,6 +1,6 @@
 """`hybridsim eval-refiner`: quality of refined frames on held-out scenarios.
 
-The shipped scenarios (configs/scenario/) are never used for training (`hybridsim.refine_data`
+The shipped scenarios (configs/scenario/) are never used for training (`hybridsim.training.refine_data`
 makes its own randomised scenes), so they are the held-out set. Per scenario and camera, over the
 episode's frames, with Genesis' raster render as the reference:
 
@@ -84,8 +84,8 @@ def evaluate_scenario(name: str, frames: int, weights: str | None, progress: boo
 
     from hybridsim.pipeline import Simulation
     from hybridsim.refining import frame_stream
-    from hybridsim.runner import resolve_config
-    from hybridsim.writers import linear_to_srgb, to_uint8
+    from hybridsim.output.runner import resolve_config
+    from hybridsim.output.writers import linear_to_srgb, to_uint8
 
     cfg, base = resolve_config(name, [f"refine.weights={weights or 'null'}",
                                       f"refine.sigmas=[{sigmas}]" if sigmas else "refine.sigmas=null",

@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from hybridsim.options import parse_options, positive
-from hybridsim.spec import SpecError
+from hybridsim.scenario.spec import SpecError
 
 DEFAULTS = {
     "out": "refiner_train",
@@ -82,7 +82,7 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     from refine.train import train  # not `from refine import train`: once refine.train is imported
     # as a module, the package attribute `train` is that module, not the lazy function
 
-    from hybridsim.refine_data import ClipDataset, ClipOptions, code_commit, make_clips
+    from hybridsim.training.refine_data import ClipDataset, ClipOptions, code_commit, make_clips
 
     if opts["threads"] > 0:
         torch.set_num_threads(opts["threads"])

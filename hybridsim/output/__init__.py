@@ -1,0 +1,1 @@
+"""What a run leaves on disk: run folders (video, labels, events), LeRobot datasets and batch generation."""

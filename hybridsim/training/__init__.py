@@ -1,0 +1,1 @@
+"""The refiner's tools: paired clips, train-refiner, eval-refiner, latent bench, render-vs-reference check."""
