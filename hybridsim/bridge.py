@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
-from hybridsim.scenario.seeding import derive_seed
-from hybridsim.scenario.spec import Action, Entity, Event, Scenario, template_copies
+from hybridsim.scenario.spec import Action, Entity, Event, Scenario, expand_templates, template_copies
 
 
 def entity_quat(e: Entity) -> tuple[float, float, float, float]:
@@ -28,24 +26,11 @@ def euler_quat(euler) -> tuple[float, float, float, float]:
     return (float(w), float(x), float(y), float(z))
 
 
-def expand_templates(s: Scenario) -> Scenario:
-    """The scenario with every template copy `<template>_<i>` listed as a (held) entity, as the
-    World builds it. Idempotent; the same object when there are no templates."""
-    if not s.templates or all(name in {e.name for e in s.entities} for name in template_copies(s)):
-        return s
-    copies = []
-    for t in s.templates:
-        fields = {f.name: getattr(t, f.name) for f in dataclasses.fields(Entity)}
-        for i in range(t.capacity):
-            copies.append(Entity(**{**fields, "name": f"{t.name}_{i}", "held": True, "pos_jitter": 0.0}))
-    return dataclasses.replace(s, entities=[*s.entities, *copies])
-
-
 def world_spec(s: Scenario, reference: bool = True, base_dir=None):
     """Scenario -> physics.WorldSpec (templates expanded, files resolved, textures as images)."""
     from physics import BodySpec, CameraSpec, WorldSpec
 
-    from hybridsim.scenario.spec import resolve_file
+    from hybridsim.scenario.files import resolve_file
     from hybridsim.scenario.textures import texture_file
 
     s = expand_templates(s)
@@ -66,20 +51,6 @@ def world_spec(s: Scenario, reference: bool = True, base_dir=None):
     return WorldSpec(bodies=bodies, cameras=cams, dt=t.dt, substeps=t.substeps, gravity=s.gravity,
                      reference_render=reference, light_dir=lt.direction, light_color=lt.color,
                      light_intensity=lt.intensity, ambient=lt.ambient)
-
-
-def initial_offsets(s: Scenario, seeds: list[int]) -> dict[str, np.ndarray]:
-    """Per-environment x/y position offsets [B, 3] for entities with pos_jitter > 0."""
-    out = {}
-    for e in s.entities:
-        if e.pos_jitter > 0:
-            rows = []
-            for seed in seeds:
-                r = np.random.default_rng(derive_seed(seed, "pos_jitter", e.name))
-                dx, dy = r.uniform(-e.pos_jitter, e.pos_jitter, size=2)
-                rows.append((dx, dy, 0.0))
-            out[e.name] = np.asarray(rows, dtype=np.float64)
-    return out
 
 
 @dataclass

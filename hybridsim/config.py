@@ -10,7 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hybridsim.scenario.spec import Scenario, SpecError, _build, _plain
+from hybridsim.scenario.convert import _build, _plain
+from hybridsim.scenario.spec import Scenario, SpecError
 
 
 @dataclass

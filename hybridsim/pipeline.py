@@ -22,10 +22,10 @@ from typing import Iterator
 
 import numpy as np
 
-from hybridsim.bridge import camera_matrices_per_env, expand_templates, schedule, world_spec
+from hybridsim.bridge import apply_action, camera_matrices_per_env, schedule, world_spec
 from hybridsim.config import RunConfig
 from hybridsim.scenario.seeding import env_seeds
-from hybridsim.scenario.spec import Scenario, SpecError
+from hybridsim.scenario.spec import Scenario, SpecError, expand_templates
 
 
 @dataclass
@@ -117,7 +117,7 @@ class Simulation:
 
         self.cameras = {name: CameraParams(name, w, h, view, K)
                         for name, (view, K, w, h) in camera_matrices_per_env(self.episodes).items()}
-        self.engine = EventEngine(self.episodes, self.world, self.cameras, self.steps_per_frame)
+        self.engine = EventEngine(self.episodes, self.world, self.cameras, self.steps_per_frame, apply_action)
         self._events = schedule(self.episodes[0])  # v1 view of the timed events
         self._last_frame = np.array([_last_frame(ep) for ep in self.episodes])
         self.frame_index, self._prev_means = 0, None

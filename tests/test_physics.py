@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from hybridsim.bridge import initial_offsets
 from hybridsim.config import compose
+from hybridsim.scenario.sampling import initial_offsets
 from hybridsim.scenario.seeding import derive_seed, env_seeds
 
 DATA = Path(__file__).parent / "data"

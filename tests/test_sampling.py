@@ -9,8 +9,8 @@ import yaml
 from scipy import stats
 
 from hybridsim.config import compose, scenario_names
-from hybridsim.scenario.sampling import (Choice, LogUniform, Normal, Param, RandInt, Uniform, has_distributions,
-                                         layout_key, sample_scenario)
+from hybridsim.scenario.distributions import Choice, LogUniform, Normal, Param, RandInt, Uniform
+from hybridsim.scenario.sampling import has_distributions, layout_key, sample_scenario
 from hybridsim.scenario.spec import Entity, Scenario
 
 RARE = ["glass_table_edge", "ramp_slip", "thrown_collision", "stack_topple_rare", "robot_knock", "heavy_on_light"]
@@ -92,7 +92,7 @@ def test_no_distributions_is_identity():
 
 
 def test_pos_jitter_resolves_like_v1():
-    from hybridsim.bridge import initial_offsets
+    from hybridsim.scenario.sampling import initial_offsets
 
     s = compose(["scenario=default"]).scenario
     out = sample_scenario(s, 99)

@@ -395,7 +395,7 @@ class _SimPool:
 def _assign_env_seeds(sim, seeds: list[int]) -> None:
     """For a Simulation without per-env episodes: re-seed env b's initial conditions in place, exactly
     as `hybridsim run episode=i` seeds its env 0."""
-    from hybridsim.bridge import initial_offsets
+    from hybridsim.scenario.sampling import initial_offsets
 
     sim.world.restore(sim._initial)
     sim.world._apply_initial_conditions(initial_offsets(sim.scenario, seeds))

@@ -3,28 +3,37 @@
 `compile_condition` turns the conditions of B environments (same structure, own values) into one
 node; `update(ctx)` sets its [B] bool `value` from the PhysicsState before each physics step.
 Leaves: `contact`, `speed`, `height`, `distance`, `at_rest`, `in_region`, `visible`, `time`;
-groups: `all`, `any`. Semantics: see `hybridsim.scenario.events`. `EventEngine` (hybridsim.scenario.events) owns the
-nodes; this module only reads the engine's world, cameras, dt, B and per-step bookkeeping.
+groups: `all`, `any`. Semantics: see `hybridsim.scenario.events`. `EventEngine` (events.py) owns the
+nodes; this module only reads the engine's world, cameras, dt, B and per-step bookkeeping (`Engine`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
-from hybridsim.scenario.spec import Condition, SpecError
+from hybridsim.scenario.errors import SpecError
+from hybridsim.scenario.parts import LEAVES, Condition
 
-if TYPE_CHECKING:
-    from hybridsim.scenario.events import EventEngine
 
-LEAVES = ("contact", "speed", "height", "distance", "at_rest", "in_region", "time", "visible")
+class Engine(Protocol):
+    """What the nodes read of the `EventEngine` (events.py) that owns them."""
+
+    world: Any  # physics.World
+    cameras: dict
+    dt: float
+    B: int
+    stateful: list  # leaves with counters, saved with the engine
+    prev_vel: Any  # [B, K, 3] velocities after the previous step's actions, or None
+
+    def slot_mass(self) -> Any: ...
 
 
 class Context:
     """What conditions see before physics step `step`: the state after the previous step."""
 
-    def __init__(self, engine: EventEngine, step: int, state):
+    def __init__(self, engine: Engine, step: int, state):
         self.engine, self.step, self.state = engine, step, state
         self.t = step * engine.dt
 
@@ -45,7 +54,7 @@ class Context:
         return eng.slot_mass() * dv.norm(dim=-1)
 
 
-def compile_condition(conds: list[Condition], engine: EventEngine) -> "_Node":
+def compile_condition(conds: list[Condition], engine: Engine) -> "_Node":
     """One node for all environments; conds[b] is env b's condition (same structure, own values)."""
     kinds = [next(k for k in (*LEAVES, "all", "any") if getattr(c, k) not in (None, [])) for c in conds]
     if len(set(kinds)) != 1:
@@ -94,7 +103,7 @@ class _Group(_Node):
                 c.describe(b, rec)
 
 
-def _slots(engine: EventEngine, names: list[str]):
+def _slots(engine: Engine, names: list[str]):
     import torch
 
     return torch.as_tensor([engine.world.body_slot(n) for n in names])
@@ -107,7 +116,7 @@ def _add(rec: dict, *names: str) -> None:
 class _Scalar(_Node):
     """speed / height / distance / time against `above` or `below`."""
 
-    def __init__(self, kind: str, leaves: list, engine: EventEngine):
+    def __init__(self, kind: str, leaves: list, engine: Engine):
         self.kind, self.engine = kind, engine
         self.above = leaves[0].above is not None
         self.threshold = np.array([x.above if self.above else x.below for x in leaves], dtype=np.float64)
@@ -143,7 +152,7 @@ class _Scalar(_Node):
 
 
 class _AtRest(_Node):
-    def __init__(self, kind: str, leaves: list, engine: EventEngine):
+    def __init__(self, kind: str, leaves: list, engine: Engine):
         self.engine, self.names = engine, [x.entity for x in leaves]
         self.slot = _slots(engine, self.names)
         self.steps = np.array([max(1, int(round(x.for_ / engine.dt))) for x in leaves])
@@ -171,7 +180,7 @@ class _AtRest(_Node):
 
 
 class _Region(_Node):
-    def __init__(self, kind: str, leaves: list, engine: EventEngine):
+    def __init__(self, kind: str, leaves: list, engine: Engine):
         self.engine, self.names = engine, [x.entity for x in leaves]
         self.slot = _slots(engine, self.names)
         self.lo = np.array([x.min for x in leaves], dtype=np.float64)
@@ -188,7 +197,7 @@ class _Region(_Node):
 
 
 class _Visible(_Node):
-    def __init__(self, kind: str, leaves: list, engine: EventEngine):
+    def __init__(self, kind: str, leaves: list, engine: Engine):
         self.engine, self.names = engine, [x.entity for x in leaves]
         self.slot = _slots(engine, self.names)
         self.camera = [x.camera for x in leaves]
@@ -208,7 +217,7 @@ class _Visible(_Node):
 class _Contact(_Node):
     needs_contacts = True
 
-    def __init__(self, kind: str, leaves: list, engine: EventEngine):
+    def __init__(self, kind: str, leaves: list, engine: Engine):
         import torch
 
         world, B = engine.world, engine.B

@@ -28,195 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridsim.scenario.conditions import (LEAVES, Context, compile_condition,  # noqa: F401 (re-exported)
-                                           project_visible)
-from hybridsim.scenario.spec import (Action, Condition, Scenario, SpecError, check, components, event_actions,
-                                     event_name, template_copies, values)
-
-_ACTION_FIELDS = {
-    "impulse": {"entity", "vector"}, "force": {"entity", "vector", "duration"},
-    "torque": {"entity", "vector", "duration"}, "set_velocity": {"entity", "lin_vel", "ang_vel"},
-    "joint_targets": {"entity", "targets"}, "release": {"entity"}, "remove": {"entity"},
-    "set_friction": {"entity", "value"}, "set_mass": {"entity", "value"}, "set_gravity": {"vector"},
-    "spawn": {"template", "count", "pos", "offset", "euler", "lin_vel", "ang_vel"},
-    "move_camera": {"camera", "pos", "lookat", "up"},
-}
-_INLINE_KINDS = ("impulse", "force", "torque", "set_velocity", "joint_targets", "release", "remove")
-_FREE_KINDS = ("impulse", "force", "torque", "set_velocity", "release", "remove", "set_mass")
-
-
-# ============================================================================ validation
-def validate_events(s: Scenario, path: str) -> None:
-    """Events, require and terminate. Raises SpecError naming the YAML path."""
-    index: dict[str, int] = {}
-    for i, ev in enumerate(s.events):
-        name = event_name(ev, i)
-        if name in index:
-            raise SpecError(f"{path}.events[{i}].name", f"duplicate event name '{name}'")
-        index[name] = i
-    for i, ev in enumerate(s.events):
-        _validate_event(ev, s, f"{path}.events[{i}]", index)
-    _check_cycles(s, path, index)
-    for j, r in enumerate(s.require):
-        p = f"{path}.require[{j}]"
-        _known(r.event, index, f"{p}.event", "event")
-        for k, name in enumerate(r.visible):
-            _entity(name, s, f"{p}.visible[{k}]")
-        if r.camera is not None:
-            _known(r.camera, [c.name for c in s.cameras], f"{p}.camera", "camera")
-        check(r.min_count, lambda v: v >= 1, f"{p}.min_count", "must be >= 1")
-    t = s.terminate
-    if t is not None:
-        p = f"{path}.terminate"
-        check(t.time_limit, lambda v: v > 0, f"{p}.time_limit", "must be > 0 seconds")
-        check(t.at_rest, lambda v: v > 0, f"{p}.at_rest", "must be > 0 seconds")
-        check(t.rest_speed, lambda v: v > 0, f"{p}.rest_speed", "must be > 0")
-        if t.after is not None:
-            _known(t.after, index, f"{p}.after", "event")
-
-
-def _known(name, known, path: str, what: str) -> None:
-    for v in values(name):
-        if v not in known:
-            raise SpecError(path, f"unknown {what} '{v}'; {what}s are {list(known)}")
-
-
-def _entity(name, s: Scenario, path: str, free: bool = False, groups: bool = False) -> None:
-    """A known entity (or template copy; a template name stands for all its copies where `groups`)."""
-    copies = template_copies(s)
-    known = [e.name for e in s.entities] + list(copies) + ([t.name for t in s.templates] if groups else [])
-    for v in values(name):
-        if v not in known:
-            raise SpecError(path, f"unknown entity '{v}'; entities are {[e.name for e in s.entities]}"
-                                  + (f" (and template copies {list(copies)})" if copies else ""))
-        if free and v not in copies:
-            e = s.entity(v)
-            if e.fixed or e.type in ("plane", "urdf", "mjcf"):
-                raise SpecError(path, f"'{v}' is not a free rigid body; this action needs one")
-
-
-def _validate_event(ev, s: Scenario, p: str, index: dict[str, int]) -> None:
-    triggers = [k for k in ("at", "after", "when") if getattr(ev, k) is not None]
-    if len(triggers) != 1:
-        raise SpecError(p, f"give exactly one trigger (at, after or when), got {triggers or 'none'}")
-    check(ev.at, lambda v: v >= 0, f"{p}.at", "must be >= 0 seconds")
-    if ev.after is not None:
-        _known(ev.after.event, index, f"{p}.after.event", "event")
-        check(ev.after.delay, lambda v: v >= 0, f"{p}.after.delay", "must be >= 0 seconds")
-    if ev.when is not None:
-        _validate_condition(ev.when, s, f"{p}.when")
-    check(ev.max_count, lambda v: v >= 1, f"{p}.max_count", "must be >= 1")
-    if ev.at is not None and ev.max_count not in (None, 1):
-        raise SpecError(f"{p}.max_count", "a timed (at) event fires once; use `after` or `when` to repeat")
-    if ev.kind is not None:
-        if ev.actions:
-            raise SpecError(f"{p}.actions", "give either kind (one inline action) or actions, not both")
-        if ev.kind not in _INLINE_KINDS:
-            raise SpecError(f"{p}.kind", f"{ev.kind} takes more than the inline fields; write it as "
-                                         f"actions: [{{kind: {ev.kind}, ...}}]")
-        _validate_action(event_actions(ev)[0], s, p)
-        return
-    for key in ("entity", "vector", "duration", "lin_vel", "ang_vel"):
-        if getattr(ev, key) is not None:
-            raise SpecError(f"{p}.{key}", "needs `kind` (or move it into actions)")
-    if ev.targets:
-        raise SpecError(f"{p}.targets", "needs `kind: joint_targets` (or move it into actions)")
-    for j, a in enumerate(ev.actions):
-        _validate_action(a, s, f"{p}.actions[{j}]")
-
-
-def _validate_action(a: Action, s: Scenario, p: str) -> None:
-    allowed = _ACTION_FIELDS[a.kind]
-    defaults = Action(a.kind)
-    for key in ("entity", "vector", "duration", "lin_vel", "ang_vel", "targets", "value", "template", "count",
-                "pos", "offset", "euler", "camera", "lookat", "up"):
-        if key not in allowed and getattr(a, key) != getattr(defaults, key):
-            raise SpecError(f"{p}.{key}", f"not used by {a.kind}; {a.kind} takes {sorted(allowed)}")
-    if "entity" in allowed:
-        if a.entity is None:
-            raise SpecError(f"{p}.entity", f"{a.kind} needs an entity")
-        _entity(a.entity, s, f"{p}.entity", free=a.kind in _FREE_KINDS)
-    if a.kind == "joint_targets":
-        for v in values(a.entity):
-            if v in template_copies(s) or s.entity(v).type not in ("urdf", "mjcf"):
-                raise SpecError(f"{p}.entity", f"'{v}' is not a robot; joint_targets needs a urdf/mjcf robot")
-        if not a.targets:
-            raise SpecError(f"{p}.targets", "give at least one joint: position")
-    if a.kind in ("impulse", "force", "torque", "set_gravity") and a.vector is None:
-        raise SpecError(f"{p}.vector", f"required for {a.kind} (world-frame x, y, z)")
-    if a.kind in ("force", "torque"):
-        if a.duration is None:
-            raise SpecError(f"{p}.duration", f"{a.kind} needs a duration > 0 seconds, got None")
-        check(a.duration, lambda v: v > 0, f"{p}.duration", f"{a.kind} needs a duration > 0 seconds")
-    if a.kind == "set_velocity" and a.lin_vel is None and a.ang_vel is None:
-        raise SpecError(f"{p}.lin_vel", "set_velocity needs lin_vel and/or ang_vel")
-    if a.kind in ("set_friction", "set_mass"):
-        if a.value is None:
-            raise SpecError(f"{p}.value", f"{a.kind} needs a value")
-        if a.kind == "set_friction":
-            check(a.value, lambda v: 0.01 <= v <= 5.0, f"{p}.value", "friction must be in [0.01, 5]")
-        else:
-            check(a.value, lambda v: v > 0, f"{p}.value", "mass must be > 0 kg")
-    if a.kind == "spawn":
-        _known(a.template, [t.name for t in s.templates], f"{p}.template", "template")
-        if a.pos is None:
-            raise SpecError(f"{p}.pos", "spawn needs the position of the first copy")
-        cap = s.template(a.template).capacity
-        check(a.count, lambda v: 0 <= v <= cap, f"{p}.count", f"must be in [0, capacity {cap}]")
-    if a.kind == "move_camera":
-        _known(a.camera, [c.name for c in s.cameras], f"{p}.camera", "camera")
-        if a.pos is None and a.lookat is None:
-            raise SpecError(f"{p}.pos", "move_camera needs pos and/or lookat")
-
-
-def _validate_condition(c: Condition, s: Scenario, p: str) -> None:
-    given = [k for k in (*LEAVES, "all", "any") if getattr(c, k) not in (None, [])]
-    if len(given) != 1:
-        raise SpecError(p, f"give exactly one condition ({', '.join(LEAVES)}) or all/any; got {given or 'none'}")
-    kind = given[0]
-    leaf, q = getattr(c, kind), f"{p}.{kind}"
-    if kind in ("all", "any"):
-        for j, sub in enumerate(leaf):
-            _validate_condition(sub, s, f"{q}[{j}]")
-        return
-    if kind == "contact":
-        _entity(leaf.a, s, f"{q}.a", groups=True)
-        if leaf.b is not None:
-            _entity(leaf.b, s, f"{q}.b", groups=True)
-        check(leaf.min_impulse, lambda v: v >= 0, f"{q}.min_impulse", "must be >= 0 N*s")
-    elif kind == "visible":
-        _entity(leaf.entity, s, f"{q}.entity")
-        _known(leaf.camera, [cam.name for cam in s.cameras], f"{q}.camera", "camera")
-    elif kind == "distance":
-        _entity(leaf.a, s, f"{q}.a")
-        _entity(leaf.b, s, f"{q}.b")
-    elif kind != "time":
-        _entity(leaf.entity, s, f"{q}.entity")
-    if kind in ("speed", "height", "distance", "time"):
-        ops = [k for k in ("above", "below") if getattr(leaf, k) is not None]
-        if len(ops) != 1:
-            raise SpecError(q, f"give exactly one of above / below, got {ops or 'none'}")
-    if kind == "at_rest":
-        check(leaf.for_, lambda v: v > 0, f"{q}.for", "must be > 0 seconds")
-        check(leaf.speed, lambda v: v > 0, f"{q}.speed", "must be > 0 m/s")
-    if kind == "in_region":
-        lo, hi = components(leaf.min), components(leaf.max)
-        if len(lo) == len(hi) == 3 and any(a > b for a, b in zip(lo, hi)):
-            raise SpecError(q, f"min {lo} must be <= max {hi} in every component")
-
-
-def _check_cycles(s: Scenario, path: str, index: dict[str, int]) -> None:
-    """`after` chains must end at an event with another trigger."""
-    source = {event_name(ev, i): ev.after.event for i, ev in enumerate(s.events) if ev.after is not None}
-    for start in source:
-        chain = [start]
-        while chain[-1] in source:
-            nxt = source[chain[-1]]
-            if nxt in chain:
-                cycle = chain[chain.index(nxt):] + [nxt]
-                raise SpecError(f"{path}.events[{index[cycle[0]]}].after.event",
-                                f"circular `after` chain: {' -> '.join(cycle)}; one of them needs `at` or `when`")
-            chain.append(nxt)
+from hybridsim.scenario.conditions import Context, compile_condition, project_visible
+from hybridsim.scenario.parts import Action, event_actions, event_name
+from hybridsim.scenario.spec import Scenario
 
 
 def order_events(s: Scenario) -> list[int]:
@@ -248,10 +62,13 @@ def write_events_jsonl(path: str | Path, records: list[dict]) -> None:
 class EventEngine:
     """Triggers, actions and bookkeeping for B environments, env b running episodes[b].
 
-    `episodes` are concrete scenarios with the same event structure (sampling.layout_key)."""
+    `episodes` are concrete scenarios with the same event structure (sampling.layout_key).
+    `apply_action(world, actions, envs, dt, cameras, spawn_next)` carries an action out on the world
+    (the frame loop hands in `hybridsim.bridge.apply_action`, which knows the physics stage)."""
 
-    def __init__(self, episodes: list[Scenario], world, cameras: dict, steps_per_frame: int):
+    def __init__(self, episodes: list[Scenario], world, cameras: dict, steps_per_frame: int, apply_action):
         self.world, self.cameras, self.spf = world, cameras, steps_per_frame
+        self.apply_action = apply_action
         self.B, base = len(episodes), episodes[0]
         self.dt = base.timing.dt
         self.names = [event_name(ev, i) for i, ev in enumerate(base.events)]
@@ -346,8 +163,6 @@ class EventEngine:
         return records
 
     def _fire(self, e: "_Event", envs: np.ndarray, ctx) -> list[dict]:
-        from hybridsim.bridge import apply_action
-
         e.count[envs] += 1
         for d in self.events:  # schedule the events that follow this one
             if d.trigger == "after" and d.source == e.index:
@@ -355,7 +170,7 @@ class EventEngine:
                 d.due[new] = ctx.step + d.delay[new]
         records = {int(b): self._record(e, int(b), ctx) for b in envs}
         for acts in e.actions:
-            touched = apply_action(self.world, acts, envs, self.dt, self.cameras, self.spawn_next)
+            touched = self.apply_action(self.world, acts, envs, self.dt, self.cameras, self.spawn_next)
             for b, names in touched.items():
                 rec = records[b]
                 rec["entities"] += [n for n in names if n not in rec["entities"]]

@@ -6,252 +6,33 @@ In YAML, `entities`, `templates` and `cameras` are mappings keyed by name (so Hy
 naming the YAML path of the bad value and the fix.
 
 v2, the rare-event language (docs/scenarios.md), adds, all optional so v1 files stay valid:
-- a distribution in place of any value, and a `params:` block of named ones (hybridsim.scenario.sampling);
+- a distribution in place of any value, and a `params:` block of named ones (hybridsim.scenario.distributions);
 - `templates:` (bodies to `spawn`, preallocated `capacity` times) and `held: true` entities;
 - events with one trigger (`at`, `after: {event, delay}` or `when: <condition>`), `once` /
   `max_count` and a list of `actions`; a v1 event (`at` + `kind` + `entity` ...) is a timed
   event with one action;
 - `require:` (reject an episode where an event did not fire, or fired out of sight) and
   `terminate:` (time limit; everything at rest for a while).
-The semantic checks (`validate`) live in `hybridsim.scenario.validate` (re-exported here), those of the
-event language in `hybridsim.scenario.events.validate_events`.
+`Scenario` is here with the checks that need all of it (`validate`, run by `Scenario.from_dict`, and
+those of the event language); the parts it is made of are in `parts.py` (re-exported here, as is
+`SpecError`), their conversion from YAML data in `convert.py` and their own checks in `validate.py`.
 """
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
-import functools
-import math
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from hybridsim.scenario.sampling import (Distribution, Normal, Param, is_distribution_data, is_param_ref,
-                                         parse_distribution, parse_param)
-
-Vec3 = tuple[float, float, float]
-Quat = tuple[float, float, float, float]
-
-ENTITY_TYPES = ("plane", "box", "sphere", "cylinder", "mesh", "urdf", "mjcf")
-EVENT_KINDS = ("impulse", "force", "set_velocity", "joint_targets")  # v1
-ACTION_KINDS = ("impulse", "force", "torque", "set_velocity", "joint_targets", "release", "spawn", "remove",
-                "set_friction", "set_mass", "set_gravity", "move_camera")
-MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".stl", ".ply")
-NO_DISTRIBUTION = ("name", "type", "kind", "seed", "capacity", "event", "template", "camera")
-
-
-class SpecError(ValueError):
-    """Invalid scenario or run configuration. `path` is the YAML path of the bad value."""
-
-    def __init__(self, path: str, message: str):
-        self.path, self.message = path, message
-        super().__init__(f"{path}: {message}" if path else message)
-
-
-@dataclass
-class Appearance:
-    color: Vec3 | None = None  # RGB in [0, 1]; None = the asset's own materials, else grey
-    texture: str | None = None  # image file, or "skimage:NAME" for a scikit-image photograph
-
-
-@dataclass
-class Entity:
-    name: str
-    type: Literal["plane", "box", "sphere", "cylinder", "mesh", "urdf", "mjcf"]
-    size: Vec3 | None = None  # box: full extents, metres
-    radius: float | None = None  # sphere, cylinder
-    height: float | None = None  # cylinder (axis along body z)
-    file: str | None = None  # mesh / urdf / mjcf; "genesis:REL" = asset shipped with Genesis
-    scale: float = 1.0
-    pos: Vec3 = (0.0, 0.0, 0.0)
-    quat: Quat | None = None  # wxyz; or give `euler`
-    euler: Vec3 | None = None  # roll, pitch, yaw in degrees (extrinsic x, then y, then z)
-    fixed: bool = False
-    mass: float | None = None  # kg (wins over density)
-    density: float | None = None  # kg/m^3
-    friction: float | None = None  # Genesis default (1.0) when None
-    restitution: float = 0.0  # in [0, 1)
-    lin_vel: Vec3 = (0.0, 0.0, 0.0)  # initial, m/s, world frame
-    ang_vel: Vec3 = (0.0, 0.0, 0.0)  # initial, rad/s, world frame
-    appearance: Appearance = field(default_factory=Appearance)
-    semantic_class: str = "object"
-    pos_jitter: float = 0.0  # metres: uniform x/y offset drawn per environment from its seed
-    joints: dict[str, float] = field(default_factory=dict)  # robots: initial joint positions
-    decompose: bool = False  # mesh: convex decomposition instead of a single convex hull
-    held: bool = False  # free body pinned at its pose (kinematic) until a `release` action
-
-
-@dataclass
-class Template(Entity):
-    """A body that `spawn` actions place: `capacity` copies named `<name>_<i>` are built parked."""
-
-    capacity: int = 1
-
-
-@dataclass
-class Camera:
-    name: str
-    pos: Vec3
-    lookat: Vec3 = (0.0, 0.0, 0.0)
-    up: Vec3 = (0.0, 0.0, 1.0)
-    fov: float = 45.0  # vertical, degrees
-    res: tuple[int, int] = (128, 128)  # width, height in pixels
-
-
-@dataclass
-class Timing:
-    duration: float = 2.0  # seconds
-    fps: float = 20.0  # output frames per second
-    dt: float = 0.01  # physics step, seconds
-    substeps: int = 1
-
-    @property
-    def steps_per_frame(self) -> int:
-        return max(1, round(1.0 / (self.fps * self.dt)))
-
-    @property
-    def n_frames(self) -> int:
-        return int(math.floor(self.duration * self.fps + 1e-9))
-
-
-# ------------------------------------------------------------------ conditions (event triggers)
-@dataclass
-class Contact:
-    a: str  # entity (or template: any of its copies)
-    b: str | None = None  # None: anything else
-    min_impulse: float = 0.0  # N*s over one physics step, summed over the pair's contacts
-
-
-@dataclass
-class Threshold:  # speed (m/s) or height (z of the body origin, m) of one entity
-    entity: str
-    above: float | None = None
-    below: float | None = None
-
-
-@dataclass
-class Distance:  # between the origins of two entities, metres
-    a: str
-    b: str
-    above: float | None = None
-    below: float | None = None
-
-
-@dataclass
-class AtRest:
-    entity: str
-    for_: float = field(default=0.3, metadata={"key": "for"})  # seconds below `speed`
-    speed: float = 0.05  # m/s (and 10x that in rad/s)
-
-
-@dataclass
-class Region:  # axis-aligned box, world frame
-    entity: str
-    min: Vec3
-    max: Vec3
-
-
-@dataclass
-class TimeWindow:  # simulation time, seconds
-    above: float | None = None
-    below: float | None = None
-
-
-@dataclass
-class Visible:  # the entity's origin projects inside the camera image, in front of it
-    entity: str
-    camera: str
-
-
-@dataclass
-class Condition:
-    """Exactly one leaf, or `all` / `any` of nested conditions."""
-
-    contact: Contact | None = None
-    speed: Threshold | None = None
-    height: Threshold | None = None
-    distance: Distance | None = None
-    at_rest: AtRest | None = None
-    in_region: Region | None = None
-    time: TimeWindow | None = None
-    visible: Visible | None = None
-    all: list[Condition] = field(default_factory=list)
-    any: list[Condition] = field(default_factory=list)
-
-
-@dataclass
-class After:
-    event: str
-    delay: float = 0.0  # seconds after each firing of `event`
-
-
-@dataclass
-class Action:
-    kind: Literal["impulse", "force", "torque", "set_velocity", "joint_targets", "release", "spawn", "remove",
-                  "set_friction", "set_mass", "set_gravity", "move_camera"]
-    entity: str | None = None
-    vector: Vec3 | None = None  # impulse (N*s), force (N), torque (N*m), gravity (m/s^2); world frame
-    duration: float | None = None  # force / torque: seconds
-    lin_vel: Vec3 | None = None  # set_velocity, spawn
-    ang_vel: Vec3 | None = None  # set_velocity, spawn
-    targets: dict[str, float] = field(default_factory=dict)  # joint_targets: joint -> position
-    value: float | None = None  # set_friction (coefficient), set_mass (kg)
-    template: str | None = None  # spawn
-    count: int = 1  # spawn: copies placed (at most the template's capacity in all)
-    pos: Vec3 | None = None  # spawn: first copy; move_camera: camera position
-    offset: Vec3 = (0.0, 0.0, 0.0)  # spawn: from one copy to the next
-    euler: Vec3 | None = None  # spawn orientation in degrees (default: the template's)
-    camera: str | None = None  # move_camera
-    lookat: Vec3 | None = None  # move_camera
-    up: Vec3 | None = None  # move_camera
-
-
-@dataclass
-class Event:
-    at: float | None = None  # seconds (timed trigger)
-    kind: Literal["impulse", "force", "torque", "set_velocity", "joint_targets", "release", "spawn", "remove",
-                  "set_friction", "set_mass", "set_gravity", "move_camera"] | None = None  # v1: one inline action
-    entity: str | None = None
-    vector: Vec3 | None = None  # impulse (N*s) or force (N), world frame
-    duration: float | None = None  # force: seconds
-    lin_vel: Vec3 | None = None  # set_velocity
-    ang_vel: Vec3 | None = None  # set_velocity
-    targets: dict[str, float] = field(default_factory=dict)  # joint_targets: joint -> position
-    name: str | None = None  # default "event<i>"
-    after: After | None = None  # trigger: another event plus a delay
-    when: Condition | None = None  # trigger: a condition, on its rising edge
-    once: bool = True  # fire at most once (unless max_count is given)
-    max_count: int | None = None  # fire at most this many times (rising edges)
-    actions: list[Action] = field(default_factory=list)
-
-
-@dataclass
-class Require:
-    event: str  # must fire (min_count times) before the episode ends
-    visible: list[str] = field(default_factory=list)  # entities visible when it first fired
-    camera: str | None = None  # ... in this camera (None: in at least one)
-    min_count: int = 1
-
-
-@dataclass
-class Terminate:
-    time_limit: float | None = None  # seconds (timing.duration caps it)
-    at_rest: float | None = None  # seconds every free body stays below rest_speed
-    rest_speed: float = 0.05  # m/s (and 10x that in rad/s)
-    after: str | None = None  # at_rest counts only once this event has fired
-
-
-@dataclass
-class Lighting:
-    """Lights of the reference raster render (the splat render is unlit)."""
-
-    direction: Vec3 = (-1.0, -1.0, -1.0)  # directional light, world frame
-    color: Vec3 = (1.0, 1.0, 1.0)
-    intensity: float = 5.0
-    ambient: Vec3 = (0.1, 0.1, 0.1)
+from hybridsim.scenario.convert import _build, _named_list, _plain, _require_mapping
+from hybridsim.scenario.distributions import _PARAMS, Distribution, Param, check, components, parse_param, values
+from hybridsim.scenario.errors import SpecError
+from hybridsim.scenario.parts import (  # noqa: F401 (re-exported: spec is the language's public face)
+    ACTION_KINDS, ENTITY_TYPES, EVENT_KINDS, LEAVES, MESH_SUFFIXES, Action, After, Appearance, AtRest, Camera,
+    Condition, Contact, Distance, Entity, Event, Lighting, Quat, Region, Require, Template, Terminate, Threshold,
+    TimeWindow, Timing, Vec3, Visible, event_actions, event_name)
+from hybridsim.scenario.validate import _validate_camera, _validate_entity, _validate_lighting, _walk_distributions
 
 
 @dataclass
@@ -282,8 +63,6 @@ class Scenario:
             params = _require_mapping(data["params"], f"{path}.params")
             data["params"] = {str(k): parse_param(v, f"{path}.params.{k}") for k, v in params.items()}
         scenario = _build(cls, data, path)
-        from hybridsim.scenario.validate import validate
-
         validate(scenario, path, base_dir)
         return scenario
 
@@ -307,265 +86,269 @@ class Scenario:
         raise KeyError(name)
 
 
-def event_name(ev: Event, index: int) -> str:
-    return ev.name if ev.name is not None else f"event{index}"
-
-
-def event_actions(ev: Event) -> list[Action]:
-    """The actions of an event; a v1 inline action (`kind` on the event) becomes the only one."""
-    if ev.kind is None:
-        return list(ev.actions)
-    return [Action(ev.kind, entity=ev.entity, vector=ev.vector, duration=ev.duration, lin_vel=ev.lin_vel,
-                   ang_vel=ev.ang_vel, targets=dict(ev.targets))]
-
-
 def template_copies(s: Scenario) -> dict[str, str]:
     """copy name -> template name, for every preallocated copy."""
     return {f"{t.name}_{i}": t.name for t in s.templates for i in range(t.capacity)}
 
 
-# ---------------------------------------------------------------------------- generic build
+def expand_templates(s: Scenario) -> Scenario:
+    """The scenario with every template copy `<template>_<i>` listed as a (held) entity, as the
+    World builds it. Idempotent; the same object when there are no templates."""
+    if not s.templates or all(name in {e.name for e in s.entities} for name in template_copies(s)):
+        return s
+    copies = []
+    for t in s.templates:
+        fields = {f.name: getattr(t, f.name) for f in dataclasses.fields(Entity)}
+        for i in range(t.capacity):
+            copies.append(Entity(**{**fields, "name": f"{t.name}_{i}", "held": True, "pos_jitter": 0.0}))
+    return dataclasses.replace(s, entities=[*s.entities, *copies])
 
 
-def _require_mapping(data, path: str) -> dict:
-    if not isinstance(data, dict):
-        raise SpecError(path, f"expected a mapping, got {type(data).__name__} {data!r}")
-    return data
+# ---------------------------------------------------------------------------- validation
 
 
-def _named_list(data, path: str) -> list:
-    if data is None:
-        return []
-    if isinstance(data, list):  # also accept a list of items that carry `name`
-        return data
-    out = []
-    for name, item in _require_mapping(data, path).items():
-        item = dict(_require_mapping(item if item is not None else {}, f"{path}.{name}"))
-        if "name" in item and item["name"] != name:
-            raise SpecError(f"{path}.{name}.name", f"'{item['name']}' differs from its key '{name}'; drop `name`")
-        item["name"] = str(name)
-        out.append(item)
-    return out
+def validate(s: Scenario, path: str = "scenario", base_dir: str | Path | None = None) -> None:
+    """Checks that need more than one field. Raises SpecError with the YAML path."""
+    for name, p in s.params.items():
+        if not name.isidentifier():
+            raise SpecError(f"{path}.params.{name}", "parameter names must be identifiers (letters, digits, _)")
+        if isinstance(p, Param):
+            raise SpecError(f"{path}.params.{name}", "a parameter cannot refer to another parameter")
+    token = _PARAMS.set(s.params)
+    try:
+        _walk_distributions(s, type(s), path)
+        _validate(s, path, base_dir)
+    finally:
+        _PARAMS.reset(token)
 
 
-@functools.lru_cache(maxsize=None)
-def hints(cls) -> dict:
-    """typing.get_type_hints, cached (it evaluates string annotations each call)."""
-    return typing.get_type_hints(cls)
+def _validate(s: Scenario, path: str, base_dir) -> None:
+    t = s.timing
+    for key in ("duration", "fps", "dt"):
+        check(getattr(t, key), lambda v: v > 0, f"{path}.timing.{key}", "must be > 0")
+    check(t.substeps, lambda v: v >= 1, f"{path}.timing.substeps", "must be >= 1")
+    if not any(isinstance(getattr(t, k), Distribution) for k in ("fps", "dt")):
+        ratio = 1.0 / (t.fps * t.dt)
+        if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
+            raise SpecError(f"{path}.timing", f"1/(fps*dt) = {ratio:.4g} must be a whole number of steps per frame; "
+                            f"pick dt = 1/(fps*n), e.g. dt={1.0 / (t.fps * max(1, round(ratio))):.6g}")
+    if s.seed < 0:
+        raise SpecError(f"{path}.seed", f"must be >= 0, got {s.seed}")
+    _validate_lighting(s.lighting, f"{path}.lighting")
+    names: set[str] = set()
+    for e in s.entities:
+        _validate_entity(e, f"{path}.entities.{e.name}", base_dir)
+        if e.name in names:
+            raise SpecError(f"{path}.entities.{e.name}", "duplicate entity name")
+        names.add(e.name)
+    _validate_templates(s, path, names, base_dir)
+    if not s.cameras:
+        raise SpecError(f"{path}.cameras", "at least one camera is needed")
+    for c in s.cameras:
+        _validate_camera(c, f"{path}.cameras.{c.name}")
+    validate_events(s, path)
 
 
-def _key(f: dataclasses.Field) -> str:
-    """The YAML key of a field (`for_` is written `for`)."""
-    return f.metadata.get("key", f.name)
+def _validate_templates(s: Scenario, path: str, names: set[str], base_dir) -> None:
+    copies = template_copies(s)
+    for t in s.templates:
+        p = f"{path}.templates.{t.name}"
+        if t.name in names:
+            raise SpecError(p, f"'{t.name}' is also an entity name; rename one")
+        if t.type not in ("box", "sphere", "cylinder", "mesh") or t.fixed:
+            raise SpecError(f"{p}.type", f"templates are free bodies (box, sphere, cylinder, mesh), got "
+                                         f"{t.type}{' fixed' if t.fixed else ''}")
+        if not 1 <= t.capacity <= 64:
+            raise SpecError(f"{p}.capacity", f"must be in [1, 64], got {t.capacity}")
+        _validate_entity(t, p, base_dir)
+        names.add(t.name)
+    clash = sorted(set(copies) & names)
+    if clash:
+        raise SpecError(f"{path}.entities.{clash[0]}", f"clashes with a copy of template '{copies[clash[0]]}'; rename it")
 
 
-def _build(cls, data: dict, path: str):
-    if isinstance(data, cls):  # already a dataclass (Python API mixed into plain data)
-        return data
-    data = _require_mapping(data, path)
-    types_ = hints(cls)
-    fields = {_key(f): f for f in dataclasses.fields(cls)}
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        raise SpecError(f"{path}.{unknown[0]}", f"unknown key; allowed keys are {sorted(fields)}")
-    kwargs = {}
-    for key, f in fields.items():
-        sub = f"{path}.{key}"
-        if key in data:
-            value = data[key]
-            if f.name in NO_DISTRIBUTION and _is_distribution(value):
-                raise SpecError(sub, "cannot be a distribution (it names or shapes something fixed)")
-            kwargs[f.name] = _convert(value, types_[f.name], sub)
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            raise SpecError(sub, "missing required key")
-    return cls(**kwargs)
+# ---------------------------------------------------------------------------- the event language
+
+_ACTION_FIELDS = {
+    "impulse": {"entity", "vector"}, "force": {"entity", "vector", "duration"},
+    "torque": {"entity", "vector", "duration"}, "set_velocity": {"entity", "lin_vel", "ang_vel"},
+    "joint_targets": {"entity", "targets"}, "release": {"entity"}, "remove": {"entity"},
+    "set_friction": {"entity", "value"}, "set_mass": {"entity", "value"}, "set_gravity": {"vector"},
+    "spawn": {"template", "count", "pos", "offset", "euler", "lin_vel", "ang_vel"},
+    "move_camera": {"camera", "pos", "lookat", "up"},
+}
+_INLINE_KINDS = ("impulse", "force", "torque", "set_velocity", "joint_targets", "release", "remove")
+_FREE_KINDS = ("impulse", "force", "torque", "set_velocity", "release", "remove", "set_mass")
 
 
-def _is_distribution(value) -> bool:
-    return isinstance(value, Distribution) or is_param_ref(value) or is_distribution_data(value)
+def validate_events(s: Scenario, path: str) -> None:
+    """Events, require and terminate. Raises SpecError naming the YAML path."""
+    index: dict[str, int] = {}
+    for i, ev in enumerate(s.events):
+        name = event_name(ev, i)
+        if name in index:
+            raise SpecError(f"{path}.events[{i}].name", f"duplicate event name '{name}'")
+        index[name] = i
+    for i, ev in enumerate(s.events):
+        _validate_event(ev, s, f"{path}.events[{i}]", index)
+    _check_cycles(s, path, index)
+    for j, r in enumerate(s.require):
+        p = f"{path}.require[{j}]"
+        _known(r.event, index, f"{p}.event", "event")
+        for k, name in enumerate(r.visible):
+            _entity(name, s, f"{p}.visible[{k}]")
+        if r.camera is not None:
+            _known(r.camera, [c.name for c in s.cameras], f"{p}.camera", "camera")
+        check(r.min_count, lambda v: v >= 1, f"{p}.min_count", "must be >= 1")
+    t = s.terminate
+    if t is not None:
+        p = f"{path}.terminate"
+        check(t.time_limit, lambda v: v > 0, f"{p}.time_limit", "must be > 0 seconds")
+        check(t.at_rest, lambda v: v > 0, f"{p}.at_rest", "must be > 0 seconds")
+        check(t.rest_speed, lambda v: v > 0, f"{p}.rest_speed", "must be > 0")
+        if t.after is not None:
+            _known(t.after, index, f"{p}.after", "event")
 
 
-def _distribution_slot(tp) -> bool:
-    """Scalars, vectors and enums may be drawn; mappings, lists and nested specs may not."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return all(_distribution_slot(a) for a in typing.get_args(tp) if a is not type(None))
-    return origin not in (list, dict) and not dataclasses.is_dataclass(tp)
+def _known(name, known, path: str, what: str) -> None:
+    for v in values(name):
+        if v not in known:
+            raise SpecError(path, f"unknown {what} '{v}'; {what}s are {list(known)}")
 
 
-def _convert(value, tp, path: str):
-    if _is_distribution(value):
-        if not _distribution_slot(tp):
-            raise SpecError(path, "a distribution can stand for a number, a string or a vector, not for this")
-        return parse_distribution(value, tp, path, _convert)
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _convert(value, inner[0], path)
-    if origin is Literal:
-        if value not in args:
-            raise SpecError(path, f"{value!r} is not one of {list(args)}")
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise SpecError(path, f"expected a list of {len(args)} numbers, got {value!r}")
-        return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise SpecError(path, f"expected a list, got {type(value).__name__}")
-        return [_convert(v, args[0], _item_path(path, i, v)) for i, v in enumerate(value)]
-    if origin is dict:
-        mapping = _require_mapping(value if value is not None else {}, path)
-        return {str(k): _convert(v, args[1], f"{path}.{k}") for k, v in mapping.items()}
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, path)
-    return _scalar(value, tp, path)
+def _entity(name, s: Scenario, path: str, free: bool = False, groups: bool = False) -> None:
+    """A known entity (or template copy; a template name stands for all its copies where `groups`)."""
+    copies = template_copies(s)
+    known = [e.name for e in s.entities] + list(copies) + ([t.name for t in s.templates] if groups else [])
+    for v in values(name):
+        if v not in known:
+            raise SpecError(path, f"unknown entity '{v}'; entities are {[e.name for e in s.entities]}"
+                                  + (f" (and template copies {list(copies)})" if copies else ""))
+        if free and v not in copies:
+            e = s.entity(v)
+            if e.fixed or e.type in ("plane", "urdf", "mjcf"):
+                raise SpecError(path, f"'{v}' is not a free rigid body; this action needs one")
 
 
-def _item_path(path: str, i: int, item) -> str:
-    """Named items (entities, cameras) are addressed by name, as they are keyed in YAML."""
-    if isinstance(item, dict) and isinstance(item.get("name"), str) and not path.endswith("events"):
-        return f"{path}.{item['name']}"
-    return f"{path}[{i}]"
+def _validate_event(ev, s: Scenario, p: str, index: dict[str, int]) -> None:
+    triggers = [k for k in ("at", "after", "when") if getattr(ev, k) is not None]
+    if len(triggers) != 1:
+        raise SpecError(p, f"give exactly one trigger (at, after or when), got {triggers or 'none'}")
+    check(ev.at, lambda v: v >= 0, f"{p}.at", "must be >= 0 seconds")
+    if ev.after is not None:
+        _known(ev.after.event, index, f"{p}.after.event", "event")
+        check(ev.after.delay, lambda v: v >= 0, f"{p}.after.delay", "must be >= 0 seconds")
+    if ev.when is not None:
+        _validate_condition(ev.when, s, f"{p}.when")
+    check(ev.max_count, lambda v: v >= 1, f"{p}.max_count", "must be >= 1")
+    if ev.at is not None and ev.max_count not in (None, 1):
+        raise SpecError(f"{p}.max_count", "a timed (at) event fires once; use `after` or `when` to repeat")
+    if ev.kind is not None:
+        if ev.actions:
+            raise SpecError(f"{p}.actions", "give either kind (one inline action) or actions, not both")
+        if ev.kind not in _INLINE_KINDS:
+            raise SpecError(f"{p}.kind", f"{ev.kind} takes more than the inline fields; write it as "
+                                         f"actions: [{{kind: {ev.kind}, ...}}]")
+        _validate_action(event_actions(ev)[0], s, p)
+        return
+    for key in ("entity", "vector", "duration", "lin_vel", "ang_vel"):
+        if getattr(ev, key) is not None:
+            raise SpecError(f"{p}.{key}", "needs `kind` (or move it into actions)")
+    if ev.targets:
+        raise SpecError(f"{p}.targets", "needs `kind: joint_targets` (or move it into actions)")
+    for j, a in enumerate(ev.actions):
+        _validate_action(a, s, f"{p}.actions[{j}]")
 
 
-def _scalar(value, tp, path: str):
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise SpecError(path, f"expected true or false, got {value!r}")
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(path, f"expected an integer, got {value!r}")
-        return value
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SpecError(path, f"expected a finite number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise SpecError(path, f"expected a string, got {value!r}")
-        return value
-    if tp is Any:
-        return value
-    raise TypeError(f"unsupported field type {tp} at {path}")  # programming error, not user input
+def _validate_action(a: Action, s: Scenario, p: str) -> None:
+    allowed = _ACTION_FIELDS[a.kind]
+    defaults = Action(a.kind)
+    for key in ("entity", "vector", "duration", "lin_vel", "ang_vel", "targets", "value", "template", "count",
+                "pos", "offset", "euler", "camera", "lookat", "up"):
+        if key not in allowed and getattr(a, key) != getattr(defaults, key):
+            raise SpecError(f"{p}.{key}", f"not used by {a.kind}; {a.kind} takes {sorted(allowed)}")
+    if "entity" in allowed:
+        if a.entity is None:
+            raise SpecError(f"{p}.entity", f"{a.kind} needs an entity")
+        _entity(a.entity, s, f"{p}.entity", free=a.kind in _FREE_KINDS)
+    if a.kind == "joint_targets":
+        for v in values(a.entity):
+            if v in template_copies(s) or s.entity(v).type not in ("urdf", "mjcf"):
+                raise SpecError(f"{p}.entity", f"'{v}' is not a robot; joint_targets needs a urdf/mjcf robot")
+        if not a.targets:
+            raise SpecError(f"{p}.targets", "give at least one joint: position")
+    if a.kind in ("impulse", "force", "torque", "set_gravity") and a.vector is None:
+        raise SpecError(f"{p}.vector", f"required for {a.kind} (world-frame x, y, z)")
+    if a.kind in ("force", "torque"):
+        if a.duration is None:
+            raise SpecError(f"{p}.duration", f"{a.kind} needs a duration > 0 seconds, got None")
+        check(a.duration, lambda v: v > 0, f"{p}.duration", f"{a.kind} needs a duration > 0 seconds")
+    if a.kind == "set_velocity" and a.lin_vel is None and a.ang_vel is None:
+        raise SpecError(f"{p}.lin_vel", "set_velocity needs lin_vel and/or ang_vel")
+    if a.kind in ("set_friction", "set_mass"):
+        if a.value is None:
+            raise SpecError(f"{p}.value", f"{a.kind} needs a value")
+        if a.kind == "set_friction":
+            check(a.value, lambda v: 0.01 <= v <= 5.0, f"{p}.value", "friction must be in [0.01, 5]")
+        else:
+            check(a.value, lambda v: v > 0, f"{p}.value", "mass must be > 0 kg")
+    if a.kind == "spawn":
+        _known(a.template, [t.name for t in s.templates], f"{p}.template", "template")
+        if a.pos is None:
+            raise SpecError(f"{p}.pos", "spawn needs the position of the first copy")
+        cap = s.template(a.template).capacity
+        check(a.count, lambda v: 0 <= v <= cap, f"{p}.count", f"must be in [0, capacity {cap}]")
+    if a.kind == "move_camera":
+        _known(a.camera, [c.name for c in s.cameras], f"{p}.camera", "camera")
+        if a.pos is None and a.lookat is None:
+            raise SpecError(f"{p}.pos", "move_camera needs pos and/or lookat")
 
 
-def _plain(obj):
-    if isinstance(obj, Distribution):
-        return obj.to_data()
-    if dataclasses.is_dataclass(obj):
-        compact = type(obj) in _COMPACT  # v2 parts: only what differs from the defaults
-        return {_key(f): _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not (compact and _is_default(f, getattr(obj, f.name)))}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    return obj
+def _validate_condition(c: Condition, s: Scenario, p: str) -> None:
+    given = [k for k in (*LEAVES, "all", "any") if getattr(c, k) not in (None, [])]
+    if len(given) != 1:
+        raise SpecError(p, f"give exactly one condition ({', '.join(LEAVES)}) or all/any; got {given or 'none'}")
+    kind = given[0]
+    leaf, q = getattr(c, kind), f"{p}.{kind}"
+    if kind in ("all", "any"):
+        for j, sub in enumerate(leaf):
+            _validate_condition(sub, s, f"{q}[{j}]")
+        return
+    if kind == "contact":
+        _entity(leaf.a, s, f"{q}.a", groups=True)
+        if leaf.b is not None:
+            _entity(leaf.b, s, f"{q}.b", groups=True)
+        check(leaf.min_impulse, lambda v: v >= 0, f"{q}.min_impulse", "must be >= 0 N*s")
+    elif kind == "visible":
+        _entity(leaf.entity, s, f"{q}.entity")
+        _known(leaf.camera, [cam.name for cam in s.cameras], f"{q}.camera", "camera")
+    elif kind == "distance":
+        _entity(leaf.a, s, f"{q}.a")
+        _entity(leaf.b, s, f"{q}.b")
+    elif kind != "time":
+        _entity(leaf.entity, s, f"{q}.entity")
+    if kind in ("speed", "height", "distance", "time"):
+        ops = [k for k in ("above", "below") if getattr(leaf, k) is not None]
+        if len(ops) != 1:
+            raise SpecError(q, f"give exactly one of above / below, got {ops or 'none'}")
+    if kind == "at_rest":
+        check(leaf.for_, lambda v: v > 0, f"{q}.for", "must be > 0 seconds")
+        check(leaf.speed, lambda v: v > 0, f"{q}.speed", "must be > 0 m/s")
+    if kind == "in_region":
+        lo, hi = components(leaf.min), components(leaf.max)
+        if len(lo) == len(hi) == 3 and any(a > b for a, b in zip(lo, hi)):
+            raise SpecError(q, f"min {lo} must be <= max {hi} in every component")
 
 
-_COMPACT = (Event, Action, Condition, After, Contact, Threshold, Distance, AtRest, Region, TimeWindow, Visible,
-            Require, Terminate)
-
-
-def _is_default(f: dataclasses.Field, value) -> bool:
-    if f.default is not dataclasses.MISSING:
-        return type(value) is type(f.default) and value == f.default
-    if f.default_factory is not dataclasses.MISSING:
-        return value == f.default_factory()
-    return False
-
-
-# ---------------------------------------------------------------------------- semantics
-
-_PARAMS: contextvars.ContextVar[dict] = contextvars.ContextVar("scenario_params", default={})
-
-
-def values(v) -> list:
-    """The values to check for `v`: itself, or the bounds / options of a distribution."""
-    if isinstance(v, Param):
-        params = _PARAMS.get()
-        if v.name not in params:
-            return []  # reported by the compatibility walk, with the path
-        return values(params[v.name])
-    if isinstance(v, Distribution):
-        return v.support()
-    return [v]
-
-
-def components(v) -> list:
-    """Every number a vector (possibly drawn, possibly per component) can hold."""
-    out = []
-    for x in values(v):
-        if isinstance(x, (tuple, list)):
-            for c in x:
-                out += values(c)
-        elif x is not None:
-            out.append(x)
-    return out
-
-
-def check(v, ok, path: str, what: str) -> None:
-    """SpecError(path, '<what>, got <value>') unless `ok` holds for every value `v` can take."""
-    for x in values(v):
-        if x is not None and not ok(x):
-            raise SpecError(path, f"{what}, got {shown(v, x)}")
-
-
-def shown(v, x) -> str:
-    if not isinstance(v, Distribution):
-        return f"{list(x) if isinstance(x, tuple) else x}"
-    hint = "; add clip: [lo, hi]" if isinstance(v, Normal) and v.clip is None else ""
-    return f"{x} (reachable by {v.describe()}{hint})"
-
-
-def resolve_file(name: str, path: str = "", base_dir=None) -> Path:
-    """Find a mesh/robot file: absolute, relative to the YAML or CWD, or 'genesis:' assets."""
-    candidates: list[Path] = []
-    if name.startswith("genesis:"):
-        candidates.append(_genesis_assets() / name.split(":", 1)[1])
-    else:
-        p = Path(name).expanduser()
-        candidates += [p] if p.is_absolute() else [Path(base_dir or ".") / p, Path.cwd() / p]
-    for c in candidates:
-        if c.is_file():
-            return c.resolve()
-    raise SpecError(path, f"file not found: '{name}' (looked at {[str(c) for c in candidates]}); "
-                    "give an existing path or 'genesis:<path inside Genesis assets>'")
-
-
-def resolve_texture(name: str, path: str = "", base_dir=None) -> Path | str:
-    if name.startswith("skimage:"):
-        from hybridsim.scenario.textures import skimage_names
-
-        key = name.split(":", 1)[1]
-        if key not in skimage_names():
-            raise SpecError(path, f"unknown scikit-image texture '{key}'; choose from {skimage_names()}")
-        return name
-    return resolve_file(name, path, base_dir)
-
-
-def _genesis_assets() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("genesis")
-    if spec is None or spec.origin is None:
-        raise SpecError("", "genesis is not installed; pip install genesis-world")
-    return Path(spec.origin).parent / "assets"
-
-
-_VALIDATE_NAMES = ("validate", "_walk_distributions", "_optional_inner", "_validate", "_validate_templates",
-                   "_validate_entity", "_has_distribution", "_validate_lighting", "_validate_camera")
-
-
-def __getattr__(name):
-    """Re-export `validate` and its helpers from `hybridsim.scenario.validate` (imported lazily: it imports this
-    module)."""
-    if name in _VALIDATE_NAMES:
-        import hybridsim.scenario.validate
-
-        return getattr(hybridsim.scenario.validate, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def _check_cycles(s: Scenario, path: str, index: dict[str, int]) -> None:
+    """`after` chains must end at an event with another trigger."""
+    source = {event_name(ev, i): ev.after.event for i, ev in enumerate(s.events) if ev.after is not None}
+    for start in source:
+        chain = [start]
+        while chain[-1] in source:
+            nxt = source[chain[-1]]
+            if nxt in chain:
+                cycle = chain[chain.index(nxt):] + [nxt]
+                raise SpecError(f"{path}.events[{index[cycle[0]]}].after.event",
+                                f"circular `after` chain: {' -> '.join(cycle)}; one of them needs `at` or `when`")
+            chain.append(nxt)

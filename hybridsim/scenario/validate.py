@@ -1,8 +1,9 @@
-"""Semantic validation of a `Scenario`: the checks that need more than one field.
+"""Semantic checks of the parts of a `Scenario`: each distribution fits its field, an entity, a camera,
+the lighting.
 
-`validate` (re-exported as `hybridsim.scenario.spec.validate`, run by `Scenario.from_dict`) raises
-`SpecError` naming the YAML path of the bad value and the fix. The checks of the event language
-live in `hybridsim.scenario.events.validate_events`.
+`spec.validate` (run by `Scenario.from_dict`) calls them, beside the checks that need the whole
+scenario (names, templates, the event language). All raise `SpecError` naming the YAML path of the
+bad value and the fix.
 """
 
 from __future__ import annotations
@@ -14,25 +15,46 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from hybridsim.scenario.sampling import Distribution, Param, check_compatible
-from hybridsim.scenario.spec import (_PARAMS, MESH_SUFFIXES, Camera, Entity, Lighting, Scenario, SpecError, _key, check,
-                                     components, hints, resolve_file, resolve_texture, shown, template_copies, values)
+from hybridsim.scenario.convert import _convert, _key, hints
+from hybridsim.scenario.distributions import (_PARAMS, Choice, Distribution, LogUniform, Normal, Param, RandInt,
+                                              Uniform, _strip_optional, check, components, shown, values)
+from hybridsim.scenario.errors import SpecError
+from hybridsim.scenario.files import resolve_file, resolve_texture
+from hybridsim.scenario.parts import MESH_SUFFIXES, Camera, Entity, Lighting
 
 
+def check_compatible(d: Distribution, tp, path: str, params: dict) -> None:
+    """A distribution can only stand where its draws have the field's type."""
+    if isinstance(d, Param):
+        if d.name not in params:
+            raise SpecError(path, f"unknown parameter '{d.name}'; params are {sorted(params)}")
+        p = params[d.name]
+        if isinstance(p, Distribution):
+            check_compatible(p, tp, path, params)
+        else:
+            _convert(_thaw(p), tp, path)
+        return
+    base = _strip_optional(tp)
+    if isinstance(d, Choice):
+        for i, o in enumerate(d.options):
+            _convert(_thaw(o), tp, f"{path}.choice[{i}]")
+        return
+    vector = typing.get_origin(base) is tuple
+    if isinstance(d, Uniform) and isinstance(d.low, tuple):
+        if not vector or len(typing.get_args(base)) != len(d.low):
+            raise SpecError(path, f"vector bounds of length {len(d.low)} do not fit this value")
+        return
+    if isinstance(d, RandInt) and base in (int, float):
+        return
+    if isinstance(d, (Uniform, Normal, LogUniform)) and base is float:
+        return
+    want = {int: "an integer (use randint or choice)", str: "a string (use choice)", bool: "true/false (use choice)"}
+    raise SpecError(path, f"a {type(d).__name__.lower()} distribution cannot give "
+                          f"{want.get(base, 'this value')}")
 
-def validate(s: Scenario, path: str = "scenario", base_dir: str | Path | None = None) -> None:
-    """Checks that need more than one field. Raises SpecError with the YAML path."""
-    for name, p in s.params.items():
-        if not name.isidentifier():
-            raise SpecError(f"{path}.params.{name}", "parameter names must be identifiers (letters, digits, _)")
-        if isinstance(p, Param):
-            raise SpecError(f"{path}.params.{name}", "a parameter cannot refer to another parameter")
-    token = _PARAMS.set(s.params)
-    try:
-        _walk_distributions(s, type(s), path)
-        _validate(s, path, base_dir)
-    finally:
-        _PARAMS.reset(token)
+
+def _thaw(v):
+    return list(v) if isinstance(v, tuple) else v
 
 
 def _walk_distributions(obj, tp, path: str) -> None:
@@ -64,53 +86,6 @@ def _optional_inner(tp):
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return [a for a in typing.get_args(tp) if a is not type(None)][0]
     return tp
-
-
-def _validate(s: Scenario, path: str, base_dir) -> None:
-    t = s.timing
-    for key in ("duration", "fps", "dt"):
-        check(getattr(t, key), lambda v: v > 0, f"{path}.timing.{key}", "must be > 0")
-    check(t.substeps, lambda v: v >= 1, f"{path}.timing.substeps", "must be >= 1")
-    if not any(isinstance(getattr(t, k), Distribution) for k in ("fps", "dt")):
-        ratio = 1.0 / (t.fps * t.dt)
-        if abs(ratio - round(ratio)) > 1e-6 or round(ratio) < 1:
-            raise SpecError(f"{path}.timing", f"1/(fps*dt) = {ratio:.4g} must be a whole number of steps per frame; "
-                            f"pick dt = 1/(fps*n), e.g. dt={1.0 / (t.fps * max(1, round(ratio))):.6g}")
-    if s.seed < 0:
-        raise SpecError(f"{path}.seed", f"must be >= 0, got {s.seed}")
-    _validate_lighting(s.lighting, f"{path}.lighting")
-    names: set[str] = set()
-    for e in s.entities:
-        _validate_entity(e, f"{path}.entities.{e.name}", base_dir)
-        if e.name in names:
-            raise SpecError(f"{path}.entities.{e.name}", "duplicate entity name")
-        names.add(e.name)
-    _validate_templates(s, path, names, base_dir)
-    if not s.cameras:
-        raise SpecError(f"{path}.cameras", "at least one camera is needed")
-    for c in s.cameras:
-        _validate_camera(c, f"{path}.cameras.{c.name}")
-    from hybridsim.scenario.events import validate_events
-
-    validate_events(s, path)
-
-
-def _validate_templates(s: Scenario, path: str, names: set[str], base_dir) -> None:
-    copies = template_copies(s)
-    for t in s.templates:
-        p = f"{path}.templates.{t.name}"
-        if t.name in names:
-            raise SpecError(p, f"'{t.name}' is also an entity name; rename one")
-        if t.type not in ("box", "sphere", "cylinder", "mesh") or t.fixed:
-            raise SpecError(f"{p}.type", f"templates are free bodies (box, sphere, cylinder, mesh), got "
-                                         f"{t.type}{' fixed' if t.fixed else ''}")
-        if not 1 <= t.capacity <= 64:
-            raise SpecError(f"{p}.capacity", f"must be in [1, 64], got {t.capacity}")
-        _validate_entity(t, p, base_dir)
-        names.add(t.name)
-    clash = sorted(set(copies) & names)
-    if clash:
-        raise SpecError(f"{path}.entities.{clash[0]}", f"clashes with a copy of template '{copies[clash[0]]}'; rename it")
 
 
 def _validate_entity(e: Entity, path: str, base_dir) -> None:
