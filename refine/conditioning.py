@@ -3,6 +3,11 @@
 Two layouts, picked by the model's `cond_channels`:
 
 - 7 (`COND_CHANNELS`): coarse RGB (3) | 1/(1+depth) (1) | alpha (1) | flow/16 (2);
+- 21 (`LIT_CHANNELS`, `encode_lit_condition`): the lit splat render (render.lighting) first, so a
+  residual-space model corrects it, then depth, alpha and flow as above, the unlit albedo, the
+  camera-space normal, the sun's visibility and its cosine, the material (roughness, metallic,
+  transmission) and the environment seen in a mirror at each pixel: the physical inputs of the
+  shading the path tracer computes, so the network corrects light transport instead of inventing it;
 - 14 (`COND_CHANNELS + SHADING_CHANNELS`): the same, then deferred-shading cues for the lights
   the target renderer uses: camera-space normal from depth (3) | light colour * intensity / 5 *
   max(0, n . l) (3) | mean ambient * 5 (1). The splat render is unlit, so without these the
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from refine.config import COND_CHANNELS, SHADING_CHANNELS  # noqa: F401  (re-exported; stdlib-only home)
+from refine.config import COND_CHANNELS, LIT_CHANNELS, SHADING_CHANNELS  # noqa: F401  (re-exported; stdlib-only home)
 from refine.errors import RefineError
 
 FLOW_SCALE = 16.0  # pixels per frame that map to 1.0
@@ -123,3 +128,28 @@ def shading_cues(depth: Tensor, valid: Tensor, K: Tensor, viewmat: Tensor, light
     diffuse = lambert * color * (float(lights.intensity) / INTENSITY_SCALE)
     amb = torch.full_like(lambert, sum(float(a) for a in lights.ambient) / 3 * 5.0)
     return torch.cat([normal, diffuse, amb], 2)
+
+
+def encode_lit_condition(lit: Tensor, depth: Tensor, alpha: Tensor, flow: Tensor, albedo: Tensor,
+                         normal_cam: Tensor, sun_visibility: Tensor, sun_cos: Tensor, material: Tensor,
+                         reflection: Tensor) -> Tensor:
+    """The 21-channel lit layout (LIT_CHANNELS).
+
+    lit, albedo, reflection [B, T, H, W, 3] sRGB-encoded in [0, 1]; depth, alpha, sun_visibility,
+    sun_cos [B, T, H, W]; flow [B, T, H, W, 2] pixels; normal_cam [B, T, H, W, 3] unit, camera
+    frame (OpenCV), zero where nothing is drawn; material [B, T, H, W, 3] roughness, metallic,
+    transmission in [0, 1]. -> [B, T, 21, H, W] float32
+    """
+    base = encode_condition(lit, depth, alpha, flow)  # [B, T, 7, H, W]
+    lead = tuple(lit.shape[:-1])
+    parts = (("albedo", albedo, 3), ("normal_cam", normal_cam, 3), ("sun_visibility", sun_visibility, 0),
+             ("sun_cos", sun_cos, 0), ("material", material, 3), ("reflection", reflection, 3))
+    extra = []
+    for name, t, ch in parts:
+        want = (*lead, ch) if ch else lead
+        if tuple(t.shape) != want:
+            raise RefineError(f"{name} {tuple(t.shape)} must be {want}")
+        extra.append(t.float().movedim(-1, 2) if ch else t.float()[:, :, None])
+    out = torch.cat([base, *extra], dim=2)
+    assert out.shape[2] == LIT_CHANNELS
+    return out.contiguous()

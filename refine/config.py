@@ -14,6 +14,11 @@ from refine.errors import RefineError
 
 COND_CHANNELS = 7  # G-buffer condition: coarse RGB (3) | 1/(1+depth) (1) | alpha (1) | flow/16 (2)
 SHADING_CHANNELS = 7  # shading cues after it: normal (3) | diffuse light (3) | ambient (1)
+# The lit layout (refine.conditioning.encode_lit_condition): lit render sRGB (3) | 1/(1+depth) (1) |
+# alpha (1) | flow/16 (2) | albedo sRGB (3) | camera-space normal (3) | sun visibility (1) |
+# sun n.l (1) | roughness, metallic, transmission (3) | mirrored environment sRGB (3). The lit
+# render comes first, so in residual space the model corrects the lit render.
+LIT_CHANNELS = 21
 
 
 def _positive(name: str, value: int | float) -> None:

@@ -36,6 +36,8 @@ class Lit:
     rgb: Tensor  # [B, C, H, W, 3] linear radiance (clamp and encode to sRGB for display)
     normals: Tensor  # [B, C, H, W, 3] world-frame unit normals (0 where nothing is drawn)
     sun_visibility: Tensor  # [B, C, H, W] in [0, 1] (1 = lit, 0 = in the shadow map's shadow)
+    sun_cos: Tensor  # [B, C, H, W] max(0, n . l), l = towards the sun (0 where nothing is drawn)
+    reflection: Tensor  # [B, C, H, W, 3] linear environment radiance along the mirrored view ray
 
 
 def splat_normals(g: Gaussians, eye: Tensor) -> Tensor:  # eye [B, 3] -> [B, N, 3]
@@ -68,9 +70,10 @@ def _light_camera(g: Gaussians, sun: Tensor, res: int) -> tuple[Tensor, Tensor]:
 
 
 def sun_visibility(g: Gaussians, points: Tensor, env: Environment, backend: str = "auto",
-                   res: int = SHADOW_RES) -> Tensor:
+                   res: int = SHADOW_RES, normals: Tensor | None = None) -> Tensor:
     """points [B, C, H, W, 3] world -> [B, C, H, W] visibility of the sun (3x3 percentage closer
-    filtering of a splat shadow map drawn from the sun)."""
+    filtering of a splat shadow map drawn from the sun). normals [B, C, H, W, 3] (optional) scale
+    the depth bias with the surface's slope towards the light, against shadow acne."""
     sun = torch.as_tensor(env.sun_unit, dtype=torch.float32)
     view, K = _light_camera(g, sun, res)
     sm = rasterize(g, view, K, res, res, background=(0.0, 0.0, 0.0), backend=backend, far=1e6)
@@ -85,7 +88,11 @@ def sun_visibility(g: Gaussians, points: Tensor, env: Environment, backend: str 
     v = K[:, 0, None, 1, 1] * pc[..., 1] / z + K[:, 0, None, 1, 2]
     # bias: a few shadow-map texels of depth, plus the splats' own thickness
     texel = z / K[:, 0, None, 0, 0]  # metres per shadow-map pixel at that depth
-    bias = 3.0 * texel + 0.005
+    slope = torch.ones_like(z)
+    if normals is not None:  # depth changes by tan(angle) per texel across a surface seen at a slant
+        cos = (normals.reshape(B, -1, 3) @ -sun).abs().clamp(min=0.1)
+        slope = 1.0 + (1.0 - cos**2).sqrt() / cos
+    bias = 3.0 * texel * slope + 0.005
     vis = torch.zeros_like(z)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
@@ -114,6 +121,9 @@ def shade(g: Gaussians, gbuffer: GBuffer, planes: list[Plane], viewmats: Tensor,
     camera (normals) and one shadow-map pass per call."""
     B, C, H, W = gbuffer.alpha.shape
     eye, rays = pixel_rays(viewmats, Ks, W, H)
+    # planes run to the horizon here, as in the path tracer (the coarse G-buffer may stop them at a
+    # raster camera's far clip); compositing again only fills pixels the first pass left open
+    gbuffer = composite_planes(gbuffer, planes, viewmats, Ks)
     normals = []
     for c in range(C):  # normals face each camera
         n = splat_normals(g, eye[:, c])
@@ -126,15 +136,20 @@ def shade(g: Gaussians, gbuffer: GBuffer, planes: list[Plane], viewmats: Tensor,
     covered = gbuffer.alpha > 1e-3
     nrm = torch.where(covered[..., None], nrm, torch.zeros_like(nrm))
     points = eye[:, :, None, None] + gbuffer.depth[..., None] * rays
-    vis = sun_visibility(g, points, env, backend) if env.sun_strength > 0 else torch.zeros_like(gbuffer.alpha)
+    vis = sun_visibility(g, points, env, backend, normals=nrm) if env.sun_strength > 0 else torch.zeros_like(gbuffer.alpha)
     to_sun = -torch.as_tensor(env.sun_unit, dtype=torch.float32)
     sun = torch.as_tensor(env.sun_color, dtype=torch.float32) * env.sun_strength
-    direct = (nrm @ to_sun).clamp(min=0)[..., None] * vis[..., None] * sun
+    cos = (nrm @ to_sun).clamp(min=0)
+    direct = cos[..., None] * vis[..., None] * sun
     albedo = gbuffer.rgb / gbuffer.alpha[..., None].clamp(min=1e-6)
     surface = albedo * (irradiance(env, nrm) + direct) / math.pi
-    background = env_radiance(env, rays)
+    view = torch.nn.functional.normalize(rays, dim=-1)
+    background = env_radiance(env, view)
+    mirrored = view - 2 * (view * nrm).sum(-1, keepdim=True) * nrm
+    reflection = torch.where(covered[..., None], env_radiance(env, mirrored), torch.zeros_like(mirrored))
     a = gbuffer.alpha.clamp(0, 1)[..., None]
-    return Lit(rgb=a * surface + (1 - a) * background, normals=nrm, sun_visibility=vis)
+    return Lit(rgb=a * surface + (1 - a) * background, normals=nrm, sun_visibility=vis, sun_cos=cos,
+               reflection=reflection)
 
 
 def _encoded(normal) -> tuple[float, float, float]:

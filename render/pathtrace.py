@@ -85,6 +85,18 @@ class PathTraced:
 _ACTIVE: list = []  # the PathTracer that owns bpy's scene now
 
 
+def preload() -> None:
+    """Import bpy now. Call it before Genesis is imported: Genesis' dependencies load an older Embree
+    whose symbols shadow Blender's, and `import bpy` then fails (undefined rtcGetSceneTraversable)."""
+    try:
+        import bpy  # noqa: F401
+    except ImportError as e:
+        if "rtcGetSceneTraversable" in str(e):
+            raise RenderError("bpy must be imported before Genesis in this process (an older Embree is already "
+                              "loaded); call render.pathtrace.preload() first") from e
+        raise RenderError("the path-traced reference needs Blender as a module: pip install bpy") from e
+
+
 class PathTracer:
     """Cycles scene of fixed meshes and cameras; `render` poses the bodies and draws one camera."""
 
@@ -94,10 +106,9 @@ class PathTracer:
             raise RenderError("PathTracer needs at least one camera")
         self.settings = settings or PTSettings()
         self.env, self.cameras = env, dict(cameras)
-        try:
-            import bpy
-        except ImportError as e:
-            raise RenderError("the path-traced reference needs Blender as a module: pip install bpy") from e
+        preload()
+        import bpy
+
         for old in _ACTIVE:
             old._closed = True
         _ACTIVE[:] = [self]

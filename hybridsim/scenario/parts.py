@@ -25,6 +25,11 @@ LEAVES = ("contact", "speed", "height", "distance", "at_rest", "in_region", "tim
 class Appearance:
     color: Vec3 | None = None  # RGB in [0, 1]; None = the asset's own materials, else grey
     texture: str | None = None  # image file, or "skimage:NAME" for a scikit-image photograph
+    # Principled-BSDF parameters of the path-traced reference (and refiner inputs), all in [0, 1]
+    roughness: float = 0.5  # 0 = mirror-smooth, 1 = fully diffuse
+    metallic: float = 0.0  # 1 = metal (the colour tints reflections)
+    transmission: float = 0.0  # 1 = glass (refracts with `ior`)
+    ior: float = 1.45  # index of refraction, [1, 3]; 1.45 = glass
 
 
 @dataclass
@@ -215,13 +220,28 @@ class Terminate:
 
 
 @dataclass
-class Lighting:
-    """Lights of the reference raster render (the splat render is unlit)."""
+class LightingEnvironment:
+    """An HDRI environment map lighting the scene (and seen behind it) in the path-traced and lit renders."""
 
-    direction: Vec3 = (-1.0, -1.0, -1.0)  # directional light, world frame
+    hdri: str = "courtyard"  # a map shipped with Blender (HDRI_NAMES) or an .exr file
+    rotation: float = 0.0  # degrees about +z
+    strength: float = 1.0  # radiance scale, >= 0
+
+
+HDRI_NAMES = ("city", "courtyard", "forest", "interior", "night", "studio", "sunrise", "sunset")
+
+
+@dataclass
+class Lighting:
+    """Scene lights: a sun (directional light) plus either a uniform ambient or an HDRI environment.
+    Genesis' raster reference uses direction, color, intensity and ambient; the path tracer and the
+    lit splat render also use the environment (it replaces the ambient)."""
+
+    direction: Vec3 = (-1.0, -1.0, -1.0)  # directional light, world frame (the way the light travels)
     color: Vec3 = (1.0, 1.0, 1.0)
-    intensity: float = 5.0
+    intensity: float = 5.0  # the sun's irradiance in the path tracer (W/m^2)
     ambient: Vec3 = (0.1, 0.1, 0.1)
+    environment: LightingEnvironment | None = None
 
 
 def event_name(ev: Event, index: int) -> str:

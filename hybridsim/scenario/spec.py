@@ -30,7 +30,8 @@ from hybridsim.scenario.distributions import _PARAMS, Distribution, Param, check
 from hybridsim.scenario.errors import SpecError
 from hybridsim.scenario.parts import (  # noqa: F401 (re-exported: spec is the language's public face)
     ACTION_KINDS, ENTITY_TYPES, EVENT_KINDS, LEAVES, MESH_SUFFIXES, Action, After, Appearance, AtRest, Camera,
-    Condition, Contact, Distance, Entity, Event, Lighting, Quat, Region, Require, Template, Terminate, Threshold,
+    Condition, Contact, Distance, Entity, Event, HDRI_NAMES, Lighting, LightingEnvironment, Quat, Region, Require,
+    Template, Terminate, Threshold,
     TimeWindow, Timing, Vec3, Visible, event_actions, event_name)
 from hybridsim.scenario.validate import _validate_camera, _validate_entity, _validate_lighting, _walk_distributions
 
@@ -134,7 +135,7 @@ def _validate(s: Scenario, path: str, base_dir) -> None:
                             f"pick dt = 1/(fps*n), e.g. dt={1.0 / (t.fps * max(1, round(ratio))):.6g}")
     if s.seed < 0:
         raise SpecError(f"{path}.seed", f"must be >= 0, got {s.seed}")
-    _validate_lighting(s.lighting, f"{path}.lighting")
+    _validate_lighting(s.lighting, f"{path}.lighting", base_dir)
     names: set[str] = set()
     for e in s.entities:
         _validate_entity(e, f"{path}.entities.{e.name}", base_dir)

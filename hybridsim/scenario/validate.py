@@ -20,7 +20,7 @@ from hybridsim.scenario.distributions import (_PARAMS, Choice, Distribution, Log
                                               Uniform, _strip_optional, check, components, shown, values)
 from hybridsim.scenario.errors import SpecError
 from hybridsim.scenario.files import resolve_file, resolve_texture
-from hybridsim.scenario.parts import MESH_SUFFIXES, Camera, Entity, Lighting
+from hybridsim.scenario.parts import HDRI_NAMES, MESH_SUFFIXES, Camera, Entity, Lighting
 
 
 def check_compatible(d: Distribution, tp, path: str, params: dict) -> None:
@@ -107,6 +107,9 @@ def _validate_entity(e: Entity, path: str, base_dir) -> None:
     color = e.appearance.color
     if color is not None and any(not 0.0 <= c <= 1.0 for c in components(color)):
         raise SpecError(f"{path}.appearance.color", f"RGB values must be in [0, 1], got {shown(color, color)}")
+    for key in ("roughness", "metallic", "transmission"):
+        check(getattr(e.appearance, key), lambda v: 0.0 <= v <= 1.0, f"{path}.appearance.{key}", "must be in [0, 1]")
+    check(e.appearance.ior, lambda v: 1.0 <= v <= 3.0, f"{path}.appearance.ior", "must be in [1, 3] (glass: 1.45)")
     check(e.pos_jitter, lambda v: v >= 0, f"{path}.pos_jitter", "must be >= 0")
     free = not (e.fixed or e.type in ("plane", "urdf", "mjcf"))
     if e.pos_jitter != 0 and not free:
@@ -127,7 +130,18 @@ def _has_distribution(v) -> bool:
     return isinstance(v, Distribution) or (isinstance(v, tuple) and any(isinstance(c, Distribution) for c in v))
 
 
-def _validate_lighting(lt: Lighting, path: str) -> None:
+def _validate_lighting(lt: Lighting, path: str, base_dir=None) -> None:
+    env = lt.environment
+    if env is not None:
+        for name in values(env.hdri):
+            if name in HDRI_NAMES:
+                continue
+            if not str(name).lower().endswith(".exr"):
+                raise SpecError(f"{path}.environment.hdri", f"{name!r} is neither a shipped HDRI "
+                                f"({', '.join(HDRI_NAMES)}) nor an .exr file")
+            resolve_file(name, f"{path}.environment.hdri", base_dir)
+        check(env.strength, lambda v: 0.0 <= v <= 100.0, f"{path}.environment.strength", "must be in [0, 100]")
+        check(env.rotation, lambda v: math.isfinite(v), f"{path}.environment.rotation", "must be a finite angle in degrees")
     for key in ("color", "ambient"):
         v = getattr(lt, key)
         if any(not 0.0 <= c <= 1.0 for c in components(v)):

@@ -1,0 +1,158 @@
+"""Paired clips against the path tracer: the lit-layout condition (refine LIT_CHANNELS) as input,
+Cycles' frame of the same physics state and camera as the target.
+
+Scenes are refine_data's random scenes with randomised looks on top: every object gets a
+roughness, some are metallic or glass; the world is lit by one of the training HDRIs (rotated,
+scaled) or a uniform ambient, plus a sun of random direction and strength. The HDRIs in
+HELD_OUT_HDRIS never appear in training data, so evaluations under them are held out in lighting
+as well as in scene. Each scene is `<out>/scene_XXXX.npz` in ClipDataset's format, written
+atomically; Cycles is the slow part (~0.8 s per 128^2 frame at 16 samples + denoising on one
+core), so a killed `make_pathtraced_clips` resumes at the first missing scene.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hybridsim.scenario.seeding import derive_seed
+from hybridsim.training.refine_data import ELEVATION, DataError, random_scene
+
+TRAIN_HDRIS = ("city", "courtyard", "interior", "studio", "sunrise", "night")
+HELD_OUT_HDRIS = ("forest", "sunset")
+
+
+def random_photo_scene(seed: int, *, frames: int = 12, res: int = 128, n_cameras: int = 2,
+                       elevation=ELEVATION, plain_floor: float = 0.5, hdri: float = 0.85):
+    """A refine_data random scene with randomised materials and HDRI lighting (deterministic in seed)."""
+    from hybridsim.scenario.spec import LightingEnvironment, validate
+
+    scen = random_scene(seed, frames=frames, res=res, n_cameras=n_cameras, elevation=elevation,
+                        plain_floor=plain_floor, default_light=0.0)
+    rng = np.random.default_rng(derive_seed(seed, "photo-looks"))
+    ents = []
+    for e in scen.entities:
+        kind = rng.random()
+        app = dataclasses.replace(e.appearance, roughness=float(rng.uniform(0.15, 0.95)))
+        if e.name.startswith("obj") and kind < 0.12:
+            app = dataclasses.replace(app, metallic=1.0, roughness=float(rng.uniform(0.1, 0.5)))
+        elif e.name.startswith("obj") and kind < 0.2 and not app.texture:
+            app = dataclasses.replace(app, transmission=1.0, ior=1.45, roughness=float(rng.uniform(0.0, 0.2)))
+        ents.append(dataclasses.replace(e, appearance=app))
+    lt = scen.lighting
+    el, az = math.radians(rng.uniform(20, 80)), rng.uniform(0, 2 * math.pi)
+    direction = (-math.cos(az) * math.cos(el), -math.sin(az) * math.cos(el), -math.sin(el))
+    env = None
+    if rng.random() < hdri:
+        env = LightingEnvironment(hdri=str(rng.choice(TRAIN_HDRIS)), rotation=float(rng.uniform(0, 360)),
+                                  strength=float(np.exp(rng.uniform(np.log(0.3), np.log(1.2)))))
+    lighting = dataclasses.replace(lt, direction=direction, intensity=float(rng.uniform(0.5, 5.0)), environment=env)
+    scen = dataclasses.replace(scen, entities=ents, lighting=lighting, name=f"photo_data_{seed}")
+    validate(scen)
+    return scen
+
+
+@dataclass(frozen=True)
+class PTClipOptions:
+    scenes: int = 40
+    frames: int = 12
+    res: int = 128
+    n_envs: int = 2
+    n_cameras: int = 2
+    seed: int = 0
+    samples: int = 16  # Cycles samples per pixel (OpenImageDenoise on)
+    elevation: tuple[float, float] = ELEVATION
+    plain_floor: float = 0.5
+    hdri: float = 0.85  # probability of an HDRI world (else a uniform ambient)
+
+    def check(self) -> None:
+        for name in ("scenes", "frames", "res", "n_envs", "n_cameras", "samples"):
+            if getattr(self, name) < 1:
+                raise DataError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.res % 8:
+            raise DataError(f"res={self.res} must be a multiple of 8 (the refiner's patch size)")
+        for name in ("plain_floor", "hdri"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise DataError(f"{name}={getattr(self, name)} must be a probability in [0, 1]")
+
+
+def make_pathtraced_clips(out_dir: str | Path, opts: PTClipOptions, progress: bool = True) -> list[Path]:
+    """Generate (or resume) the path-traced clips; returns the finished scene files in order."""
+    from render.pathtrace import preload
+
+    from hybridsim.training.refine_data import code_commit
+
+    preload()  # before Genesis (see preload)
+    opts.check()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(opts).items()}
+    meta_path = out / "clips.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        diff = {k: (old.get(k), v) for k, v in meta.items() if k != "scenes" and old.get(k) != v}
+        if diff:
+            raise DataError(f"{out} holds clips made with other options {diff} (old, new); use another data "
+                            "folder or the same options")
+        made_by = old.get("code_commit")
+    else:
+        made_by = code_commit()
+    meta_path.write_text(json.dumps({**meta, "target": "pathtraced", "code_commit": made_by}, indent=1))
+    files = [out / f"scene_{i:04d}.npz" for i in range(opts.scenes)]
+    todo = [i for i, f in enumerate(files) if not f.exists()]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=opts.scenes, initial=opts.scenes - len(todo), desc="path-traced clips", unit="scene",
+                   dynamic_ncols=True)
+    for i in todo:
+        _make_scene(out, opts, i)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return [f for f in files if f.exists()]
+
+
+def _make_scene(out: Path, opts: PTClipOptions, i: int) -> None:
+    import torch
+
+    from hybridsim.appearance import PathTracedReference, environment, lit_condition, lit_render, material_table
+    from hybridsim.config import RunConfig
+    from hybridsim.pipeline import Simulation
+
+    scen = random_photo_scene(derive_seed(opts.seed, "scene", i), frames=opts.frames, res=opts.res,
+                              n_cameras=opts.n_cameras, elevation=opts.elevation, plain_floor=opts.plain_floor,
+                              hdri=opts.hdri)
+    sim = Simulation(RunConfig(scenario=scen, n_envs=opts.n_envs, reference=False, progress=False))
+    ref = PathTracedReference(sim.world, sim.scenario, sim.cameras, samples=opts.samples,
+                              seed=derive_seed(opts.seed, "cycles", i) % (2**31))
+    env, mats = environment(sim.scenario), material_table(sim.scenario)
+    conds, targets = [], []
+    try:
+        with torch.no_grad():
+            for frame in sim.frames():
+                pt = ref.render(frame)
+                g = sim.splats.posed(frame.state.body_pos, frame.state.body_quat)
+                row = []
+                for c in scen.cameras:
+                    gb, cam = frame.gbuffer[c.name], frame.cameras[c.name]
+                    lit = lit_render(g, gb, sim.planes, cam, sim.scenario, env=env)
+                    row.append(lit_condition(gb, lit, cam, mats))
+                conds.append(torch.cat(row, 0))
+                targets.append(np.concatenate([pt[c.name].rgb for c in scen.cameras], 0))
+    finally:
+        ref.close()
+    cond = torch.cat(conds, 1).half().numpy()  # [C*B, T, 21, H, W] camera-major
+    target = np.stack(targets, 1).astype(np.uint8)  # [C*B, T, H, W, 3]
+    path = out / f"scene_{i:04d}.npz"
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, cond=cond, target=target, scenario=json.dumps(scen.to_dict()))
+    os.replace(tmp, path)
