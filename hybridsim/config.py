@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from hybridsim.scenario.convert import _build, _plain
 from hybridsim.scenario.spec import Scenario, SpecError
@@ -25,6 +26,15 @@ class RenderConfig:
     plane_far: float = 20.0  # metres along the view axis: the reference camera's far clip (Genesis' default)
     max_gaussians: int = 20000  # per body
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    lit: bool = True  # lit splat render (environment + sun + shadow map): lit_<camera>.mp4, the refiner's input
+
+
+@dataclass
+class PathtraceSettings:
+    samples: int = 16  # Cycles samples per pixel
+    denoise: bool = True  # OpenImageDenoise
+    threads: int = 1  # Cycles render threads (0 = all cores)
+    seed: int = 0  # Cycles' sampling seed (fixed: the same state renders the same image)
 
 
 @dataclass
@@ -44,11 +54,23 @@ class RunConfig:
     n_envs: int = 1
     episode: int = 0
     out_dir: str | None = None  # default: runs/<scenario.name>
-    reference: bool = True  # Genesis raster camera (ground truth)
+    reference: str | bool = "raster"  # raster (Genesis) | pathtraced (Cycles) | both | none; true = raster
     progress: bool = True
     overwrite: bool = False
     render: RenderConfig = field(default_factory=RenderConfig)
     refine: RefineSettings = field(default_factory=RefineSettings)
+    pathtrace: PathtraceSettings = field(default_factory=PathtraceSettings)
+
+    def __post_init__(self) -> None:
+        self.reference = reference_mode(self.reference)
+
+    @property
+    def raster_reference(self) -> bool:
+        return self.reference in ("raster", "both")
+
+    @property
+    def pathtraced_reference(self) -> bool:
+        return self.reference in ("pathtraced", "both")
 
     @classmethod
     def from_dict(cls, data: dict, base_dir=None) -> "RunConfig":
@@ -64,6 +86,9 @@ class RunConfig:
             raise SpecError("episode", f"must be >= 0, got {cfg.episode}")
         if cfg.render.backend not in ("auto", "torch", "gsplat"):
             raise SpecError("render.backend", f"'{cfg.render.backend}' is not one of auto, torch, gsplat")
+        p = cfg.pathtrace
+        if not 1 <= p.samples <= 65536 or p.threads < 0:
+            raise SpecError("pathtrace", f"samples={p.samples} must be in 1..65536 and threads={p.threads} >= 0")
         if not cfg.render.plane_far > 0:
             raise SpecError("render.plane_far", f"must be > 0 metres, got {cfg.render.plane_far}; use e.g. 20.0 "
                             "(the reference camera's far clip)")
@@ -84,11 +109,26 @@ class _RunRest:  # RunConfig without the scenario, for the generic validating bu
     n_envs: int = 1
     episode: int = 0
     out_dir: str | None = None
-    reference: bool = True
+    reference: Any = "raster"  # checked by reference_mode
     progress: bool = True
     overwrite: bool = False
     render: RenderConfig = field(default_factory=RenderConfig)
     refine: RefineSettings = field(default_factory=RefineSettings)
+    pathtrace: PathtraceSettings = field(default_factory=PathtraceSettings)
+
+
+REFERENCE_MODES = ("raster", "pathtraced", "both", "none")
+
+
+def reference_mode(value) -> str:
+    """`reference=` as one of REFERENCE_MODES (true = raster, false = none)."""
+    if value is True:
+        return "raster"
+    if value is False or value is None:
+        return "none"
+    if value not in REFERENCE_MODES:
+        raise SpecError("reference", f"{value!r} is not one of {', '.join(REFERENCE_MODES)} (or true / false)")
+    return value
 
 
 def config_dir() -> Path:

@@ -48,6 +48,8 @@ class Frame:
     fired: list[int] = field(default_factory=list)  # indices of scenario.events fired since last frame (any env)
     events: list[dict] = field(default_factory=list)  # event records fired since last frame (hybridsim.scenario.events)
     refined: dict = field(default_factory=dict)  # camera -> uint8 [B, H, W, 3], filled by the refiner
+    lit: dict = field(default_factory=dict)  # camera -> render.lighting.Lit ([B, 1, ...]; render.lit)
+    pathtraced: dict = field(default_factory=dict)  # camera -> appearance.PathTracedFrame (reference=pathtraced)
 
 
 @dataclass
@@ -65,13 +67,17 @@ class Simulation:
     """A built world (+ splat scene) for one batch of episodes, one per environment."""
 
     def __init__(self, cfg: RunConfig, base_dir=None, episodes: list[Scenario] | None = None):
+        if cfg.pathtraced_reference:  # bpy must load before Genesis (render.pathtrace.preload)
+            from render.pathtrace import preload
+
+            preload()
         from physics import World
 
         self.cfg, self.base_dir = cfg, base_dir
         self.timings: dict[str, float] = defaultdict(float)
         t0 = time.perf_counter()
         self._set_episodes(episodes)
-        specs = [world_spec(ep, reference=cfg.reference, base_dir=base_dir) for ep in self.episodes]
+        specs = [world_spec(ep, reference=cfg.raster_reference, base_dir=base_dir) for ep in self.episodes]
         self.world = World(specs[0], n_envs=cfg.n_envs, env_specs=specs if self._varied else None)
         self.timings["build_physics_s"] = time.perf_counter() - t0
         self.splats, self.planes = None, []
@@ -79,7 +85,16 @@ class Simulation:
             t0 = time.perf_counter()
             self.splats, self.planes = build_splat_scene(self.world, self.scenario, cfg.render)
             self.timings["build_splats_s"] = time.perf_counter() - t0
+        self.pathtracer = None
         self._load()
+        if cfg.pathtraced_reference:
+            from hybridsim.appearance import PathTracedReference
+
+            t0 = time.perf_counter()
+            p = cfg.pathtrace
+            self.pathtracer = PathTracedReference(self.world, self.scenario, self.cameras, samples=p.samples,
+                                                  denoise=p.denoise, seed=p.seed, threads=p.threads)
+            self.timings["build_pathtrace_s"] = time.perf_counter() - t0
 
     # ------------------------------------------------------------ episodes
     def _set_episodes(self, episodes: list[Scenario] | None) -> None:
@@ -121,6 +136,7 @@ class Simulation:
         self._events = schedule(self.episodes[0])  # v1 view of the timed events
         self._last_frame = np.array([_last_frame(ep) for ep in self.episodes])
         self.frame_index, self._prev_means = 0, None
+        self._env = None  # render.Environment of the lit render, made on first use
         self.done = np.zeros(self.cfg.n_envs, dtype=bool)
         self.end_frame = self._last_frame.copy()
         self._update_done()
@@ -153,7 +169,7 @@ class Simulation:
         """Back to frame 0; with `episodes`, load new ones of the same layout (no rebuild)."""
         if episodes is not None:
             self._set_episodes(episodes)
-            specs = [world_spec(ep, reference=self.cfg.reference, base_dir=self.base_dir) for ep in self.episodes]
+            specs = [world_spec(ep, reference=self.cfg.raster_reference, base_dir=self.base_dir) for ep in self.episodes]
             self.world.reinit(specs)
             self._load()
         self.restore(self._initial_sim)
@@ -213,35 +229,52 @@ class Simulation:
         """Read state, render reference and splats for the current frame."""
         state = self.world.state()
         frame = Frame(self.frame_index, state.t, state, self.cameras)
-        if self.cfg.reference:
+        if self.cfg.raster_reference:
             t0 = time.perf_counter()
             frame.reference = {name: self.world.render_reference(name) for name in self.cameras}
             self.timings["reference_s"] += time.perf_counter() - t0
         if self.splats is not None:
             t0 = time.perf_counter()
-            frame.gbuffer = self._render_splats(state)
+            frame.gbuffer, frame.lit = self._render_splats(state)
             self.timings["splat_render_s"] += time.perf_counter() - t0
+        if self.pathtracer is not None:
+            t0 = time.perf_counter()
+            frame.pathtraced = self.pathtracer.render(frame)
+            self.timings["pathtrace_s"] += time.perf_counter() - t0
         return frame
 
-    def _render_splats(self, state) -> dict:
-        import torch
-        from render import rasterize
+    def close(self) -> None:
+        """Release the Cycles scene (bpy holds one per process); the world stays usable."""
+        if self.pathtracer is not None:
+            self.pathtracer.close()
+            self.pathtracer = None
 
-        from render import composite_planes
+    def _render_splats(self, state) -> tuple[dict, dict]:
+        """-> (camera -> render.GBuffer, camera -> render.lighting.Lit or {} without render.lit)."""
+        import torch
+        from render import composite_planes, rasterize
+
+        from hybridsim.appearance import environment, lit_render
 
         g = self.splats.posed(state.body_pos, state.body_quat)
         bg = torch.tensor(self.cfg.render.background, dtype=torch.float32)
-        out = {}
+        out, lit = {}, {}
+        if self.cfg.render.lit and self._env is None:
+            self._env = environment(self.scenario)
         for name, cam in self.cameras.items():
             view = torch.as_tensor(cam.viewmat, dtype=torch.float32)[:, None]  # [B, 1, 4, 4]
             K = torch.as_tensor(cam.K, dtype=torch.float32)[:, None]
             gb = rasterize(g, view, K, cam.width, cam.height, prev_means=self._prev_means,
                            background=(0.0, 0.0, 0.0), backend=self.cfg.render.backend)
             gb = composite_planes(gb, self.planes, view, K, far=self.cfg.render.plane_far)  # splats over planes
+            if self.cfg.render.lit:
+                t0 = time.perf_counter()
+                lit[name] = lit_render(g, gb, self.planes, cam, self.scenario, self.cfg.render.backend, self._env)
+                self.timings["lit_render_s"] += time.perf_counter() - t0
             gb.rgb = gb.rgb + (1.0 - gb.alpha)[..., None] * bg
             out[name] = gb
         self._prev_means = g.means
-        return out
+        return out, lit
 
 
 def _last_frame(s: Scenario) -> int:

@@ -77,15 +77,22 @@ def condition_from_gbuffer(gb, camera=None, lighting=None):  # -> Tensor [B, 1, 
     return encode_condition(linear_to_srgb(gb.rgb), gb.depth, gb.alpha, gb.flow, **extra)
 
 
-def needs_shading(model) -> bool:
-    """Whether the model takes the 14-channel condition (with shading cues) or the 7-channel one."""
-    from refine.conditioning import COND_CHANNELS, SHADING_CHANNELS
+def condition_layout(model) -> str:
+    """Which condition a model takes, by its channel count: "gbuffer" (7), "shading" (14: G-buffer +
+    depth normals and the raster's light) or "lit" (21: the lit splat render and its inputs)."""
+    from refine.conditioning import COND_CHANNELS, LIT_CHANNELS, SHADING_CHANNELS
 
+    layouts = {COND_CHANNELS: "gbuffer", COND_CHANNELS + SHADING_CHANNELS: "shading", LIT_CHANNELS: "lit"}
     c = model.spec.cond_channels
-    if c not in (COND_CHANNELS, COND_CHANNELS + SHADING_CHANNELS):
+    if c not in layouts:
         raise SpecError("refine.weights", f"the model takes {c} condition channels; hybridsim feeds "
-                        f"{COND_CHANNELS} or {COND_CHANNELS + SHADING_CHANNELS} (refine.conditioning)")
-    return c == COND_CHANNELS + SHADING_CHANNELS
+                        f"{', '.join(map(str, layouts))} (refine.conditioning)")
+    return layouts[c]
+
+
+def needs_shading(model) -> bool:
+    """Whether the model takes the 14-channel condition (with shading cues)."""
+    return condition_layout(model) == "shading"
 
 
 def sampler_config(settings: RefineSettings, weights_dir: Path | None = None):
@@ -144,7 +151,16 @@ class StreamRefiner:
         self.frames_per_block = spec.frames_per_block
         self.n_envs = sim.cfg.n_envs
         self.seeds = list(sim.seeds)
-        self.lighting = sim.scenario.lighting if needs_shading(model) else None
+        self.layout = condition_layout(model)
+        if self.layout == "lit" and not sim.cfg.render.lit:
+            raise SpecError("render.lit", "the refiner takes the lit splat render as input; set render.lit=true "
+                            "(or use a refiner trained without it)")
+        self.lighting = sim.scenario.lighting if self.layout == "shading" else None
+        self.materials = None
+        if self.layout == "lit":
+            from hybridsim.appearance import material_table
+
+            self.materials = material_table(sim.scenario)
         self.timings: dict[str, float] = defaultdict(float)
         self.reset()
 
@@ -167,8 +183,14 @@ class StreamRefiner:
     def collect(self, frame) -> _Block | None:
         """Take a frame's condition now (cameras may move in place later); a full block -> it."""
         for cam in self.cameras:
-            self._conds[cam.name].append(condition_from_gbuffer(frame.gbuffer[cam.name], frame.cameras[cam.name],
-                                                                self.lighting))
+            if self.layout == "lit":
+                from hybridsim.appearance import lit_condition
+
+                cond = lit_condition(frame.gbuffer[cam.name], frame.lit[cam.name], frame.cameras[cam.name],
+                                     self.materials)
+            else:
+                cond = condition_from_gbuffer(frame.gbuffer[cam.name], frame.cameras[cam.name], self.lighting)
+            self._conds[cam.name].append(cond)
         self._pending.append(frame)
         return self._take() if len(self._pending) == self.frames_per_block else None
 

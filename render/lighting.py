@@ -27,7 +27,7 @@ from render.quat import quat_to_rotmat
 from render.rasterize import rasterize
 from render.types import GBuffer, Gaussians
 
-SHADOW_RES = 128  # shadow-map pixels per side
+SHADOW_RES = 64  # shadow-map pixels per side (cost grows with it; 3x3 PCF softens the edges)
 SHADOW_DISTANCE = 50.0  # light camera distance in scene radii (large: nearly orthographic)
 
 
@@ -76,7 +76,8 @@ def sun_visibility(g: Gaussians, points: Tensor, env: Environment, backend: str 
     the depth bias with the surface's slope towards the light, against shadow acne."""
     sun = torch.as_tensor(env.sun_unit, dtype=torch.float32)
     view, K = _light_camera(g, sun, res)
-    sm = rasterize(g, view, K, res, res, background=(0.0, 0.0, 0.0), backend=backend, far=1e6)
+    plain = Gaussians(g.means, g.quats, g.scales, g.opacities, g.colors, _no_labels(g))
+    sm = rasterize(plain, view, K, res, res, background=(0.0, 0.0, 0.0), backend=backend, far=1e6)
     depth = torch.where(sm.alpha[:, 0] > 0.2, sm.depth[:, 0], torch.full_like(sm.depth[:, 0], float("inf")))
     # close pin holes between splats seen edge-on from the light: nearest occluder in 3x3 texels
     depth = -torch.nn.functional.max_pool2d(-depth[:, None], 3, stride=1, padding=1)[:, 0]
@@ -127,7 +128,7 @@ def shade(g: Gaussians, gbuffer: GBuffer, planes: list[Plane], viewmats: Tensor,
     normals = []
     for c in range(C):  # normals face each camera
         n = splat_normals(g, eye[:, c])
-        ng = Gaussians(g.means, g.quats, g.scales, g.opacities, n * 0.5 + 0.5, g.instance_id)
+        ng = Gaussians(g.means, g.quats, g.scales, g.opacities, n * 0.5 + 0.5, _no_labels(g))
         gbn = rasterize(ng, viewmats[:, c:c + 1], Ks[:, c:c + 1], W, H, backend=backend)
         gbn = composite_planes(gbn, [replace(p, color=_encoded(p.normal)) for p in planes],
                                viewmats[:, c:c + 1], Ks[:, c:c + 1], far=far)
@@ -150,6 +151,12 @@ def shade(g: Gaussians, gbuffer: GBuffer, planes: list[Plane], viewmats: Tensor,
     a = gbuffer.alpha.clamp(0, 1)[..., None]
     return Lit(rgb=a * surface + (1 - a) * background, normals=nrm, sun_visibility=vis, sun_cos=cos,
                reflection=reflection)
+
+
+def _no_labels(g: Gaussians) -> Tensor:
+    """All-zero instance ids: the extra passes need no labels, and one label keeps their one-hot
+    instance channels at width 1."""
+    return torch.zeros_like(g.instance_id)
 
 
 def _encoded(normal) -> tuple[float, float, float]:

@@ -72,6 +72,7 @@ def run(scenario: str | Scenario | RunConfig = "default", overrides=(), **kwargs
         raise
     finally:
         sink.close()
+        sim.close()
         timings = dict(sim.timings, total_s=time.perf_counter() - t_start, write_s=sink.write_s)
         if refiner is not None:
             timings.update(refiner.timings)
@@ -143,9 +144,14 @@ class RunSink:
                 if name in frame.gbuffer:  # splat colours are linear; videos are sRGB like the reference
                     coarse = to_uint8(linear_to_srgb(frame.gbuffer[name].rgb[b, 0]))
                     self._video("coarse", cam, b).write(coarse)
+                if name in frame.lit:
+                    self._video("lit", cam, b).write(to_uint8(linear_to_srgb(frame.lit[name].rgb[b, 0])))
+                traced = frame.pathtraced[name].rgb[b] if name in frame.pathtraced else None
+                if traced is not None:
+                    self._video("pathtraced", cam, b).write(traced)
                 if name in refined:
                     self._video("refined", cam, b).write(refined[name][b])
-                    panels = [p for p in (coarse, refined[name][b], ref) if p is not None]
+                    panels = [p for p in (coarse, refined[name][b], traced, ref) if p is not None]
                     self._video("compare", cam, b, len(panels)).write(np.concatenate(panels, axis=1))
         for record in frame.events:
             self.events.write(json.dumps(record, default=_json_default) + "\n")
