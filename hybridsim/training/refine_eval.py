@@ -25,7 +25,10 @@ import numpy as np
 from hybridsim.options import parse_options, positive
 
 DEFAULTS = {"out": "eval_refiner", "scenarios": "default,stack_topple,franka_push,mesh_slope", "frames": 40,
-            "weights": "", "sigmas": "", "noise": "", "threads": 0, "progress": True}
+            "weights": "", "sigmas": "", "noise": "", "threads": 0, "progress": True,
+            "reference": "raster",  # raster (Genesis) or pathtraced (Cycles; hybridsim.training.pathtrace_eval)
+            "lighting": "own,forest,sunset",  # pathtraced: the scenario's own lights and/or these HDRIs
+            "hdri_strength": 0.6, "samples": 16}
 
 
 @dataclass
@@ -139,9 +142,15 @@ def main(overrides: list[str]) -> int:
     import torch
 
     opts = parse_options(overrides, DEFAULTS, "eval-refiner")
-    positive(opts, "eval-refiner", "frames")
+    positive(opts, "eval-refiner", "frames", "samples")
+    if opts["reference"] not in ("raster", "pathtraced"):
+        from hybridsim.scenario.spec import SpecError
+
+        raise SpecError("eval-refiner reference", f"must be raster or pathtraced, got {opts['reference']!r}")
     if opts["threads"] > 0:
         torch.set_num_threads(opts["threads"])
+    if opts["reference"] == "pathtraced":
+        return _main_pathtraced(opts)
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -152,5 +161,32 @@ def main(overrides: list[str]) -> int:
         (out / "eval.json").write_text(json.dumps({"options": opts, "rows": [asdict(r) for r in rows]}, indent=1))
     (out / "eval.md").write_text(to_markdown(rows))
     print(to_markdown(rows))
+    print(f"wrote {out / 'eval.json'} and eval.md in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _main_pathtraced(opts: dict) -> int:
+    from render.pathtrace import preload
+
+    from hybridsim.scenario.spec import HDRI_NAMES, SpecError
+    from hybridsim.training import pathtrace_eval as pe
+
+    lightings = [x for x in opts["lighting"].split(",") if x]
+    bad = [x for x in lightings if x != "own" and x not in HDRI_NAMES]
+    if bad:
+        raise SpecError("eval-refiner lighting", f"{bad} are not 'own' or a shipped HDRI ({', '.join(HDRI_NAMES)})")
+    preload()  # bpy before Genesis
+    out = Path(opts["out"])
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows = []
+    for name in [s for s in opts["scenarios"].split(",") if s]:
+        for lighting in lightings:
+            rows += pe.evaluate_scenario(name, lighting, opts["frames"], opts["weights"] or None,
+                                         opts["hdri_strength"], opts["samples"], opts["progress"])
+            (out / "eval.json").write_text(json.dumps({"options": opts, "reference": "pathtraced",
+                                                       "rows": [r.row() for r in rows]}, indent=1))
+    (out / "eval.md").write_text(pe.to_markdown(rows))
+    print(pe.to_markdown(rows))
     print(f"wrote {out / 'eval.json'} and eval.md in {time.perf_counter() - t0:.0f} s")
     return 0
