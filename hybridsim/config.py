@@ -15,6 +15,9 @@ from hybridsim.scenario.convert import _build, _plain
 from hybridsim.scenario.spec import Scenario, SpecError
 
 
+MAX_ENVS = 4096  # parallel environments of one run; the memory estimate (runner.preflight) may allow fewer
+
+
 @dataclass
 class RenderConfig:
     enabled: bool = True  # coarse splat render + labels
@@ -80,8 +83,9 @@ class RunConfig:
         scenario = Scenario.from_dict(data.pop("scenario"), "scenario", base_dir)
         rest = _build(_RunRest, data, "")
         cfg = cls(scenario=scenario, **{f.name: getattr(rest, f.name) for f in dataclasses.fields(_RunRest)})
-        if cfg.n_envs < 1:
-            raise SpecError("n_envs", f"must be >= 1, got {cfg.n_envs}")
+        if not 1 <= cfg.n_envs <= MAX_ENVS:
+            raise SpecError("n_envs", f"must be in 1..{MAX_ENVS}, got {cfg.n_envs}; for more episodes use "
+                                      "hybridsim batch (episodes=N), which runs them n_envs at a time")
         if cfg.episode < 0:
             raise SpecError("episode", f"must be >= 0, got {cfg.episode}")
         if cfg.render.backend not in ("auto", "torch", "gsplat"):
@@ -158,12 +162,20 @@ def compose_dict(overrides: list[str] | tuple[str, ...] = (), config_name: str =
     cfg = _hydra_compose(config_name, hydra_overrides)
     base_dir = None
     if scen_file is not None:
-        loaded = OmegaConf.load(scen_file)
+        from omegaconf.errors import OmegaConfBaseException
+
+        from hybridsim.scenario.loading import read_scenario_file
+
+        try:  # the file is plain data already (read_scenario_file bounds it); OmegaConf may still refuse a value
+            loaded = OmegaConf.create(read_scenario_file(scen_file))
+        except OmegaConfBaseException as exc:
+            raise SpecError("scenario", f"'{scen_file}' has a value OmegaConf cannot hold "
+                                        f"({type(exc).__name__}); check its keys and values") from None
         scen_over = [o.split(".", 1)[1] for o in overrides if o.startswith("scenario.")]
         try:
             loaded = OmegaConf.merge(loaded, OmegaConf.from_dotlist(scen_over))
         except Exception as exc:
-            raise SpecError(f"override {scen_over}", str(exc).splitlines()[0]) from None
+            raise SpecError(f"override {scen_over}", str(exc).splitlines()[0][:300]) from None
         OmegaConf.set_struct(cfg, False)
         cfg.scenario = loaded
         base_dir = scen_file.parent

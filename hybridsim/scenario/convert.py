@@ -18,11 +18,18 @@ from hybridsim.scenario.parts import (Action, After, AtRest, Condition, Contact,
                                       Terminate, Threshold, TimeWindow, Visible)
 
 NO_DISTRIBUTION = ("name", "type", "kind", "seed", "capacity", "event", "template", "camera")
+SHOWN_CHARS = 60  # an error shows at most this much of a bad value or key: never a file's content
+
+
+def short(value) -> str:
+    """repr of a value from the input, cut to SHOWN_CHARS (a scenario may be an untrusted file)."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_CHARS else f"{text[:SHOWN_CHARS - 15]}... ({len(text)} chars)"
 
 
 def _require_mapping(data, path: str) -> dict:
     if not isinstance(data, dict):
-        raise SpecError(path, f"expected a mapping, got {type(data).__name__} {data!r}")
+        raise SpecError(path, f"expected a mapping, got {type(data).__name__} {short(data)}")
     return data
 
 
@@ -35,7 +42,8 @@ def _named_list(data, path: str) -> list:
     for name, item in _require_mapping(data, path).items():
         item = dict(_require_mapping(item if item is not None else {}, f"{path}.{name}"))
         if "name" in item and item["name"] != name:
-            raise SpecError(f"{path}.{name}.name", f"'{item['name']}' differs from its key '{name}'; drop `name`")
+            raise SpecError(f"{path}.{name}.name", f"{short(item['name'])} differs from its key {short(name)}; "
+                                                   "drop `name`")
         item["name"] = str(name)
         out.append(item)
     return out
@@ -60,7 +68,8 @@ def _build(cls, data: dict, path: str):
     fields = {_key(f): f for f in dataclasses.fields(cls)}
     unknown = [k for k in data if k not in fields]
     if unknown:
-        raise SpecError(f"{path}.{unknown[0]}", f"unknown key; allowed keys are {sorted(fields)}")
+        key = unknown[0] if isinstance(unknown[0], str) and len(unknown[0]) <= SHOWN_CHARS else short(unknown[0])
+        raise SpecError(f"{path}.{key}", f"unknown key; allowed keys are {sorted(fields)}")
     kwargs = {}
     for key, f in fields.items():
         sub = f"{path}.{key}"
@@ -99,11 +108,11 @@ def _convert(value, tp, path: str):
         return _convert(value, inner[0], path)
     if origin is Literal:
         if value not in args:
-            raise SpecError(path, f"{value!r} is not one of {list(args)}")
+            raise SpecError(path, f"{short(value)} is not one of {list(args)}")
         return value
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise SpecError(path, f"expected a list of {len(args)} numbers, got {value!r}")
+            raise SpecError(path, f"expected a list of {len(args)} numbers, got {short(value)}")
         return tuple(_convert(v, a, f"{path}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin is list:
         if not isinstance(value, (list, tuple)):
@@ -127,19 +136,19 @@ def _item_path(path: str, i: int, item) -> str:
 def _scalar(value, tp, path: str):
     if tp is bool:
         if not isinstance(value, bool):
-            raise SpecError(path, f"expected true or false, got {value!r}")
+            raise SpecError(path, f"expected true or false, got {short(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SpecError(path, f"expected an integer, got {value!r}")
+            raise SpecError(path, f"expected an integer, got {short(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise SpecError(path, f"expected a finite number, got {value!r}")
+            raise SpecError(path, f"expected a finite number, got {short(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise SpecError(path, f"expected a string, got {value!r}")
+            raise SpecError(path, f"expected a string, got {short(value)}")
         return value
     if tp is Any:
         return value

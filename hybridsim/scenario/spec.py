@@ -28,6 +28,7 @@ from typing import Any
 from hybridsim.scenario.convert import _build, _named_list, _plain, _require_mapping
 from hybridsim.scenario.distributions import _PARAMS, Distribution, Param, check, components, parse_param, values
 from hybridsim.scenario.errors import SpecError
+from hybridsim.scenario.files import absolute_files
 from hybridsim.scenario.parts import (  # noqa: F401 (re-exported: spec is the language's public face)
     ACTION_KINDS, ENTITY_TYPES, EVENT_KINDS, LEAVES, MESH_SUFFIXES, Action, After, Appearance, AtRest, Camera,
     Condition, Contact, Distance, Entity, Event, HDRI_NAMES, Lighting, LightingEnvironment, Quat, Region, Require,
@@ -63,7 +64,7 @@ class Scenario:
         if data.get("params") is not None:
             params = _require_mapping(data["params"], f"{path}.params")
             data["params"] = {str(k): parse_param(v, f"{path}.params.{k}") for k, v in params.items()}
-        scenario = _build(cls, data, path)
+        scenario = absolute_files(_build(cls, data, path), base_dir)  # no later step needs base_dir
         validate(scenario, path, base_dir)
         return scenario
 
@@ -353,3 +354,60 @@ def _check_cycles(s: Scenario, path: str, index: dict[str, int]) -> None:
                 raise SpecError(f"{path}.events[{index[cycle[0]]}].after.event",
                                 f"circular `after` chain: {' -> '.join(cycle)}; one of them needs `at` or `when`")
             chain.append(nxt)
+
+
+def events_after_end(s: Scenario, path: str = "scenario") -> list[str]:
+    """One line per timed event (`at`, or an `after` chain that starts at one) that cannot fire
+    because the run ends first: its time is past the last physics step of the episode
+    (timing.duration, cut by terminate.time_limit). A distribution counts when even its earliest
+    value is too late. Such an event is not an error (a short run of a long scenario is a common
+    check), but it must not pass silently."""
+    t = s.timing
+    if any(isinstance(getattr(t, k), Distribution) for k in ("duration", "fps", "dt")):
+        return []
+    duration = t.duration
+    limit = s.terminate.time_limit if s.terminate is not None else None
+    if limit is not None and not isinstance(limit, Distribution):
+        duration = min(duration, limit)
+    spf = max(1, round(1.0 / (t.fps * t.dt)))
+    last_step = (max(0, int(duration * t.fps + 1e-9) - 1)) * spf - 1  # the last step a trigger is checked at
+    names = [event_name(ev, i) for i, ev in enumerate(s.events)]
+    earliest: dict[str, float | None] = {}
+
+    def first_time(i: int, depth: int = 0) -> float | None:
+        ev = s.events[i]
+        if names[i] in earliest:
+            return earliest[names[i]]
+        if ev.at is not None:
+            found = _earliest(ev.at)
+        elif ev.after is not None and depth < len(s.events) and ev.after.event in names:
+            src, delay = first_time(names.index(ev.after.event), depth + 1), _earliest(ev.after.delay)
+            found = None if src is None or delay is None else src + delay
+        else:
+            found = None  # `when` conditions are decided by the simulation
+        earliest[names[i]] = found
+        return found
+
+    out = []
+    token = _PARAMS.set(s.params)  # `at: {param: ...}` reads the scenario's params
+    try:
+        times = [first_time(i) for i in range(len(s.events))]
+    finally:
+        _PARAMS.reset(token)
+    for i, ev in enumerate(s.events):
+        at = times[i]
+        if at is not None and round(at / t.dt) > last_step:
+            trigger = f"at={at:g} s" if ev.at is not None else f"after '{ev.after.event}' at t={at:g} s"
+            out.append(f"{path}.events[{i}] ('{names[i]}', {trigger}) is after the run's last physics step "
+                       f"(t={max(last_step, 0) * t.dt:.4g} s, timing.duration={duration:g}) and will not fire; "
+                       f"raise {path}.timing.duration above {at:g} or move the event earlier")
+    return out
+
+
+def _earliest(v) -> float | None:
+    if isinstance(v, Distribution):
+        try:
+            return float(min(values(v)))
+        except (TypeError, ValueError):
+            return None
+    return float(v) if isinstance(v, (int, float)) else None

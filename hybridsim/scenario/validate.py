@@ -19,7 +19,7 @@ from hybridsim.scenario.convert import _convert, _key, hints
 from hybridsim.scenario.distributions import (_PARAMS, Choice, Distribution, LogUniform, Normal, Param, RandInt,
                                               Uniform, _strip_optional, check, components, shown, values)
 from hybridsim.scenario.errors import SpecError
-from hybridsim.scenario.files import resolve_file, resolve_texture
+from hybridsim.scenario.files import check_content, resolve_file, resolve_texture
 from hybridsim.scenario.parts import HDRI_NAMES, MESH_SUFFIXES, Camera, Entity, Lighting
 
 
@@ -120,10 +120,14 @@ def _validate_entity(e: Entity, path: str, base_dir) -> None:
         for f in values(e.file):
             if e.type == "mesh" and Path(f).suffix.lower() not in MESH_SUFFIXES:
                 raise SpecError(f"{path}.file", f"mesh format {Path(f).suffix!r} not supported; use {MESH_SUFFIXES}")
-            resolve_file(f, f"{path}.file", base_dir)
+            found = resolve_file(f, f"{path}.file", base_dir)
+            if e.type in ("mesh", "urdf", "mjcf") and not f.startswith("genesis:"):  # Genesis' assets are trusted
+                check_content(found, e.type, f"{path}.file")
     if e.appearance.texture is not None:
         for f in values(e.appearance.texture):
-            resolve_texture(f, f"{path}.appearance.texture", base_dir)
+            found = resolve_texture(f, f"{path}.appearance.texture", base_dir)
+            if isinstance(found, Path):
+                check_content(found, "image", f"{path}.appearance.texture")
 
 
 def _has_distribution(v) -> bool:
@@ -139,7 +143,7 @@ def _validate_lighting(lt: Lighting, path: str, base_dir=None) -> None:
             if not str(name).lower().endswith(".exr"):
                 raise SpecError(f"{path}.environment.hdri", f"{name!r} is neither a shipped HDRI "
                                 f"({', '.join(HDRI_NAMES)}) nor an .exr file")
-            resolve_file(name, f"{path}.environment.hdri", base_dir)
+            check_content(resolve_file(name, f"{path}.environment.hdri", base_dir), "exr", f"{path}.environment.hdri")
         check(env.strength, lambda v: 0.0 <= v <= 100.0, f"{path}.environment.strength", "must be in [0, 100]")
         check(env.rotation, lambda v: math.isfinite(v), f"{path}.environment.rotation", "must be a finite angle in degrees")
     for key in ("color", "ambient"):
