@@ -356,6 +356,22 @@ class World(WorldActions):
         s = self._entity_slots[self.entity_index(name)]
         return range(s.start, s.stop)
 
+    def joint_targets(self, name: str) -> dict[str, np.ndarray]:
+        """Read-only: the position targets robot `name`'s PD controller tracks now, joint -> [B]
+        (radians or metres), for every 1-dof joint; a joint never commanded reads its current position."""
+        i = self.entity_index(name)
+        if self.spec.bodies[i].kind not in ("urdf", "mjcf"):
+            raise PhysicsError(f"entity '{name}' is not a robot; joint targets need a urdf or mjcf entity")
+        ent = self.entities[i]
+        idx, pos = self._targets.get(i, ([], np.zeros((self.n_envs, 0))))
+        now = ent.get_dofs_position().reshape(self.n_envs, -1).double().numpy()
+        out = {}
+        for j in ent.joints:
+            if j.n_dofs == 1:
+                d = int(np.atleast_1d(j.dofs_idx_local)[0])
+                out[j.name] = pos[:, idx.index(d)].copy() if d in idx else now[:, d].copy()
+        return out
+
     # ------------------------------------------------------------------ step
     def step(self) -> None:
         for i, (idx, pos) in self._targets.items():
