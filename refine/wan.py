@@ -16,16 +16,21 @@ Mapping (documented in NOTES.md):
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as Fn
-from torch import Tensor
-
-from refine.checkpoint import CONFIG_NAME, WEIGHTS_NAME, read_json, read_safetensors
+from refine.checkpoint import (CONFIG_NAME, WEIGHTS_NAME, check_fits, check_safetensors_header, model_bytes, read_json,
+                               read_safetensors)
+from refine.config import ModelConfig
 from refine.errors import RefineError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from torch import Tensor
+
+INDEX_NAME = f"{WEIGHTS_NAME}.index.json"
+MAX_INDEX_BYTES = 16 << 20  # a shard index maps every tensor name to a file: ~100 KiB for a 14B Wan
 
 
 @dataclass(frozen=True)
@@ -37,24 +42,48 @@ class WanLoadReport:
     zero_initialised: tuple[str, ...]  # model tensors (or channel ranges) set to zero
 
 
+def wan_shards(folder: Path) -> list[Path]:
+    """The weight files of a Wan folder: the shards its index names (each confined to the folder:
+    an index is untrusted, and a name such as '../x' or '/etc/x' must not open a file outside it),
+    else the single weights file. Only names are checked here; read_safetensors reads them."""
+    index = folder / INDEX_NAME
+    if not index.is_file():
+        return [folder / WEIGHTS_NAME]
+    weight_map = read_json(index, "shard index", MAX_INDEX_BYTES).get("weight_map")
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise RefineError(f"shard index {index} has no weight_map of tensor name -> shard file name; re-save the folder")
+    root = folder.resolve()
+    shards = []
+    for name in sorted(set(weight_map.values())):
+        path = (folder / name).resolve()
+        if not name or Path(name).is_absolute() or ".." in Path(name).parts or path.parent != root:
+            raise RefineError(f"shard index {index} names the shard {name[:80]!r}, which is not a file directly "
+                              "inside the weights folder; shard names must be plain file names in that folder")
+        shards.append(folder / name)
+    return shards
+
+
 def _read_wan_weights(folder: Path) -> dict[str, Tensor]:
-    index = folder / f"{WEIGHTS_NAME}.index.json"
-    if index.is_file():
-        try:
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-        except (ValueError, KeyError) as err:
-            raise RefineError(f"shard index {index} is unreadable ({err})") from err
-        state: dict[str, Tensor] = {}
-        for shard in shards:
-            state.update(read_safetensors(folder / shard, "weight shard"))
-        return state
-    return read_safetensors(folder / WEIGHTS_NAME, "Wan weights")
+    state: dict[str, Tensor] = {}
+    for shard in wan_shards(folder):
+        state.update(read_safetensors(shard, "weight shard" if shard.name != WEIGHTS_NAME else "Wan weights"))
+    return state
 
 
 def _model_kwargs(cfg: dict, cond_channels: int, keep_cross: bool, overrides: dict) -> dict:
+    try:
+        return _kwargs(cfg, cond_channels, keep_cross, overrides)
+    except KeyError as err:
+        raise RefineError(f"Wan config lacks {err}; is it a Wan transformer's config.json?") from None
+    except (TypeError, ValueError) as err:  # int("abc"), int([1]), tuple(5): a value of the wrong type
+        raise RefineError(f"Wan config has a value of the wrong type ({type(err).__name__}); re-save it from "
+                          "diffusers' WanTransformer3DModel") from None
+
+
+def _kwargs(cfg: dict, cond_channels: int, keep_cross: bool, overrides: dict) -> dict:
     patch = tuple(cfg.get("patch_size", (1, 2, 2)))
     if len(patch) != 3 or patch[0] != 1 or patch[1] != patch[2]:
-        raise RefineError(f"Wan patch_size {patch} is not (1, p, p); only spatial square patches load")
+        raise RefineError(f"Wan patch_size {str(patch)[:40]} is not (1, p, p); only spatial square patches load")
     out_ch = int(cfg.get("out_channels") or cfg.get("in_channels", 16))
     extra = int(cfg.get("in_channels", 16)) - out_ch
     if extra < 0 or extra > cond_channels:
@@ -71,8 +100,26 @@ def _model_kwargs(cfg: dict, cond_channels: int, keep_cross: bool, overrides: di
     return kwargs
 
 
+def wan_model_config(cfg: dict, source: Path, cond_channels: int = 7, keep_cross_attention: bool = True,
+                     **overrides) -> ModelConfig:
+    """The causal model's config for a Wan config.json (what load_wan_checkpoint builds), checked
+    and typed, without building it. RefineError naming the problem otherwise."""
+    if cfg.get("_class_name", "WanTransformer3DModel") != "WanTransformer3DModel":
+        raise RefineError(f"{source} holds a {str(cfg['_class_name'])[:60]}, not a WanTransformer3DModel")
+    kwargs = _model_kwargs(cfg, cond_channels, keep_cross_attention, overrides)
+    try:
+        return ModelConfig(**kwargs)
+    except RefineError as err:
+        raise RefineError(f"Wan config {source} is invalid, the model cannot be built: {err}") from None
+    except TypeError as err:  # an unknown override
+        raise RefineError(f"Wan config {source}: {err}") from None
+
+
 def _null_context(state: dict[str, Tensor]) -> Tensor:
     """text_embedder applied to one all-zero (padding) text row -> [1, 1, D]."""
+    import torch
+    import torch.nn.functional as Fn
+
     w1, b1 = state["condition_embedder.text_embedder.linear_1.weight"], state["condition_embedder.text_embedder.linear_1.bias"]
     w2, b2 = state["condition_embedder.text_embedder.linear_2.weight"], state["condition_embedder.text_embedder.linear_2.bias"]
     zero = torch.zeros(1, w1.shape[1], dtype=w1.dtype)
@@ -80,7 +127,7 @@ def _null_context(state: dict[str, Tensor]) -> Tensor:
 
 
 def load_wan_checkpoint(folder: str | Path, *, cond_channels: int = 7, keep_cross_attention: bool = True,
-                        device: str | torch.device = "cpu", **overrides):
+                        device: "str | torch.device" = "cpu", **overrides):
     """Load a local diffusers WanTransformer3DModel folder into a CausalWanRefiner.
 
     overrides: further CausalWanRefiner config (frames_per_block, sink_frames, window_frames,
@@ -92,13 +139,13 @@ def load_wan_checkpoint(folder: str | Path, *, cond_channels: int = 7, keep_cros
     if not folder.is_dir():
         raise RefineError(f"{folder} is not a directory; pass a local WanTransformer3DModel folder "
                           "(nothing is downloaded)")
+    import torch
+
     cfg = read_json(folder / CONFIG_NAME, "Wan config")
-    if cfg.get("_class_name", "WanTransformer3DModel") != "WanTransformer3DModel":
-        raise RefineError(f"{folder} holds a {cfg['_class_name']}, not a WanTransformer3DModel")
-    try:
-        model = CausalWanRefiner(**_model_kwargs(cfg, cond_channels, keep_cross_attention, overrides))
-    except KeyError as err:
-        raise RefineError(f"Wan config {folder / CONFIG_NAME} lacks {err}; is it a Wan transformer?") from err
+    spec = wan_model_config(cfg, folder / CONFIG_NAME, cond_channels, keep_cross_attention, **overrides)
+    stored = sum(check_safetensors_header(p, "weight shard") for p in wan_shards(folder))
+    check_fits(model_bytes(spec) + stored, f"the Wan checkpoint in {folder}")  # the model and the file's tensors
+    model = CausalWanRefiner.from_spec(spec)
     state = _read_wan_weights(folder)
     target = model.state_dict()
     new: dict[str, Tensor] = {}
