@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from hybridsim.config import RunConfig
-from hybridsim.output.dataset import (SIDECAR, DatasetError, EpisodeWriter, clean_partial, merge, staged_episodes)
+from hybridsim.output.dataset import (SIDECAR, DatasetError, EpisodeWriter, clean_partial, lerobot_fps, merge,
+                                      staged_episodes)
 from hybridsim.scenario.seeding import derive_seed, env_seeds
 from hybridsim.scenario.spec import SpecError
 
@@ -39,12 +40,15 @@ class BatchOptions:
     workers: int = 2  # ray: shard tasks, one contiguous range of episodes each
     shard: str | None = None  # "i/n": generate only shard i of n (e.g. a SLURM array task); merge separately
     max_attempts: int = 10  # per episode, when the scenario rejects episodes (`require`)
-    labels: bool = True  # sidecar depth / instance / alpha / flow per camera and frame
+    labels: bool = True  # sidecar labels per camera and frame (depth, instance, flows, normals, objects table)
+    depth_video: bool = False  # a LeRobot depth-map video feature per camera (HEVC 12-bit, lossless)
+    gop: int = 2  # keyframe interval of the videos (LeRobot's default: fast random access)
+    crf: int = 18  # H.264 quality (lower: better, larger)
     merge: bool | None = None  # build the LeRobot files at the end; default: true unless shard is set
     ray_address: str | None = None  # an existing Ray cluster ("auto", "ray://host:10001"); none: start a local one
     chunks_size: int = 1000
-    data_files_size_in_mb: float = 100.0
-    video_files_size_in_mb: float = 200.0
+    data_files_size_in_mb: float = 100
+    video_files_size_in_mb: float = 200
 
     def __post_init__(self):
         if not isinstance(self.episodes, int) or self.episodes < 1:
@@ -61,6 +65,15 @@ class BatchOptions:
                 raise SpecError("shard", "shard=i/n runs one shard locally; drop launcher=ray (or drop shard)")
         if self.merge is None:
             self.merge = self.shard is None
+        try:
+            self.video_settings()
+        except ValueError as exc:
+            raise SpecError("gop" if "gop" in str(exc) else "crf", str(exc)) from None
+
+    def video_settings(self):
+        from hybridsim.output.video import VideoSettings
+
+        return VideoSettings(gop=self.gop, crf=self.crf)
 
 
 BATCH_KEYS = {f.name for f in dataclasses.fields(BatchOptions)}
@@ -135,6 +148,7 @@ def fingerprint(cfg: RunConfig, opts: BatchOptions) -> tuple[str, dict]:
     """What decides episode content: the run config less run-only keys, plus whether labels are kept."""
     data = {k: v for k, v in cfg.to_dict().items() if k not in _RUN_ONLY_KEYS}
     data["labels"] = opts.labels
+    data["video"] = {"gop": opts.gop, "crf": opts.crf, "depth_video": opts.depth_video}
     text = json.dumps(data, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16], data
 
@@ -188,6 +202,10 @@ def generate(scenario=None, episodes: int | None = None, overrides=(), **kwargs)
     if episodes is not None:
         kwargs["episodes"] = episodes
     cfg, base, opts = resolve(scenario, overrides, **kwargs)
+    try:
+        lerobot_fps(cfg.scenario.timing.fps)
+    except DatasetError as exc:
+        raise SpecError("scenario.timing.fps", str(exc)) from None
     out = Path(cfg.out_dir).resolve()
     t0 = time.perf_counter()
     _prepare_out_dir(out, cfg, opts, driver=opts.shard is None)
@@ -224,9 +242,32 @@ def merge_dataset(out_dir, episodes: int | None = None, opts: BatchOptions | Non
     clean_partial(out)
     return merge(out, opts.episodes, chunks_size=opts.chunks_size, data_files_size_in_mb=opts.data_files_size_in_mb,
                  video_files_size_in_mb=opts.video_files_size_in_mb, robot_type=rec.get("robot_type"),
-                 extra_info={"hybridsim": {"scenario": rec["scenario"], "fingerprint": rec["fingerprint"],
-                                           "sidecar": SIDECAR + "/episode_{episode_index:06d}",
-                                           "labels": rec["config"].get("labels", True)}})
+                 provenance=_provenance(out, opts.episodes, rec))
+
+
+def _provenance(out: Path, n: int, rec: dict) -> dict:
+    """meta/hybridsim.json: what made the dataset, where its sidecar is, and the conventions of its features."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from hybridsim.output.dataset import load_episode_meta
+
+    try:
+        ver = version("hybridsim")
+    except PackageNotFoundError:
+        ver = "unknown"
+    meta = load_episode_meta(out, 0) if n else {}
+    return {"generator": "hybridsim", "version": ver, "scenario": rec["scenario"], "fingerprint": rec["fingerprint"],
+            "sidecar": SIDECAR + "/episode_{episode_index:06d}", "labels": rec["config"].get("labels", True),
+            "video": rec["config"].get("video"), "cameras": meta.get("cameras"), "bodies": meta.get("bodies"),
+            "conventions": {
+                "observation.state": "per body slot k: px py pz (metres, world frame, z up), qw qx qy qz (wxyz)",
+                "action": "what acts from frame t to t+1: robot joint position targets (<entity>.<joint>.target), "
+                          "impulses summed (N*s), forces / torques averaged (N, N*m, world frame) over the interval; "
+                          "the episode's last frame: targets in force, pushes 0 (docs/dataset.md)",
+                "observation.cameras.<cam>.intrinsics": "K, 3x3 row-major, pixels",
+                "observation.cameras.<cam>.extrinsics": "world-to-camera 4x4 row-major, OpenCV (x right, y down, z forward)",
+            },
+            "config": rec["config"]}
 
 
 def main(overrides: list[str]) -> int:
@@ -310,6 +351,8 @@ def _run_local(cfg, base, opts: BatchOptions, pending: list[int], out: Path, pro
     """Generate and stage `pending` episodes in this process; B = n_envs episodes per Genesis step."""
     from collections import deque
 
+    from hybridsim.output.recorder import RecordOptions, Recorder
+
     t0, timings = time.perf_counter(), {"startup_s": None, "generated": 0}
     groups: dict[str, deque] = {}  # layout key -> tasks in index order; layouts run one after another
     for i in sorted(pending):
@@ -325,7 +368,8 @@ def _run_local(cfg, base, opts: BatchOptions, pending: list[int], out: Path, pro
         sim = pool.load(batch)
         if timings["startup_s"] is None:
             timings["startup_s"] = time.perf_counter() - t0
-        for task, status, writer, meta in zip(batch, *_run_batch(sim, pool.frames(), batch, out, opts)):
+        rec = Recorder(sim, RecordOptions(labels=opts.labels, depth_video=opts.depth_video))
+        for task, status, writer, meta in zip(batch, *_run_batch(sim, pool.frames(rec.tap), batch, out, opts, rec)):
             if status is None:
                 writer.commit(meta)
                 timings["generated"] += 1
@@ -371,15 +415,17 @@ class _SimPool:
         self.key = batch[0].key
         return self.sim
 
-    def frames(self):
-        """The loaded batch's frames, refined (frame.refined) when refine.enabled."""
+    def frames(self, tap=None):
+        """The loaded batch's frames, refined (frame.refined) when refine.enabled; `tap(frame)` sees each
+        frame as the simulation makes it, before the refiner delays it."""
+        made = self.sim.frames() if tap is None else map(tap, self.sim.frames())
         if self.refiner is None:
-            return self.sim.frames()
+            return made
         from hybridsim.refining import refined_frames
 
         self.refiner.seeds = list(self.sim.seeds)  # per-env refiner noise follows the episodes' seeds
         self.refiner.reset()
-        return refined_frames(self.sim.frames(), self.refiner, overlap=self.cfg.refine.overlap)
+        return refined_frames(made, self.refiner, overlap=self.cfg.refine.overlap)
 
     def _build(self, **kw):
         from hybridsim.refining import make_refiner
@@ -403,22 +449,13 @@ def _assign_env_seeds(sim, seeds: list[int]) -> None:
     sim.reset()
 
 
-def _run_batch(sim, frames, batch: list[_Task], out: Path, opts: BatchOptions):
+def _run_batch(sim, frames, batch: list[_Task], out: Path, opts: BatchOptions, rec):
     """Run one batched episode; returns per task (status, writer, meta). status None = accepted."""
-    fps = sim.scenario.timing.fps
-    rec = _Recorder(sim)
-    writers = [EpisodeWriter(out, t.index, fps) for t in batch]
+    from hybridsim.output.recorder import record_batch
+
+    writers = [EpisodeWriter(out, t.index, sim.scenario.timing.fps, opts.video_settings()) for t in batch]
     try:
-        for frame in frames:
-            values, images, labels = rec.convert(frame)
-            for b, w in enumerate(writers):
-                if _ended(sim, b, frame.index):
-                    continue
-                w.add_frame({k: v[b] for k, v in values.items()}, {k: v[b] for k, v in images.items()})
-                if opts.labels:
-                    for cam, arrays in labels.items():
-                        w.add_labels(cam, frame.index, {k: a[b] for k, a in arrays.items()})
-                w.add_events(rec.events(frame, b, batch[b].scenario))
+        record_batch(sim, frames, writers, rec, [t.scenario for t in batch])
         status = list(sim.require_status()) if hasattr(sim, "require_status") else [None] * len(batch)
     except BaseException:
         for w in writers:
@@ -427,94 +464,19 @@ def _run_batch(sim, frames, batch: list[_Task], out: Path, opts: BatchOptions):
     metas = []
     for b, (t, w) in enumerate(zip(batch, writers)):
         w.add_file("instances.json", rec.instances(sim.scenario))  # ids as the splat render numbers them
-        metas.append(rec.episode_meta(t, b, status[b]))
+        metas.append(_episode_meta(sim, rec, t, b, status[b]))
     return status[: len(batch)], writers, metas
 
 
-def _ended(sim, b: int, frame_index: int) -> bool:
-    """Env b's episode ended before this frame (Simulation.done / end_frame, where it reports them).
-    The frame stream may lag the simulation (refiner blocks), so compare with end_frame, not done."""
-    done, end = getattr(sim, "done", None), getattr(sim, "end_frame", None)
-    return done is not None and end is not None and bool(done[b]) and frame_index > int(end[b])
-
-
-class _Recorder:
-    """Frame (all env slots) -> per-slot feature values, images per video key, labels, events."""
-
-    def __init__(self, sim):
-        self.sim, self.scenario = sim, sim.scenario
-        self.features: dict | None = None
-
-    def convert(self, frame):
-        import torch
-
-        from hybridsim.output.labels import encode_depth_mm
-        from hybridsim.output.writers import linear_to_srgb, to_uint8
-
-        s = frame.state
-        B = s.body_pos.shape[0]
-        values = {"observation.state": torch.cat([s.body_pos, s.body_quat], -1).reshape(B, -1).numpy()}
-        for name, cam in frame.cameras.items():
-            values[f"observation.cameras.{name}.intrinsics"] = np.asarray(cam.K, dtype=np.float32).reshape(B, 9)
-            values[f"observation.cameras.{name}.extrinsics"] = np.asarray(cam.viewmat, dtype=np.float32).reshape(B, 16)
-        images, labels = {}, {}
-        for name, gb in frame.gbuffer.items():  # splat colours are linear; videos are sRGB like the reference
-            images[f"observation.images.{name}.coarse"] = to_uint8(linear_to_srgb(gb.rgb[:, 0]))
-            labels[name] = {"depth": encode_depth_mm(gb.depth[:, 0].numpy()),
-                            "instance": gb.instance_id[:, 0].numpy().astype(np.uint16),
-                            "alpha": (np.clip(gb.alpha[:, 0].numpy(), 0, 1) * 255 + 0.5).astype(np.uint8),
-                            "flow": gb.flow[:, 0].numpy().astype(np.float16)}
-        for name, ref in frame.reference.items():
-            images[f"observation.images.{name}.reference"] = np.asarray(ref.rgb)
-        for name, img in (getattr(frame, "refined", None) or {}).items():
-            images[f"observation.images.{name}.refined"] = to_uint8(img)
-        if self.features is None:
-            self.features = self._features(values, images)
-        return values, images, labels
-
-    def _features(self, values: dict, images: dict) -> dict:
-        from hybridsim.output.dataset import DEFAULT_FEATURES
-
-        fps = self.scenario.timing.fps
-        names = {"observation.state": [f"{b.entity}.{b.link}.{c}" for b in self.sim.world.bodies
-                                       for c in ("px", "py", "pz", "qw", "qx", "qy", "qz")]}
-        for name in self.sim.cameras:
-            names[f"observation.cameras.{name}.intrinsics"] = [f"k{r}{c}" for r in range(3) for c in range(3)]
-            names[f"observation.cameras.{name}.extrinsics"] = [f"m{r}{c}" for r in range(4) for c in range(4)]
-        feats = {k: {"dtype": "float32", "shape": [v.shape[1]], "names": names.get(k)} for k, v in values.items()}
-        for key, img in images.items():
-            h, w = img.shape[1] + img.shape[1] % 2, img.shape[2] + img.shape[2] % 2  # as encoded (even sizes)
-            feats[key] = {"dtype": "video", "shape": [h, w, 3], "names": ["height", "width", "channels"],
-                          "info": {"video.height": h, "video.width": w, "video.codec": "h264",
-                                   "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
-                                   "video.channels": 3, "has_audio": False}}
-        feats.update(DEFAULT_FEATURES)
-        return feats
-
-    @staticmethod
-    def events(frame, b: int, sc) -> list[dict]:
-        evs = getattr(frame, "events", None)
-        if evs is not None:  # fired events with the env slot they fired in; the slot is not episode content
-            return [{k: v for k, v in e.items() if k != "env"} for e in evs if e.get("env", b) == b]
-        return [{"event": f"event{i}", "index": i, "action": sc.events[i].kind, "t": frame.t, "frame": frame.index,
-                 "entities": [sc.events[i].entity]} for i in frame.fired]  # the core keys of hybridsim.scenario.events
-
-    @staticmethod
-    def instances(sc) -> dict:
-        return {"0": {"entity": None, "semantic_class": "background"},
-                **{str(i + 1): {"entity": e.name, "semantic_class": e.semantic_class}
-                   for i, e in enumerate(sc.entities)}}
-
-    def episode_meta(self, task: _Task, slot: int, status) -> dict:
-        sc = task.scenario
-        return {"task": sc.description or sc.name, "scenario": sc.name, "seed": task.seed, "layout_key": task.key,
-                "attempts": task.history + [{"attempt": task.attempt, "seed": task.seed,
-                                             "status": "accepted" if status is None else status}],
-                "features": self.features, "cameras": list(self.sim.cameras),
-                "bodies": [{"slot": k, "entity": b.entity, "link": b.link}
-                           for k, b in enumerate(self.sim.world.bodies)],
-                "env_seed": self.sim.seeds[slot] if slot < len(getattr(self.sim, "seeds", [])) else None,
-                "generated_in": {"slot": slot, "n_envs": self.sim.cfg.n_envs}}
+def _episode_meta(sim, rec, task: _Task, slot: int, status) -> dict:
+    sc = task.scenario
+    return {"task": sc.description or sc.name, "scenario": sc.name, "seed": task.seed, "layout_key": task.key,
+            "attempts": task.history + [{"attempt": task.attempt, "seed": task.seed,
+                                         "status": "accepted" if status is None else status}],
+            "features": rec.features, "cameras": list(sim.cameras),
+            "bodies": [{"slot": k, "entity": b.entity, "link": b.link} for k, b in enumerate(sim.world.bodies)],
+            "env_seed": sim.seeds[slot] if slot < len(getattr(sim, "seeds", [])) else None,
+            "generated_in": {"slot": slot, "n_envs": sim.cfg.n_envs}}
 
 
 # --------------------------------------------------------------------------- Ray

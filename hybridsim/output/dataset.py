@@ -1,16 +1,21 @@
 """LeRobot v3.0 dataset output, written without the lerobot package (layout: docs/dataset.md).
 
+The files are the ones LeRobot 0.6 writes itself (checked by scripts/lerobot_roundtrip.py against the
+real client): info.json with only DatasetInfo's fields, feature and video-info keys as 0.6 writes
+them, quantile stats (q01 q10 q50 q90 q99) in stats.json and in the episodes table, integer fps,
+videos encoded with the settings their info records (hybridsim.output.video). hybridsim's own
+provenance goes to meta/hybridsim.json.
+
 Two steps, so that a killed batch loses nothing finished and shards can run anywhere:
 
 1. `EpisodeWriter` stages one episode under `sidecar/episode_<i>/` through a temporary folder and one
    `os.replace`: the folder exists only once the episode is complete. The set of these folders is the
    manifest of finished episodes.
 2. `merge(root, n)` builds `meta/`, `data/` and `videos/` from staged episodes 0..n-1: tables are
-   concatenated, H.264 streams are remuxed (no re-encoding), stats are computed and aggregated.
+   concatenated, video streams are remuxed (no re-encoding), stats are computed and aggregated.
    It writes into a temporary folder and swaps the results in, `meta/` last.
 
-Readers (`load_info`, `load_frames`, `decode_episode`, `verify`, ...) are used by the tests and are
-handy for checking a dataset without lerobot installed.
+Readers (`load_info`, `load_frames`, `decode_episode`, `verify`, ...) live in dataset_read.
 """
 
 from __future__ import annotations
@@ -23,27 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridsim.output.writers import VideoWriter, write_json
+from hybridsim.output.video import StreamWriter, VideoSettings, depth_settings
+from hybridsim.output.writers import write_json
 
-CODEBASE_VERSION = "v3.0"
-CHUNK_FILE = "chunk-{chunk_index:03d}/file-{file_index:03d}"
-DATA_PATH = "data/" + CHUNK_FILE + ".parquet"
-VIDEO_PATH = "videos/{video_key}/" + CHUNK_FILE + ".mp4"
-EPISODES_PATH = "meta/episodes/" + CHUNK_FILE + ".parquet"
-SIDECAR = "sidecar"
-QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
-DEFAULT_FEATURES = {  # LeRobot's bookkeeping columns, present in every data file
-    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
-    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
-    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
-    "index": {"dtype": "int64", "shape": [1], "names": None},
-    "task_index": {"dtype": "int64", "shape": [1], "names": None},
-}
+from hybridsim.output.dataset_read import (CHUNK_FILE, CODEBASE_VERSION, DATA_PATH, DEFAULT_FEATURES,  # noqa: F401
+                                           EPISODES_PATH, PROVENANCE, QUANTILES, SIDECAR, STAT_NAMES, VIDEO_PATH,
+                                           DatasetError, column_array, decode_episode, load_episodes, load_frames,
+                                           load_info, load_provenance, load_stats, load_tasks, verify,
+                                           video_frame_count)
+
 _MB = 1024.0**2
-
-
-class DatasetError(RuntimeError):
-    """A dataset folder that cannot be written, merged or read as asked."""
 
 
 def episode_dir(root: str | Path, index: int) -> Path:
@@ -74,54 +68,80 @@ def clean_partial(root: str | Path) -> int:
     return n
 
 
+def lerobot_fps(fps: float) -> int:
+    """LeRobot stores fps as an integer; a fractional fps cannot make a LeRobot dataset."""
+    if float(fps) != int(fps) or fps <= 0:
+        raise DatasetError(f"fps {fps} is not a positive integer; LeRobot datasets need an integer fps: "
+                           "set scenario.timing.fps to one (e.g. scenario.timing.fps=20)")
+    return int(fps)
+
+
+def video_feature(info: dict) -> dict:
+    """A video feature as LeRobot 0.6 declares it, from its stream info (VideoSettings.info)."""
+    return {"dtype": "video", "shape": [info["video.height"], info["video.width"], info["video.channels"]],
+            "names": ["height", "width", "channels"], "info": info}
+
+
 # --------------------------------------------------------------------------- staging one episode
-class _ImageStats:
-    """Per-channel min / max / sum / sum of squares over every frame, values in [0, 1]; frames over
-    MAX_PIXELS are read on a regular pixel grid (as LeRobot downsizes images for stats)."""
+class _HistStats:
+    """Per-channel stats of integer images from exact value histograms: min / max / mean / std and the
+    quantiles. RGB values are scaled to [0, 1] (as LeRobot's stats are); depth stays in millimetres.
+    Frames over MAX_PIXELS are read on a regular pixel grid (LeRobot also downsizes for stats)."""
 
     MAX_PIXELS = 65536
 
-    def __init__(self):
-        self.n_frames, self.n_px = 0, 0
-        self.lo, self.hi = np.full(3, np.inf), np.full(3, -np.inf)
-        self.s, self.ss = np.zeros(3), np.zeros(3)
+    def __init__(self, channels: int, levels: int, scale: float):
+        self.hist = np.zeros((channels, levels), dtype=np.int64)
+        self.scale, self.n_frames = scale, 0
 
-    def add(self, rgb: np.ndarray) -> None:  # rgb: [H, W, 3] uint8
-        step = max(1, int(np.ceil(np.sqrt(rgb.shape[0] * rgb.shape[1] / self.MAX_PIXELS))))
-        x = rgb[::step, ::step].reshape(-1, 3).astype(np.float64) / 255.0
-        self.lo, self.hi = np.minimum(self.lo, x.min(0)), np.maximum(self.hi, x.max(0))
-        self.s += x.sum(0)
-        self.ss += np.square(x).sum(0)
+    def add(self, img: np.ndarray) -> None:  # img: [H, W, C] uint8 or [H, W] uint16
+        h, w = img.shape[:2]
+        step = max(1, int(np.ceil(np.sqrt(h * w / self.MAX_PIXELS))))
+        x = img[::step, ::step].reshape(-1, self.hist.shape[0])
+        for c in range(self.hist.shape[0]):
+            self.hist[c] += np.bincount(x[:, c], minlength=self.hist.shape[1])
         self.n_frames += 1
-        self.n_px += x.shape[0]
 
     def result(self) -> dict:
-        mean = self.s / self.n_px
-        std = np.sqrt(np.maximum(self.ss / self.n_px - mean**2, 0.0))
-        c = lambda v: np.asarray(v).reshape(3, 1, 1).tolist()  # noqa: E731  LeRobot keeps [C, 1, 1]
-        return {"min": c(self.lo), "max": c(self.hi), "mean": c(mean), "std": c(std), "count": [self.n_frames]}
+        v = np.arange(self.hist.shape[1], dtype=np.float64) * self.scale
+        n = self.hist.sum(1)
+        mean = (self.hist * v).sum(1) / n
+        std = np.sqrt(np.maximum((self.hist * v**2).sum(1) / n - mean**2, 0.0))
+        cum = np.cumsum(self.hist, 1)
+        lo = np.array([v[np.argmax(c > 0)] for c in self.hist])
+        hi = np.array([v[len(c) - 1 - np.argmax(c[::-1] > 0)] for c in self.hist])
+        out = {"min": lo, "max": hi, "mean": mean, "std": std}
+        for q, p in QUANTILES.items():
+            out[q] = np.array([v[np.searchsorted(cum[c], p * n[c])] for c in range(len(n))])
+        c = lambda a: np.asarray(a).reshape(-1, 1, 1).tolist()  # noqa: E731  LeRobot keeps [C, 1, 1]
+        return {k: ([self.n_frames] if k == "count" else c(out[k])) for k in STAT_NAMES}
 
 
 class EpisodeWriter:
     """Stages one episode; nothing is visible under `sidecar/` until `commit()` renames it there.
 
-    Per frame: numeric feature values (1-D float32 arrays), uint8 images per video key, optional
-    label arrays per camera (sidecar npz) and fired events (sidecar events.jsonl).
+    Per frame: numeric feature values (1-D float32 arrays), uint8 RGB images per video key, optional
+    depth maps (uint16 millimetres) per depth video key, label arrays per camera (sidecar npz), tables
+    (sidecar parquet) and fired events (sidecar events.jsonl). Video features (with their info) are
+    added to the episode's features at commit.
     """
 
-    def __init__(self, root: str | Path, index: int, fps: float, crf: int = 18):
-        self.root, self.index, self.fps, self.crf = Path(root), index, fps, crf
+    def __init__(self, root: str | Path, index: int, fps: float, video: VideoSettings | None = None):
+        self.root, self.index, self.fps = Path(root), index, lerobot_fps(fps)
+        self.video = video or VideoSettings()
         self.final = episode_dir(root, index)
         self.tmp = self.final.parent / f".tmp-{self.final.name}-{socket.gethostname()}-{os.getpid()}"
         shutil.rmtree(self.tmp, ignore_errors=True)
         (self.tmp / "staged" / "videos").mkdir(parents=True)
         self.length = 0
         self._rows: dict[str, list] = {}
-        self._videos: dict[str, VideoWriter] = {}
-        self._img_stats: dict[str, _ImageStats] = {}
+        self._videos: dict[str, StreamWriter] = {}
+        self._img_stats: dict[str, _HistStats] = {}
+        self._tables: dict[str, list[dict]] = {}
         self._events = open(self.tmp / "events.jsonl", "w")
 
-    def add_frame(self, values: dict[str, np.ndarray], images: dict[str, np.ndarray]) -> None:
+    def add_frame(self, values: dict[str, np.ndarray], images: dict[str, np.ndarray],
+                  depths: dict[str, np.ndarray] | None = None) -> None:
         if self.length == 0:
             self._rows = {k: [] for k in values}
         elif set(values) != set(self._rows):
@@ -129,21 +149,29 @@ class EpisodeWriter:
                                f"frame 0 had {sorted(self._rows)}")
         for k, v in values.items():
             self._rows[k].append(np.asarray(v, dtype=np.float32).reshape(-1))
-        for key, rgb in images.items():
+        for key, img in [*images.items(), *(depths or {}).items()]:
             if key not in self._videos:
-                if self.length:
-                    raise DatasetError(f"episode {self.index}: video '{key}' starts at frame {self.length}, not 0")
-                h, w = rgb.shape[:2]
-                self._videos[key] = VideoWriter(self.tmp / "staged" / "videos" / f"{key}.mp4", self.fps, w, h, self.crf)
-                self._img_stats[key] = _ImageStats()
-            self._videos[key].write(rgb)
-            self._img_stats[key].add(rgb)
+                self._open_video(key, img, depth=key in (depths or {}))
+            self._videos[key].write(img)
+            self._img_stats[key].add(img)
         self.length += 1
+
+    def _open_video(self, key: str, img: np.ndarray, depth: bool) -> None:
+        if self.length:
+            raise DatasetError(f"episode {self.index}: video '{key}' starts at frame {self.length}, not 0")
+        h, w = img.shape[:2]
+        settings = depth_settings(self.video.gop) if depth else self.video
+        self._videos[key] = StreamWriter(self.tmp / "staged" / "videos" / f"{key}.mp4", self.fps, w, h, settings)
+        self._img_stats[key] = _HistStats(1, 65536, 1.0) if depth else _HistStats(3, 256, 1 / 255.0)
 
     def add_labels(self, camera: str, frame_index: int, arrays: dict[str, np.ndarray]) -> None:
         d = self.tmp / "labels" / camera
         d.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(d / f"{frame_index:06d}.npz", **arrays)
+
+    def add_rows(self, table: str, rows: list[dict]) -> None:
+        """Rows of a sidecar table `labels/<table>.parquet`, written at commit."""
+        self._tables.setdefault(table, []).extend(rows)
 
     def add_events(self, events: list[dict]) -> None:
         for ev in events:
@@ -166,10 +194,14 @@ class EpisodeWriter:
         cols["frame_index"] = pa.array(frame_index)
         cols["episode_index"] = pa.array(np.full(self.length, self.index, dtype=np.int64))
         pq.write_table(pa.table(cols), self.tmp / "staged" / "frames.parquet")
-        meta = dict(meta, episode_index=self.index, length=self.length, fps=self.fps,
-                    videos={k: {"width": v.width, "height": v.height, "frames": v.frames}
-                            for k, v in self._videos.items()},
-                    image_stats={k: s.result() for k, s in self._img_stats.items()})
+        for name, rows in self._tables.items():
+            (self.tmp / "labels").mkdir(exist_ok=True)
+            pq.write_table(pa.Table.from_pylist(rows), self.tmp / "labels" / f"{name}.parquet")
+        videos = {k: {"width": v.enc_width, "height": v.enc_height, "frames": v.frames,
+                      "info": v.settings.info(v.enc_width, v.enc_height, self.fps)} for k, v in self._videos.items()}
+        features = {**meta.get("features", {}), **{k: video_feature(v["info"]) for k, v in videos.items()}}
+        meta = dict(meta, episode_index=self.index, length=self.length, fps=self.fps, features=features,
+                    videos=videos, image_stats={k: s.result() for k, s in self._img_stats.items()})
         write_json(self.tmp / "episode.json", meta)
         try:
             os.replace(self.tmp, self.final)
@@ -227,9 +259,10 @@ class _Roller:
         return self.chunk, self.file, new
 
 
-def merge(root: str | Path, n_episodes: int, *, chunks_size: int = 1000, data_files_size_in_mb: float = 100.0,
-          video_files_size_in_mb: float = 200.0, robot_type: str | None = None, extra_info: dict | None = None) -> dict:
-    """Build meta/, data/ and videos/ from staged episodes 0..n_episodes-1; returns info.json."""
+def merge(root: str | Path, n_episodes: int, *, chunks_size: int = 1000, data_files_size_in_mb: int = 100,
+          video_files_size_in_mb: int = 200, robot_type: str | None = None, provenance: dict | None = None) -> dict:
+    """Build meta/, data/ and videos/ from staged episodes 0..n_episodes-1; returns info.json.
+    `provenance` (scenario, config fingerprint, ...) goes to meta/hybridsim.json."""
     root = Path(root)
     missing = sorted(set(range(n_episodes)) - staged_episodes(root))
     if missing:
@@ -241,22 +274,25 @@ def merge(root: str | Path, n_episodes: int, *, chunks_size: int = 1000, data_fi
     tmp = root / f".merge-{socket.gethostname()}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     rows = [{"episode_index": i, "tasks": [m["task"]], "length": m["length"]} for i, m in enumerate(metas)]
-    _merge_data(root, tmp, metas, tasks, rows, data_files_size_in_mb, chunks_size)
-    for key in metas[0]["videos"]:
+    stats = [{} for _ in metas]  # per episode: feature -> stats
+    _merge_data(root, tmp, metas, tasks, rows, stats, data_files_size_in_mb, chunks_size)
+    videos = [k for k, f in features.items() if f["dtype"] == "video"]
+    for key in videos:
         _merge_video(root, tmp, key, metas, rows, video_files_size_in_mb, chunks_size)
     for i, m in enumerate(metas):
-        for key, st in m["image_stats"].items():
-            rows[i].update({f"stats/{key}/{s}": v for s, v in st.items()})
-    fps = metas[0]["fps"]
+        stats[i].update(m["image_stats"])
+    for i, r in enumerate(rows):  # LeRobot's column order: stats in feature order, then the meta file index
+        r.update({f"stats/{f}/{s}": stats[i][f][s] for f in features if f in stats[i] for s in STAT_NAMES})
+        r["meta/episodes/chunk_index"], r["meta/episodes/file_index"] = divmod(i // chunks_size, chunks_size)
     info = {
-        "codebase_version": CODEBASE_VERSION, "robot_type": robot_type, "total_episodes": n_episodes,
-        "total_frames": sum(m["length"] for m in metas), "total_tasks": len(tasks), "chunks_size": chunks_size,
-        "data_files_size_in_mb": data_files_size_in_mb, "video_files_size_in_mb": video_files_size_in_mb,
-        "fps": int(fps) if float(fps).is_integer() else fps, "splits": {"train": f"0:{n_episodes}"},
-        "data_path": DATA_PATH, "video_path": VIDEO_PATH if metas[0]["videos"] else None,
-        "features": features, **(extra_info or {}),
+        "codebase_version": CODEBASE_VERSION, "fps": metas[0]["fps"], "features": features,
+        "total_episodes": n_episodes, "total_frames": sum(m["length"] for m in metas), "total_tasks": len(tasks),
+        "chunks_size": chunks_size, "data_files_size_in_mb": data_files_size_in_mb,
+        "video_files_size_in_mb": video_files_size_in_mb, "data_path": DATA_PATH,
+        "video_path": VIDEO_PATH if videos else None, "robot_type": robot_type, "splits": {"train": f"0:{n_episodes}"},
     }
-    _write_meta(tmp, info, rows, tasks, chunks_size)
+    total = {f: aggregate_stats([s[f] for s in stats]) for f in features if f in stats[0]}
+    _write_meta(tmp, info, rows, tasks, total, provenance)
     _swap_in(root, tmp, ("data", "videos", "meta"))
     return info
 
@@ -269,10 +305,10 @@ def _check_same(metas: list[dict]) -> dict:
                           if m["features"].get(k) != first["features"].get(k))
             raise DatasetError(f"episode {m['episode_index']} has other features or fps than episode 0 "
                                f"(differs in {diff or ['fps']}); one dataset needs one set of bodies and cameras")
-    return {**first["features"], **DEFAULT_FEATURES}
+    return {**{k: v for k, v in first["features"].items() if k not in DEFAULT_FEATURES}, **DEFAULT_FEATURES}
 
 
-def _merge_data(root, tmp, metas, tasks, rows, size_mb, chunks_size) -> None:
+def _merge_data(root, tmp, metas, tasks, rows, stats, size_mb, chunks_size) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -282,6 +318,7 @@ def _merge_data(root, tmp, metas, tasks, rows, size_mb, chunks_size) -> None:
         n = t.num_rows
         t = t.append_column("index", pa.array(np.arange(offset, offset + n, dtype=np.int64)))
         t = t.append_column("task_index", pa.array(np.full(n, task_index[m["task"]], dtype=np.int64)))
+        t = t.replace_schema_metadata({b"huggingface": _hf_features(m["features"], t.column_names)})
         chunk, file, new = roller.place(t.nbytes)
         if new:
             if writer is not None:
@@ -292,30 +329,26 @@ def _merge_data(root, tmp, metas, tasks, rows, size_mb, chunks_size) -> None:
         writer.write_table(t)
         rows[i].update({"data/chunk_index": chunk, "data/file_index": file, "dataset_from_index": offset,
                         "dataset_to_index": offset + n})
-        rows[i].update({f"stats/{k}/{s}": v for k, st in _table_stats(t).items() for s, v in st.items()})
+        stats[i].update({name: _array_stats(column_array(t, name)) for name in t.column_names})
         offset += n
     writer.close()
 
 
-def _table_stats(t) -> dict[str, dict]:
-    return {name: _array_stats(column_array(t, name)) for name in t.column_names}
-
-
-def column_array(t, name: str) -> np.ndarray:
-    """A column as [rows, D] numpy (D = 1 for scalar columns)."""
-    import pyarrow as pa
-
-    col = t.column(name).combine_chunks()
-    if pa.types.is_fixed_size_list(col.type):
-        return col.flatten().to_numpy(zero_copy_only=False).reshape(len(col), col.type.list_size)
-    return col.to_numpy(zero_copy_only=False).reshape(len(col), 1)
+def _hf_features(features: dict, columns: list[str]) -> bytes:
+    """The `huggingface` schema metadata LeRobot's data files carry (datasets.Features of the columns)."""
+    out = {}
+    for name in columns:
+        f = {**DEFAULT_FEATURES, **features}[name]
+        value = {"dtype": f["dtype"], "_type": "Value"}
+        out[name] = value if list(f["shape"]) == [1] else {"feature": value, "length": f["shape"][0], "_type": "List"}
+    return json.dumps({"info": {"features": out}}).encode()
 
 
 def _array_stats(a: np.ndarray) -> dict:  # a: [T, D]
     a = a.astype(np.float64)
     out = {"min": a.min(0), "max": a.max(0), "mean": a.mean(0), "std": a.std(0), "count": np.array([len(a)])}
     out.update({q: np.quantile(a, p, axis=0) for q, p in QUANTILES.items()})
-    return {k: v.tolist() for k, v in out.items()}
+    return {k: out[k].tolist() for k in STAT_NAMES}
 
 
 def aggregate_stats(per_episode: list[dict]) -> dict:
@@ -390,15 +423,11 @@ class _VideoConcat:
             self._out = None
 
 
-def _write_meta(tmp: Path, info: dict, rows: list[dict], tasks: list[str], chunks_size: int) -> None:
+def _write_meta(tmp: Path, info: dict, rows: list[dict], tasks: list[str], stats: dict,
+                provenance: dict | None) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for i, r in enumerate(rows):  # one episodes file per chunks_size episodes
-        r["meta/episodes/chunk_index"], r["meta/episodes/file_index"] = divmod(i // chunks_size, chunks_size)
-    stat_keys = sorted({k.split("/")[1] for k in rows[0] if k.startswith("stats/")})
-    stats = {f: aggregate_stats([{s: r[f"stats/{f}/{s}"] for s in _stats_names(rows[0], f)} for r in rows])
-             for f in stat_keys}
     for (chunk, file), group in _group(rows, ("meta/episodes/chunk_index", "meta/episodes/file_index")).items():
         path = tmp / EPISODES_PATH.format(chunk_index=chunk, file_index=file)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -407,13 +436,10 @@ def _write_meta(tmp: Path, info: dict, rows: list[dict], tasks: list[str], chunk
                             "task": pa.array(tasks, pa.string())})
     pq.write_table(tasks_table.replace_schema_metadata({b"pandas": _pandas_index_meta("task", "task_index")}),
                    tmp / "meta" / "tasks.parquet")
-    (tmp / "meta" / "stats.json").write_text(json.dumps(stats, indent=2))
-    (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=2))
-
-
-def _stats_names(row: dict, feature: str) -> list[str]:
-    prefix = f"stats/{feature}/"
-    return [k[len(prefix):] for k in row if k.startswith(prefix)]
+    (tmp / "meta" / "stats.json").write_text(json.dumps(stats, indent=4))
+    (tmp / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    if provenance is not None:
+        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2, default=_json_default))
 
 
 def _group(rows: list[dict], keys: tuple[str, str]) -> dict:
@@ -447,110 +473,3 @@ def _swap_in(root: Path, tmp: Path, names: tuple[str, ...]) -> None:
             os.replace(new, cur)
         shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
-
-
-# --------------------------------------------------------------------------- readers
-def load_info(root: str | Path) -> dict:
-    path = Path(root) / "meta" / "info.json"
-    if not path.is_file():
-        raise DatasetError(f"'{root}' has no meta/info.json; merge it first: hybridsim batch merge out_dir={root}")
-    return json.loads(path.read_text())
-
-
-def load_stats(root: str | Path) -> dict:
-    return json.loads((Path(root) / "meta" / "stats.json").read_text())
-
-
-def load_tasks(root: str | Path) -> list[str]:
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(Path(root) / "meta" / "tasks.parquet").to_pydict()
-    return [task for _, task in sorted(zip(t["task_index"], t["task"]))]
-
-
-def load_episodes(root: str | Path):
-    """meta/episodes as one pyarrow Table, sorted by episode_index."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    files = sorted((Path(root) / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
-    t = pa.concat_tables([pq.read_table(f) for f in files])
-    return t.sort_by("episode_index")
-
-
-def load_frames(root: str | Path, episode: int | None = None):
-    """The data table (every file, in order), or one episode's rows."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    t = pa.concat_tables([pq.read_table(f) for f in sorted((Path(root) / "data").glob("chunk-*/file-*.parquet"))])
-    return t if episode is None else t.filter(pc.equal(t["episode_index"], episode))
-
-
-def decode_episode(root: str | Path, key: str, episode: int) -> np.ndarray:
-    """Decoded frames [T, H, W, 3] uint8 of one episode from its (shared) video file."""
-    import av
-
-    info, ep = load_info(root), load_episodes(root).to_pylist()[episode]
-    path = Path(root) / info["video_path"].format(video_key=key, chunk_index=ep[f"videos/{key}/chunk_index"],
-                                                  file_index=ep[f"videos/{key}/file_index"])
-    t0, t1, half = ep[f"videos/{key}/from_timestamp"], ep[f"videos/{key}/to_timestamp"], 0.5 / info["fps"]
-    with av.open(str(path)) as c:
-        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0) if t0 - half <= f.time < t1 - half]
-    return np.stack(frames)
-
-
-def video_frame_count(path: str | Path) -> int:
-    import av
-
-    with av.open(str(path)) as c:
-        return sum(1 for _ in c.decode(video=0))
-
-
-def verify(root: str | Path, decode_videos: bool = True) -> None:
-    """Check info.json, the episode index, data, videos and stats against each other; DatasetError lists problems."""
-    root, problems = Path(root), []
-    info, eps = load_info(root), load_episodes(root).to_pylist()
-    data = load_frames(root)
-    feats = info["features"]
-    check = lambda ok, msg: ok or problems.append(msg)  # noqa: E731
-    check(info["codebase_version"] == CODEBASE_VERSION, f"codebase_version {info['codebase_version']}")
-    check(info["total_episodes"] == len(eps), f"total_episodes {info['total_episodes']} != {len(eps)} episode rows")
-    check(info["total_frames"] == data.num_rows, f"total_frames {info['total_frames']} != {data.num_rows} rows")
-    check(set(data.column_names) == {k for k, f in feats.items() if f["dtype"] != "video"},
-          f"data columns {sorted(data.column_names)} != non-video features")
-    check(column_array(data, "index")[:, 0].tolist() == list(range(data.num_rows)), "index is not 0..N-1")
-    check(info["total_tasks"] == len(load_tasks(root)), "total_tasks != rows of tasks.parquet")
-    ep_col, fr_col = column_array(data, "episode_index")[:, 0], column_array(data, "frame_index")[:, 0]
-    for e in eps:
-        i, a, b = e["episode_index"], e["dataset_from_index"], e["dataset_to_index"]
-        check(b - a == e["length"], f"episode {i}: to - from != length")
-        check((ep_col[a:b] == i).all() and (fr_col[a:b] == np.arange(b - a)).all(), f"episode {i}: rows {a}:{b}")
-    _verify_stats(load_stats(root), data, feats, check)
-    for key in (k for k, f in feats.items() if f["dtype"] == "video"):
-        for (c, f), group in _group(eps, (f"videos/{key}/chunk_index", f"videos/{key}/file_index")).items():
-            path = root / info["video_path"].format(video_key=key, chunk_index=c, file_index=f)
-            check(path.is_file(), f"missing {path}")
-            end = max(e[f"videos/{key}/to_timestamp"] for e in group)
-            frames = sum(e["length"] for e in group)
-            check(abs(end * info["fps"] - frames) < 1e-6, f"{key} file {c}/{f}: timestamps end at {end}")
-            if decode_videos and path.is_file():
-                n = video_frame_count(path)
-                check(n == frames, f"{path.name} of {key}: {n} decoded frames, episodes say {frames}")
-    if problems:
-        raise DatasetError(f"'{root}' is inconsistent: " + "; ".join(problems))
-
-
-def _verify_stats(stats: dict, data, feats: dict, check) -> None:
-    for name in data.column_names:
-        a = column_array(data, name).astype(np.float64)
-        s = stats.get(name)
-        if not check(s is not None, f"stats.json lacks '{name}'"):
-            continue
-        check(np.allclose(s["min"], a.min(0)) and np.allclose(s["max"], a.max(0)), f"stats of '{name}': min/max")
-        check(np.allclose(s["mean"], a.mean(0), atol=1e-6) and np.allclose(s["std"], a.std(0), atol=1e-5),
-              f"stats of '{name}': mean/std")
-        check(s["count"] == [len(a)], f"stats of '{name}': count")
-    for key in (k for k, f in feats.items() if f["dtype"] == "video"):
-        check(np.asarray(stats.get(key, {}).get("mean", [])).shape == (3, 1, 1), f"stats of video '{key}'")
