@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _dispatch(args.command, args.overrides)
-    except SpecError as exc:
-        print(f"hybridsim: error: {exc}", file=sys.stderr)
+    except SpecError as exc:  # bad input: one line (never a file's content), exit 2
+        print(f"hybridsim: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("hybridsim: interrupted; finished frames were kept", file=sys.stderr)
@@ -76,10 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("HYBRIDSIM_DEBUG"):
             raise
         name = type(exc).__name__
-        if name in ("PhysicsError", "RenderError", "RefineError", "DatasetError", "DataError"):
-            print(f"hybridsim: {name}: {exc}", file=sys.stderr)
+        if name in ("PhysicsError", "RenderError", "RefineError", "DatasetError", "DataError") or \
+                isinstance(exc, OSError):  # OSError: a disk that filled up, a folder that vanished
+            print(f"hybridsim: {name}: {_one_line(exc)}", file=sys.stderr)
             return 1
         raise
+
+
+def _one_line(exc: Exception, limit: int = 600) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _dispatch(command: str, overrides: list[str]) -> int:

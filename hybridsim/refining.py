@@ -9,6 +9,7 @@ F - 1 frames after they entered; the last, partial block is padded by repeating 
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 from collections import defaultdict
@@ -20,17 +21,135 @@ import numpy as np
 
 from hybridsim.config import RefineSettings
 from hybridsim.scenario.seeding import derive_seed
+from hybridsim.scenario.convert import short
 from hybridsim.scenario.spec import SpecError
 
 
-def resolve_device(device: str) -> str:
-    import torch
+DEVICES = re.compile(r"(auto|cpu|mps|cuda(:[0-9]+)?)")
 
+
+def check_device(device) -> None:
+    """refine.device is auto, cpu, mps, cuda or cuda:N, and CUDA exists where one is named (torch is
+    imported only then, so a typo is refused at once)."""
+    if not isinstance(device, str) or not DEVICES.fullmatch(device):
+        raise SpecError("refine.device", f"{short(device)} is not a device; use auto, cpu, cuda or cuda:N")
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SpecError("refine.device", f"'{device}' requested but CUDA is not available; use auto or cpu")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise SpecError("refine.device", f"'{device}': this machine has {torch.cuda.device_count()} CUDA "
+                                             "device(s); use cuda:0 or auto")
+
+
+def resolve_device(device: str) -> str:
+    check_device(device)
     if device == "auto":
+        import torch
+
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise SpecError("refine.device", f"'{device}' requested but CUDA is not available; use auto or cpu")
     return device
+
+
+def default_weights_dir() -> Path:
+    """refine.pretrained.DEFAULT_WEIGHTS_DIR, found without importing it (it imports torch)."""
+    import importlib.util
+
+    return Path(importlib.util.find_spec("refine").origin).parent / "weights"
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """A weights folder whose files were checked (not loaded): its model config and kind."""
+
+    folder: Path
+    spec: object  # refine.ModelConfig
+    wan: bool  # a diffusers WanTransformer3DModel folder (refine.load_wan_checkpoint)
+
+
+def read_weights(settings: RefineSettings) -> WeightsInfo:
+    """Check the weights folder's files without building the model: config.json (size, JSON, keys,
+    types, buildable), the weights' safetensors headers (or a Wan index's shard names). SpecError
+    naming refine.weights otherwise."""
+    from refine import RefineError
+    from refine.checkpoint import CONFIG_NAME, WEIGHTS_NAME, check_safetensors_header, model_config, read_json
+
+    folder = default_weights_dir() if settings.weights is None else Path(settings.weights).expanduser()
+    if settings.weights is None and not (folder / CONFIG_NAME).is_file():
+        raise SpecError("refine.weights", f"no default weights in {folder}; train and install them with "
+                        "`hybridsim train-refiner install=true`, give refine.weights=FOLDER, or refine.enabled=false")
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.is_file() else "does not exist"
+        raise SpecError("refine.weights", f"'{folder}' {what}; give a folder written by save_pretrained / "
+                        "hybridsim train-refiner, or null for the default model")
+    try:
+        cfg = read_json(folder / CONFIG_NAME, "config")
+        if cfg.get("_class_name") == "WanTransformer3DModel":
+            from refine.wan import wan_model_config, wan_shards
+
+            spec = wan_model_config(cfg, folder / CONFIG_NAME)
+            for shard in wan_shards(folder):
+                check_safetensors_header(shard, "weight shard")
+            return WeightsInfo(folder, spec, True)
+        if cfg.get("_class_name", "CausalWanRefiner") != "CausalWanRefiner":
+            raise RefineError(f"{folder / CONFIG_NAME} describes a {short(cfg['_class_name'])}, not a "
+                              "CausalWanRefiner or WanTransformer3DModel")
+        spec = model_config(cfg, folder / CONFIG_NAME)
+        check_safetensors_header(folder / WEIGHTS_NAME, "weights")
+        return WeightsInfo(folder, spec, False)
+    except RefineError as err:
+        raise SpecError("refine.weights", str(err)) from None
+
+
+def check_refine(cfg) -> WeightsInfo | None:
+    """Every refine.* option and the weights folder, checked before Genesis or a model loads: the
+    device, the folder's files, the sampler (steps / sigmas / noise / sampler.json), the cameras'
+    sizes against the model's patch size, its condition layout against render.lit, and the memory
+    the model and its KV caches will take for n_envs environments. None when refine is off."""
+    s = cfg.refine
+    check_device(s.device)
+    if not s.enabled:
+        sampler_config(s)  # still a typo in steps / sigmas / noise is worth a line
+        return None
+    if not cfg.render.enabled:
+        raise SpecError("refine.enabled", "the refiner needs the splat render; set render.enabled=true "
+                        "or refine.enabled=false")
+    info = read_weights(s)
+    sampler_config(s, info.folder)
+    spec = info.spec
+    layout = layout_of(spec.cond_channels)
+    if layout == "lit" and not cfg.render.lit:
+        raise SpecError("render.lit", "the refiner takes the lit splat render as input; set render.lit=true "
+                        "(or use a refiner trained without it)")
+    sizes = []
+    for cam in cfg.scenario.cameras:
+        if not all(isinstance(v, int) for v in cam.res):
+            continue  # drawn per episode; StreamRefiner checks the drawn size
+        w, h = cam.res
+        if w % spec.patch_size or h % spec.patch_size:
+            raise SpecError(f"scenario.cameras.{cam.name}.res", f"{w}x{h} is not a multiple of the refiner's patch "
+                            f"size {spec.patch_size}; use e.g. 128x128 or disable refine (refine.enabled=false)")
+        sizes.append((h, w))
+    _check_refine_memory(spec, cfg.n_envs, sizes, info.folder)
+    return info
+
+
+def _check_refine_memory(spec, n_envs: int, sizes: list, folder: Path) -> None:
+    from refine import RefineError
+    from refine.checkpoint import check_fits, model_bytes, runtime_bytes
+
+    try:
+        check_fits(model_bytes(spec), f"the model in {folder}", "use a smaller model")
+    except RefineError as err:
+        raise SpecError("refine.weights", str(err)) from None
+    need = model_bytes(spec) + sum(runtime_bytes(spec, n_envs, h, w) for h, w in sizes)
+    try:
+        check_fits(need, f"refining {n_envs} env(s) x {len(sizes)} camera(s) with the model in {folder}",
+                   "lower n_envs or the camera resolution, or refine.enabled=false")
+    except RefineError as err:
+        raise SpecError("n_envs", str(err)) from None
 
 
 def load_model(settings: RefineSettings, device: str):
@@ -39,19 +158,15 @@ def load_model(settings: RefineSettings, device: str):
     from refine import DEFAULT_WEIGHTS_DIR, load_default_model
     from refine.model import CausalWanRefiner
 
+    info = read_weights(settings)  # cheap; callers that skipped check_refine still get one clear line
     if settings.weights is None:
         return load_default_model(device), Path(DEFAULT_WEIGHTS_DIR)
-    path = Path(settings.weights).expanduser()
-    if not path.is_dir():
-        raise SpecError("refine.weights", f"'{path}' is not a folder; give a folder written by "
-                        "save_pretrained / hybridsim train-refiner, or null for the default model")
-    config = (path / "config.json").read_text() if (path / "config.json").exists() else ""
-    if '"WanTransformer3DModel"' in config:
+    if info.wan:
         from refine import load_wan_checkpoint
 
-        model, _report = load_wan_checkpoint(path, device=device)
-        return model, path
-    return CausalWanRefiner.from_pretrained(path, device=device), path
+        model, _report = load_wan_checkpoint(info.folder, device=device)
+        return model, info.folder
+    return CausalWanRefiner.from_pretrained(info.folder, device=device), info.folder
 
 
 def condition_from_gbuffer(gb, camera=None, lighting=None):  # -> Tensor [B, 1, C, H, W] float32
@@ -80,14 +195,17 @@ def condition_from_gbuffer(gb, camera=None, lighting=None):  # -> Tensor [B, 1, 
 def condition_layout(model) -> str:
     """Which condition a model takes, by its channel count: "gbuffer" (7), "shading" (14: G-buffer +
     depth normals and the raster's light) or "lit" (21: the lit splat render and its inputs)."""
+    return layout_of(model.spec.cond_channels)
+
+
+def layout_of(channels: int) -> str:
     from refine.conditioning import COND_CHANNELS, LIT_CHANNELS, SHADING_CHANNELS
 
     layouts = {COND_CHANNELS: "gbuffer", COND_CHANNELS + SHADING_CHANNELS: "shading", LIT_CHANNELS: "lit"}
-    c = model.spec.cond_channels
-    if c not in layouts:
-        raise SpecError("refine.weights", f"the model takes {c} condition channels; hybridsim feeds "
+    if channels not in layouts:
+        raise SpecError("refine.weights", f"the model takes {channels} condition channels; hybridsim feeds "
                         f"{', '.join(map(str, layouts))} (refine.conditioning)")
-    return layouts[c]
+    return layouts[channels]
 
 
 def needs_shading(model) -> bool:
@@ -100,7 +218,6 @@ def sampler_config(settings: RefineSettings, weights_dir: Path | None = None):
     (sampler.json, written by train-refiner), else refine's default; `noise` overrides the
     noise mode of whichever it is."""
     import dataclasses
-    import json
 
     from refine import RefineError, SamplerConfig
 
@@ -115,8 +232,7 @@ def sampler_config(settings: RefineSettings, weights_dir: Path | None = None):
         raise SpecError("refine.sigmas" if settings.sigmas else "refine.steps", str(err)) from None
     saved = Path(weights_dir) / "sampler.json" if weights_dir else None
     if cfg is None and saved is not None and saved.is_file():
-        data = json.loads(saved.read_text())
-        cfg = SamplerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        cfg = saved_sampler(saved)
     cfg = cfg or SamplerConfig()
     if settings.noise is not None:
         try:
@@ -124,6 +240,32 @@ def sampler_config(settings: RefineSettings, weights_dir: Path | None = None):
         except RefineError as err:
             raise SpecError("refine.noise", str(err)) from None
     return cfg
+
+
+_SAMPLER_TYPES = {"num_steps": (int,), "sigma_max": (int, float), "shift": (int, float), "sigmas": (list, type(None)),
+                  "noise": (str,)}
+
+
+def saved_sampler(path: Path):
+    """The SamplerConfig of a sampler.json (untrusted: size, keys and types checked; SpecError at
+    refine.weights naming the file otherwise)."""
+    from refine import RefineError, SamplerConfig
+    from refine.checkpoint import read_json
+
+    try:
+        data = read_json(path, "sampler schedule")
+        unknown = sorted(k for k in data if k not in _SAMPLER_TYPES)
+        if unknown:
+            raise RefineError(f"sampler schedule {path} has unknown keys {[short(k) for k in unknown[:4]]}; "
+                              f"its keys are {sorted(_SAMPLER_TYPES)} (re-save it with hybridsim train-refiner)")
+        for k, v in data.items():
+            if isinstance(v, bool) or not isinstance(v, _SAMPLER_TYPES[k]) or \
+                    (k == "sigmas" and v is not None and not all(isinstance(x, (int, float)) for x in v)):
+                raise RefineError(f"sampler schedule {path}: {k} has the wrong type ({type(v).__name__}); "
+                                  "e.g. {\"num_steps\": 3, \"sigma_max\": 0.75, \"noise\": \"static\"}")
+        return SamplerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+    except RefineError as err:
+        raise SpecError("refine.weights", str(err)) from None
 
 
 class StreamRefiner:
