@@ -264,9 +264,15 @@ class Simulation:
         for name, cam in self.cameras.items():
             view = torch.as_tensor(cam.viewmat, dtype=torch.float32)[:, None]  # [B, 1, 4, 4]
             K = torch.as_tensor(cam.K, dtype=torch.float32)[:, None]
+            normals, planes = None, self.planes
+            if self.cfg.render.lit:  # normals ride along in the same pass (GBuffer.extra) for the lit render
+                from render.lighting import normal_planes, splat_normals
+                from render.project import camera_centers
+
+                normals, planes = splat_normals(g, camera_centers(view)[:, 0]), normal_planes(self.planes)
             gb = rasterize(g, view, K, cam.width, cam.height, prev_means=self._prev_means,
-                           background=(0.0, 0.0, 0.0), backend=self.cfg.render.backend)
-            gb = composite_planes(gb, self.planes, view, K, far=self.cfg.render.plane_far)  # splats over planes
+                           background=(0.0, 0.0, 0.0), backend=self.cfg.render.backend, extra=normals)
+            gb = composite_planes(gb, planes, view, K, far=self.cfg.render.plane_far)  # splats over planes
             if self.cfg.render.lit:
                 t0 = time.perf_counter()
                 lit[name] = lit_render(g, gb, self.planes, cam, self.scenario, self.cfg.render.backend, self._env)

@@ -26,14 +26,16 @@ class Plane:
     normal: tuple[float, float, float]  # the visible side, world frame
     color: tuple[float, float, float]  # linear RGB in [0, 1]
     instance_id: int  # written where the plane is the visible surface
+    extra: tuple[float, ...] | None = None  # its GBuffer.extra channels (zeros when None)
 
 
 def plane_hits(planes: list[Plane], viewmats: Tensor, Ks: Tensor, width: int, height: int,
-               far: float = math.inf) -> tuple[Tensor, Tensor, Tensor]:
+               far: float = math.inf, extra_dim: int = 0) -> tuple[Tensor, ...]:
     """Nearest plane per pixel, up to depth `far` (a raster camera's far clip; inf = to the horizon).
 
     viewmats [B, C, 4, 4] world->camera (OpenCV), Ks [B, C, 3, 3]
-    -> depth [B, C, H, W] (inf where no plane), color [B, C, H, W, 3], instance [B, C, H, W] int32
+    -> depth [B, C, H, W] (inf where no plane), color [B, C, H, W, 3], instance [B, C, H, W] int32,
+    and with extra_dim > 0 also the planes' extra channels [B, C, H, W, extra_dim]
     """
     if viewmats.ndim != 4 or Ks.ndim != 4:
         raise RenderError(f"viewmats {tuple(viewmats.shape)} / Ks {tuple(Ks.shape)} must be [B, C, 4, 4] / [B, C, 3, 3]")
@@ -49,6 +51,7 @@ def plane_hits(planes: list[Plane], viewmats: Tensor, Ks: Tensor, width: int, he
     best = torch.full(d_cam.shape[:-1], float("inf"), device=dev)
     color = torch.zeros(*best.shape, 3, device=dev)
     inst = torch.zeros(best.shape, dtype=torch.int32, device=dev)
+    extra = torch.zeros(*best.shape, extra_dim, device=dev)
     for p in planes:
         n = torch.tensor(p.normal, dtype=torch.float32, device=dev)
         n = n / n.norm().clamp(min=1e-12)
@@ -60,7 +63,12 @@ def plane_hits(planes: list[Plane], viewmats: Tensor, Ks: Tensor, width: int, he
         best = torch.where(hit, s, best)
         color = torch.where(hit[..., None], torch.tensor(p.color, dtype=torch.float32, device=dev), color)
         inst = torch.where(hit, torch.tensor(p.instance_id, dtype=torch.int32, device=dev), inst)
-    return best, color, inst
+        if extra_dim:
+            value = torch.zeros(extra_dim) if p.extra is None else torch.tensor(p.extra, dtype=torch.float32)
+            if value.numel() != extra_dim:
+                raise RenderError(f"plane extra has {value.numel()} channels, the G-buffer {extra_dim}")
+            extra = torch.where(hit[..., None], value.to(dev), extra)
+    return (best, color, inst, extra) if extra_dim else (best, color, inst)
 
 
 def composite_planes(g: GBuffer, planes: list[Plane], viewmats: Tensor, Ks: Tensor,
@@ -70,7 +78,8 @@ def composite_planes(g: GBuffer, planes: list[Plane], viewmats: Tensor, Ks: Tens
     if not planes:
         return g
     H, W = g.alpha.shape[-2:]
-    depth_p, color_p, inst_p = plane_hits(planes, viewmats, Ks, W, H, far)
+    e = 0 if g.extra is None else g.extra.shape[-1]
+    depth_p, color_p, inst_p, *extra_p = plane_hits(planes, viewmats, Ks, W, H, far, extra_dim=e)
     hit = torch.isfinite(depth_p)
     behind = (1.0 - g.alpha) * hit  # weight of the plane layer, [B, C, H, W]
     alpha = g.alpha + behind
@@ -79,4 +88,8 @@ def composite_planes(g: GBuffer, planes: list[Plane], viewmats: Tensor, Ks: Tens
     depth = torch.where(alpha > 0, (g.alpha * g.depth + behind * safe_depth) / alpha.clamp(min=1e-12), g.depth)
     uncovered = g.alpha < instance_threshold
     instance = torch.where(uncovered & hit, inst_p, g.instance_id)
-    return replace(g, rgb=rgb, depth=depth, alpha=alpha, instance_id=instance)
+    extra = g.extra
+    if e:  # alpha-normalised like depth
+        extra = torch.where(alpha[..., None] > 0, (g.alpha[..., None] * g.extra + behind[..., None] * extra_p[0])
+                            / alpha.clamp(min=1e-12)[..., None], g.extra)
+    return replace(g, rgb=rgb, depth=depth, alpha=alpha, instance_id=instance, extra=extra)

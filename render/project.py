@@ -8,7 +8,8 @@ alpha < 1/255, so culling and tiling by it never change a pixel. tests/test_rend
 checks it against gsplat's own pure-torch `_fully_fused_projection`.
 
 Per-entry features are composited by every backend in one layout:
-  [0:3] rgb, [3] camera z, [4:6] flow (px), [6] one (-> alpha), [7:7+U] instance one-hot (optional).
+  [0:3] rgb, [3] camera z, [4:6] flow (px), [6] one (-> alpha), [7:7+U] instance one-hot (optional),
+  [7+U:] extra per-Gaussian channels (optional, e.g. normals for the lit render).
 """
 
 from __future__ import annotations
@@ -76,10 +77,15 @@ def instance_ranks(instance_id: Tensor) -> tuple[Tensor, Tensor]:  # [N] -> ([U]
     return ids, ranks
 
 
-def build_features(rgb: Tensor, depth: Tensor, flow: Tensor, ranks: Tensor | None, num_labels: int) -> Tensor:
-    """Per-Gaussian channels in the shared layout: [..., 3], [...], [..., 2], [...] ranks -> [..., D]."""
-    d = INST + (num_labels if ranks is not None else 0)
+def build_features(rgb: Tensor, depth: Tensor, flow: Tensor, ranks: Tensor | None, num_labels: int,
+                   extra: Tensor | None = None) -> Tensor:
+    """Per-Gaussian channels in the shared layout: [..., 3], [...], [..., 2], [...] ranks, [..., E]
+    extra -> [..., D]."""
+    u = num_labels if ranks is not None else 0
+    d = INST + u + (0 if extra is None else extra.shape[-1])
     out = rgb.new_zeros(*depth.shape, d)
+    if extra is not None:
+        out[..., INST + u:] = extra
     out[..., RGB] = rgb
     out[..., DEPTH] = depth
     out[..., FLOW] = flow
@@ -152,6 +158,7 @@ def project_packed(
     prev_viewmats: Tensor | None = None,  # [B, C, 4, 4]
     ranks: Tensor | None = None,  # [N] int64 compact instance labels -> one-hot feature channels
     num_labels: int = 0,
+    extra: Tensor | None = None,  # [B, N, E] extra channels composited like colour
 ) -> Projected:
     """Cull, project and build features for every visible (image, Gaussian) pair."""
     B, N = means.shape[:2]
@@ -179,13 +186,13 @@ def project_packed(
     means2d, depth = means2d[sel], mcp[sel, 2]
 
     feats = _entry_features(means, colors, sh, viewmats, Ks, img, bn, n, means2d, depth, near, prev_means,
-                            prev_viewmats, ranks, num_labels)
+                            prev_viewmats, ranks, num_labels, extra)
     return Projected(image_ids=img, gauss_ids=n, means2d=means2d, conics=conics, depths=depth,
                      radii=torch.stack((rx[sel], ry[sel]), dim=-1), opacities=opac[sel], features=feats)
 
 
 def _entry_features(means, colors, sh, viewmats, Ks, img, bn, n, means2d, depth, near, prev_means,
-                    prev_viewmats, ranks, num_labels) -> Tensor:
+                    prev_viewmats, ranks, num_labels, extra=None) -> Tensor:
     """[M, D] features of the visible entries: colour (SH evaluated per camera), depth, flow, labels."""
     B, N = means.shape[:2]
     C = viewmats.shape[1]
@@ -204,4 +211,5 @@ def _entry_features(means, colors, sh, viewmats, Ks, img, bn, n, means2d, depth,
         pc = pc + pv[:, :3, 3]
         prev2d = torch.bmm(K_i[:, :2, :2], (pc[:, :2] / pc[:, 2:].clamp_min(near))[:, :, None])[..., 0]
         flow = means2d - (prev2d + K_i[:, :2, 2])
-    return build_features(rgb, depth, flow, None if ranks is None else ranks.index_select(0, n), num_labels)
+    ex = None if extra is None else extra.reshape(B * N, extra.shape[-1]).index_select(0, bn)
+    return build_features(rgb, depth, flow, None if ranks is None else ranks.index_select(0, n), num_labels, ex)

@@ -30,6 +30,7 @@ def gsplat_sums(
     num_labels: int,
     eps2d: float,
     tile_size: int = 16,
+    extra: Tensor | None = None,  # [B, N, E]
 ) -> Tensor:
     """[B*C, H, W, D] weighted feature sums, the same layout the CPU paths produce."""
     from gsplat import rasterization  # lazy: pulls in gsplat's CUDA extension
@@ -47,7 +48,7 @@ def gsplat_sums(
         pv = viewmats if prev_viewmats is None else prev_viewmats
         flow = project_points(means, viewmats, Ks, near) - project_points(prev_means, pv, Ks, near)
     onehot = [] if ranks is None else [torch.nn.functional.one_hot(ranks, num_labels).to(rgb.dtype).expand(B, C, N, -1)]
-    parts = [rgb, flow] + onehot
+    parts = [rgb, flow] + onehot + ([] if extra is None else [extra[:, None].expand(B, C, N, extra.shape[-1])])
     feats = torch.cat(parts, dim=-1).contiguous()  # [B, C, N, 5 + U]
     render, alpha, _ = rasterization(
         means.contiguous(), quats.contiguous(), scales.contiguous(), opacities.contiguous(), feats,

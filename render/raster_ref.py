@@ -31,6 +31,7 @@ def reference_sums(
     num_labels: int,
     best_instance: Tensor | None,  # [N] int32
     eps2d: float,
+    extra: Tensor | None = None,  # [B, N, E]
 ) -> tuple[Tensor, Tensor | None]:
     """([B*C, H, W, D] weighted feature sums, [B*C, H, W] max-weight labels or None)."""
     from gsplat.cuda._torch_impl import _fully_fused_projection, _quat_scale_to_covar_preci
@@ -52,7 +53,8 @@ def reference_sums(
         dirs = means[:, None] - camera_centers(viewmats)[:, :, None]  # [B, C, N, 3]
         rgb = sh_colors(sh[:, None].expand(B, C, *sh.shape[1:]), dirs)
     rk = None if ranks is None else ranks.expand(B, C, N)
-    feats = build_features(rgb, depths, flow, rk, num_labels)  # [B, C, N, D]
+    ex = None if extra is None else extra[:, None].expand(B, C, N, extra.shape[-1])
+    feats = build_features(rgb, depths, flow, rk, num_labels, ex)  # [B, C, N, D]
     sums = torch.zeros(B * C, height, width, feats.shape[-1])
     labels = None if best_instance is None else torch.zeros(B * C, height, width, dtype=torch.int32)
     for b in range(B):

@@ -45,6 +45,7 @@ def rasterize(
     tile_size: int = 8,
     eps2d: float = EPS2D,
     timings: dict | None = None,
+    extra: Tensor | None = None,  # [N, E] or [B, N, E] per-Gaussian channels -> GBuffer.extra
 ) -> GBuffer:
     """Render RGB, depth, alpha, instance labels and flow for B environments x C cameras.
 
@@ -53,11 +54,12 @@ def rasterize(
     alpha < alpha_min. eps2d: screen-space blur in px^2 added to every projected covariance;
     0 (default) keeps silhouettes where the surfaces are, 0.3 is gsplat's default (use it for 3DGS
     captures trained with it). timings, if a dict, receives ms for project / bin / composite /
-    finish / total.
+    finish / total. extra: channels composited alongside the colour in the same pass and returned
+    alpha-normalised as GBuffer.extra (e.g. normals for lighting; far cheaper than a second pass).
     """
     t0 = time.perf_counter()
     inputs = _prepare(gaussians, viewmats, Ks, width, height, prev_means, prev_viewmats, background,
-                      backend, instance_mode, near, far, tile_size, eps2d)
+                      backend, instance_mode, near, far, tile_size, eps2d, extra)
     if backend == "auto":  # gsplat cannot do per-Gaussian labels, so "gaussian" mode stays on torch
         backend = "gsplat" if inputs["means"].is_cuda and instance_mode == "instance" else "torch"
     if backend == "gsplat":
@@ -101,6 +103,7 @@ def rasterize_reference(
     tile_size: int = 8,
     eps2d: float = EPS2D,
     timings: dict | None = None,
+    extra: Tensor | None = None,  # [N, E] or [B, N, E]
 ) -> GBuffer:
     """Same contract as rasterize(), computed by a per-pixel loop on CPU (tiny images only).
 
@@ -111,7 +114,7 @@ def rasterize_reference(
 
     t0 = time.perf_counter()
     inputs = _prepare(gaussians, viewmats, Ks, width, height, prev_means, prev_viewmats, background,
-                      backend, instance_mode, near, far, tile_size, eps2d)
+                      backend, instance_mode, near, far, tile_size, eps2d, extra)
     inputs = {k: (v.cpu() if isinstance(v, Tensor) else v) for k, v in inputs.items()}
     best = inputs["instance_id"] if instance_mode == "gaussian" else None
     sums, labels = reference_sums(**_args(inputs), near=near, far=far, best_instance=best)
@@ -131,9 +134,12 @@ def _torch_sums(inputs: dict, width, height, near, far, tile_size, timings) -> t
     t = _lap(timings, "bin", t)
     best = None if inputs["ranks"] is not None else inputs["instance_id"][proj.gauss_ids]
     sums, labels = composite(proj, bins, num_images, width, height, tile_size, best_instance=best)  # [n, D, P]
+    u = _label_channels(inputs)
     if labels is None:  # per-label weight channels, resolved in tile layout before reordering pixels
-        labels = inputs["instance_ids"].to(sums.device)[channel_argmax(sums[:, ONE + 1:])]
-    core = untile(sums[:, : ONE + 1].transpose(1, 2), num_images, bins, tile_size, width, height)
+        labels = inputs["instance_ids"].to(sums.device)[channel_argmax(sums[:, ONE + 1:ONE + 1 + u])]
+    keep = torch.cat((sums[:, : ONE + 1], sums[:, ONE + 1 + u:]), 1) if inputs["extra"] is not None \
+        else sums[:, : ONE + 1]
+    core = untile(keep.transpose(1, 2), num_images, bins, tile_size, width, height)
     labels = untile(labels.to(torch.int32), num_images, bins, tile_size, width, height)
     _lap(timings, "composite", t)
     if timings is not None:
@@ -151,16 +157,25 @@ def _lap(timings: dict | None, name: str, t: float) -> float:
 
 def _args(inputs: dict) -> dict:
     keys = ("means", "quats", "scales", "opacities", "colors", "sh", "viewmats", "Ks", "width", "height",
-            "prev_means", "prev_viewmats", "ranks", "num_labels", "eps2d")
+            "prev_means", "prev_viewmats", "ranks", "num_labels", "eps2d", "extra")
     return {k: inputs[k] for k in keys}
 
 
+def _label_channels(inputs: dict) -> int:
+    """Width of the one-hot label block in the feature layout (0 in "gaussian" instance mode)."""
+    return inputs["num_labels"] if inputs["ranks"] is not None else 0
+
+
 def _resolve(sums: Tensor, labels: Tensor | None, inputs: dict) -> tuple[Tensor, Tensor]:
-    """[..., D] weighted sums -> ([..., 7] rgb/depth/flow/alpha sums, [...] int32 labels)."""
+    """[..., D] weighted sums -> ([..., 7 + E] rgb/depth/flow/alpha(/extra) sums, [...] int32 labels)."""
+    u = _label_channels(inputs)
     if labels is None:  # one weight channel per label: the heaviest label wins (first on ties)
         ids = inputs["instance_ids"].to(sums.device)
-        labels = ids[sums[..., ONE + 1:].argmax(dim=-1)]
-    return sums[..., : ONE + 1], labels.to(torch.int32)
+        labels = ids[sums[..., ONE + 1:ONE + 1 + u].argmax(dim=-1)]
+    core = sums[..., : ONE + 1]
+    if inputs["extra"] is not None:
+        core = torch.cat((core, sums[..., ONE + 1 + u:]), -1)
+    return core, labels.to(torch.int32)
 
 
 def _finish(core: Tensor, labels: Tensor, inputs: dict, alpha_min: float) -> GBuffer:
@@ -176,11 +191,12 @@ def _finish(core: Tensor, labels: Tensor, inputs: dict, alpha_min: float) -> GBu
     flow = core[..., FLOW] * inv[..., None]
     labels = labels.reshape(B, C, H, W)
     labels = torch.where(alpha >= 0.5, labels, torch.zeros_like(labels))
-    return GBuffer(rgb=rgb, depth=depth, alpha=alpha, instance_id=labels, flow=flow)
+    extra = core[..., ONE + 1:] * inv[..., None] if inputs["extra"] is not None else None
+    return GBuffer(rgb=rgb, depth=depth, alpha=alpha, instance_id=labels, flow=flow, extra=extra)
 
 
 def _prepare(g, viewmats, Ks, width, height, prev_means, prev_viewmats, background, backend,
-             instance_mode, near, far, tile_size: int = 8, eps2d: float = EPS2D) -> dict:
+             instance_mode, near, far, tile_size: int = 8, eps2d: float = EPS2D, extra: Tensor | None = None) -> dict:
     """Validate everything once and expand per-Gaussian attributes to [B, N, ...]."""
     if not isinstance(g, Gaussians):
         raise RenderError(f"rasterize takes a Gaussians (from SplatScene.posed), got {type(g).__name__}")
@@ -215,6 +231,12 @@ def _prepare(g, viewmats, Ks, width, height, prev_means, prev_viewmats, backgrou
     bg = tuple(float(x) for x in background)
     if len(bg) != 3:
         raise RenderError(f"background must be 3 floats (linear RGB), got {background!r}")
+    if extra is not None:
+        if not isinstance(extra, Tensor) or extra.dim() not in (2, 3) or extra.shape[-2] != N or \
+                (extra.dim() == 3 and extra.shape[0] != B) or extra.shape[-1] < 1:
+            raise RenderError(f"extra has shape {tuple(getattr(extra, 'shape', ()))}, expected [N={N}, E] or "
+                              f"[B={B}, N={N}, E] (E >= 1 channels per Gaussian)")
+        extra = extra.expand(B, N, extra.shape[-1])
     scales, opac, colors, sh = g.batched()
     ids, ranks = instance_ranks(g.instance_id.to(dev))
 
@@ -225,4 +247,5 @@ def _prepare(g, viewmats, Ks, width, height, prev_means, prev_viewmats, backgrou
                 colors=f32(colors), sh=f32(sh), viewmats=f32(viewmats), Ks=f32(Ks), width=width,
                 height=height, prev_means=f32(prev_means), prev_viewmats=f32(prev_viewmats),
                 ranks=ranks if instance_mode == "instance" else None, num_labels=ids.numel(),
-                instance_id=g.instance_id.to(dev).int(), instance_ids=ids, background=bg, eps2d=float(eps2d))
+                instance_id=g.instance_id.to(dev).int(), instance_ids=ids, background=bg, eps2d=float(eps2d),
+                extra=f32(extra))

@@ -112,3 +112,4 @@ class GBuffer:
     alpha: Tensor  # [B, C, H, W] accumulated opacity
     instance_id: Tensor  # [B, C, H, W] int32; 0 where alpha < 0.5 (see rasterize's instance_mode)
     flow: Tensor  # [B, C, H, W, 2] pixels (dx, dy): frame_t(x) ~ frame_{t-1}(x - flow(x)); zeros without prev_means
+    extra: Tensor | None = None  # [B, C, H, W, E] alpha-normalised per-Gaussian extra channels (rasterize's `extra`)

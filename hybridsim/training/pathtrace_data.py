@@ -124,29 +124,25 @@ def make_pathtraced_clips(out_dir: str | Path, opts: PTClipOptions, progress: bo
 def _make_scene(out: Path, opts: PTClipOptions, i: int) -> None:
     import torch
 
-    from hybridsim.appearance import PathTracedReference, environment, lit_condition, lit_render, material_table
+    from hybridsim.appearance import PathTracedReference, lit_condition, material_table
     from hybridsim.config import RunConfig
     from hybridsim.pipeline import Simulation
 
     scen = random_photo_scene(derive_seed(opts.seed, "scene", i), frames=opts.frames, res=opts.res,
                               n_cameras=opts.n_cameras, elevation=opts.elevation, plain_floor=opts.plain_floor,
                               hdri=opts.hdri)
+    # the lit render comes from the pipeline exactly as `hybridsim run` makes it (render.lit)
     sim = Simulation(RunConfig(scenario=scen, n_envs=opts.n_envs, reference=False, progress=False))
     ref = PathTracedReference(sim.world, sim.scenario, sim.cameras, samples=opts.samples,
                               seed=derive_seed(opts.seed, "cycles", i) % (2**31))
-    env, mats = environment(sim.scenario), material_table(sim.scenario)
+    mats = material_table(sim.scenario)
     conds, targets = [], []
     try:
         with torch.no_grad():
             for frame in sim.frames():
                 pt = ref.render(frame)
-                g = sim.splats.posed(frame.state.body_pos, frame.state.body_quat)
-                row = []
-                for c in scen.cameras:
-                    gb, cam = frame.gbuffer[c.name], frame.cameras[c.name]
-                    lit = lit_render(g, gb, sim.planes, cam, sim.scenario, env=env)
-                    row.append(lit_condition(gb, lit, cam, mats))
-                conds.append(torch.cat(row, 0))
+                conds.append(torch.cat([lit_condition(frame.gbuffer[c.name], frame.lit[c.name], frame.cameras[c.name],
+                                                      mats) for c in scen.cameras], 0))
                 targets.append(np.concatenate([pt[c.name].rgb for c in scen.cameras], 0))
     finally:
         ref.close()
