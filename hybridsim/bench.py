@@ -11,6 +11,9 @@ Sections (select with `sections=render,physics,refine,pipeline`):
   local Ray with 1 and 2 workers, side by side (refiner off; it is measured on its own).
 - pipeline: the default scenario end to end (physics -> splats -> refiner), per-stage ms per frame,
   refined frames/s and the latency from a frame's physics step to its refined frame.
+- pathtrace: the path-traced reference (Cycles, `pathtrace_samples` spp + OpenImageDenoise, one
+  thread) beside the lit splat render and the refiner, ms per frame at the scenario's resolution in
+  one run, and their ratios (the refiner's target: >= 20x faster than the path tracer).
 - latent (only when named; needs `clips=<train-refiner out>/clips`): pixel space vs the latent
   space of a small trained autoencoder, quality and ms per frame (hybridsim.training.latent_bench).
 `threads=N` sets torch's thread count first (on a shared CPU, 1 gives steady numbers).
@@ -49,7 +52,7 @@ class PhysicsBench:
     step_ms: float  # median per physics step (all envs)
 
 
-SECTIONS = ("render", "physics", "refine", "pipeline", "throughput", "latent")
+SECTIONS = ("render", "physics", "refine", "pipeline", "throughput", "pathtrace", "latent")
 DEFAULT_SECTIONS = SECTIONS[:-1]  # latent needs a folder of paired clips
 COUNTS = ("visible", "pairs")  # rasterize's timings also count visible Gaussians and tile pairs
 
@@ -62,12 +65,13 @@ class BenchReport:
     refine: dict | None = None
     pipeline: dict | None = None
     throughput: dict | None = None
+    pathtrace: dict | None = None
     latent: dict | None = None
 
 
 DEFAULTS = {"out": "bench", "sections": ",".join(DEFAULT_SECTIONS), "frames": 20, "scenario": "default",
             "threads": 0, "rollout_frames": 500, "episodes": 8, "device": "cpu", "dtype": "float32", "batch": 1,
-            "clips": "", "ae_steps": 800, "space_steps": 0}
+            "clips": "", "ae_steps": 800, "space_steps": 0, "pathtrace_samples": 16}
 
 
 def _options(overrides: list[str]) -> dict:
@@ -82,6 +86,8 @@ def _options(overrides: list[str]) -> dict:
         raise SpecError("bench frames", f"must be >= 2, got {opts['frames']}")
     if opts["batch"] < 1 or opts["ae_steps"] < 1:
         raise SpecError("bench batch/ae_steps", f"must be >= 1, got {opts['batch']} / {opts['ae_steps']}")
+    if "pathtrace" in sections and not 1 <= opts["pathtrace_samples"] <= 65536:
+        raise SpecError("bench pathtrace_samples", f"must be in 1..65536, got {opts['pathtrace_samples']}")
     if "latent" in sections:
         from hybridsim.training.latent_bench import scene_files
 
@@ -209,6 +215,46 @@ def bench_pipeline(scenario: str, frames: int) -> dict:
             "overlap_speedup": runs[1]["frames_per_s"] / runs[0]["frames_per_s"]}
 
 
+def bench_pathtrace(scenario: str, frames: int, samples: int = 16) -> dict:
+    """Cycles vs the lit splat render vs the refiner on the same frames (ms per frame per camera)."""
+    from render.pathtrace import preload
+
+    preload()  # bpy before Genesis
+    from hybridsim.config import compose
+    from hybridsim.pipeline import Simulation
+    from hybridsim.refining import StreamRefiner, refined_frames
+
+    cfg = compose([f"scenario={scenario}", "reference=pathtraced", "render.lit=true", "refine.enabled=true",
+                   f"pathtrace.samples={samples}", "pathtrace.threads=1"])
+    sim = Simulation(cfg)
+    try:
+        model, folder, which = _default_model()
+        refiner = StreamRefiner(cfg.refine, sim, model=model, weights_dir=folder)
+        for _ in refined_frames(_take(sim, 2), refiner):  # warm-up: Cycles' first frame builds its BVH
+            pass
+        sim.reset()
+        refiner.reset()
+        before, rbefore = dict(sim.timings), dict(refiner.timings)
+        n = sum(1 for _ in refined_frames(_take(sim, frames), refiner, overlap=False))
+    finally:
+        sim.close()
+    per = n * len(sim.cameras)
+
+    def ms(key, t, b):
+        return 1e3 * (t.get(key, 0.0) - b.get(key, 0.0)) / per
+
+    lit = ms("lit_render_s", sim.timings, before)
+    splat = ms("splat_render_s", sim.timings, before) - lit
+    cycles, refine = ms("pathtrace_s", sim.timings, before), ms("refine_s", refiner.timings, rbefore)
+    cam = next(iter(sim.cameras.values()))
+    return {"scenario": scenario, "model": which, "frames": n, "resolution": [cam.width, cam.height],
+            "samples": samples, "denoise": True,
+            "ms_per_frame": {"pathtrace": cycles, "splat": splat, "lit": lit, "refine": refine},
+            "pathtrace_over_refine": cycles / max(refine, 1e-9),
+            "pathtrace_over_fast_path": cycles / max(splat + lit + refine, 1e-9),
+            "lit_over_splat": lit / max(splat, 1e-9)}
+
+
 def _pipeline_run(sim, refiner, frames: int, overlap: bool) -> dict:
     """One timed rollout from the first frame; per-stage ms are busy time on each stage's thread."""
     from hybridsim.refining import refined_frames
@@ -261,6 +307,10 @@ def main(overrides: list[str]) -> int:
         report.throughput = bench_throughput(opts["scenario"], episodes=opts["episodes"], frames=opts["frames"],
                                              overrides=("refine.enabled=false",),
                                              torch_threads=opts["threads"] or 1)
+    if "pathtrace" in sections:
+        report.pathtrace = bench_pathtrace(opts["scenario"], opts["frames"], opts["pathtrace_samples"])
+    if "pathtrace" in sections:
+        report.pathtrace = bench_pathtrace(opts["scenario"], opts["frames"], opts["pathtrace_samples"])
     if "latent" in sections:
         from hybridsim.training.latent_bench import bench_latent, compare_spaces, fit_autoencoder
 
@@ -296,6 +346,15 @@ def to_markdown(r: BenchReport) -> str:
         lines += [f"| {p.n_envs} | {p.step_ms:.2f} |" for p in r.physics]
     if r.refine:
         lines += _refine_markdown(r.refine)
+    if r.pathtrace:
+        p = r.pathtrace
+        m = p["ms_per_frame"]
+        lines += [f"\n## pathtrace ({p['scenario']}, {p['resolution'][0]}x{p['resolution'][1]}, Cycles {p['samples']} "
+                  f"spp + OIDN on one thread, model {p['model']}, {p['frames']} frames)\n",
+                  "| Cycles ms | splat ms | lit ms (extra) | refiner ms | Cycles / refiner | Cycles / (splat+lit+refiner) "
+                  "| lit / splat |", "|---|---|---|---|---|---|---|",
+                  f"| {m['pathtrace']:.0f} | {m['splat']:.1f} | {m['lit']:.1f} | {m['refine']:.1f} | "
+                  f"{p['pathtrace_over_refine']:.1f} | {p['pathtrace_over_fast_path']:.1f} | {p['lit_over_splat']:.2f} |"]
     if r.pipeline:
         p = r.pipeline
         lines += [f"\n## pipeline ({p['scenario']}, {p['resolution'][0]}x{p['resolution'][1]}, {p['model']})\n",

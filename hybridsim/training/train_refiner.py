@@ -29,6 +29,9 @@ DEFAULTS = {
     "elevation": "18,60",  # camera elevation range of the random scenes, degrees (90 = straight down)
     "plain": 0.5,  # probability of a plain-coloured floor in a random scene (else a photo-textured slab)
     "default_light": 0.25,  # probability that a random scene keeps the scenario's default light
+    "target": "raster",  # what the refiner learns: raster (Genesis' OpenGL render) or pathtraced (Cycles)
+    "samples": 16,  # target=pathtraced: Cycles samples per pixel (OpenImageDenoise on)
+    "hdri": 0.85,  # target=pathtraced: probability of an HDRI world in a random scene (else uniform ambient)
     # training
     "phase1": 700, "phase2": 300, "phase3": 0, "batch": 2, "clip_frames": 6, "lr": 3e-4, "seed": 0,
     "checkpoint_every": 50, "threads": 0, "device": "cpu", "prediction": "sample",
@@ -54,7 +57,9 @@ def main(overrides: list[str]) -> int:
     from refine.config import PIXEL_LOSSES
     if opts["loss"] not in PIXEL_LOSSES:
         raise SpecError("train-refiner loss", f"must be one of {', '.join(PIXEL_LOSSES)}, got {opts['loss']!r}")
-    for key in ("plain", "default_light"):
+    if opts["target"] not in ("raster", "pathtraced"):
+        raise SpecError("train-refiner target", f"must be raster or pathtraced, got {opts['target']!r}")
+    for key in ("plain", "default_light", "hdri"):
         if not 0.0 <= opts[key] <= 1.0:
             raise SpecError(f"train-refiner {key}", f"must be a probability in [0, 1], got {opts[key]}")
     if opts["unpatchify"] not in ("linear", "smooth"):
@@ -82,17 +87,13 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     from refine.train import train  # not `from refine import train`: once refine.train is imported
     # as a module, the package attribute `train` is that module, not the lazy function
 
-    from hybridsim.training.refine_data import ClipDataset, ClipOptions, code_commit, make_clips
+    from hybridsim.training.refine_data import ClipDataset, code_commit
 
     if opts["threads"] > 0:
         torch.set_num_threads(opts["threads"])
     out = Path(opts["out"])
     t0 = time.perf_counter()
-    files = make_clips(out / "clips", ClipOptions(scenes=opts["scenes"], frames=opts["frames"], res=opts["res"],
-                                                  n_envs=opts["n_envs"], n_cameras=opts["cameras"],
-                                                  seed=opts["data_seed"], elevation=_elevation(opts["elevation"]),
-                                                  plain_floor=opts["plain"], default_light=opts["default_light"]),
-                       progress=opts["progress"])
+    files = _make_data(opts, out / "clips")
     data_s = time.perf_counter() - t0
     torch.manual_seed(opts["seed"])
     init = None
@@ -139,14 +140,40 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     return record
 
 
+def _make_data(opts: dict, folder: Path) -> list[Path]:
+    """Make or resume the paired clips the options name: Genesis' raster or Cycles as the target."""
+    if opts["target"] == "pathtraced":
+        from hybridsim.training.pathtrace_data import PTClipOptions, make_pathtraced_clips
+
+        return make_pathtraced_clips(folder, PTClipOptions(
+            scenes=opts["scenes"], frames=opts["frames"], res=opts["res"], n_envs=opts["n_envs"],
+            n_cameras=opts["cameras"], seed=opts["data_seed"], samples=opts["samples"],
+            elevation=_elevation(opts["elevation"]), plain_floor=opts["plain"], hdri=opts["hdri"]),
+            progress=opts["progress"])
+    from hybridsim.training.refine_data import ClipOptions, make_clips
+
+    return make_clips(folder, ClipOptions(scenes=opts["scenes"], frames=opts["frames"], res=opts["res"],
+                                          n_envs=opts["n_envs"], n_cameras=opts["cameras"], seed=opts["data_seed"],
+                                          elevation=_elevation(opts["elevation"]), plain_floor=opts["plain"],
+                                          default_light=opts["default_light"]), progress=opts["progress"])
+
+
+def _cond_channels(opts: dict) -> int:
+    """The condition layout the options train: lit (21) for the path tracer, else G-buffer (+ shading)."""
+    from refine.conditioning import COND_CHANNELS, LIT_CHANNELS, SHADING_CHANNELS
+
+    if opts["target"] == "pathtraced":
+        return LIT_CHANNELS
+    return COND_CHANNELS + (SHADING_CHANNELS if opts["shading"] else 0)
+
+
 def _fresh_model(opts: dict):
     """A randomly initialised refiner of the architecture the options name (torch's global seed)."""
     from refine import ModelConfig
-    from refine.conditioning import COND_CHANNELS, SHADING_CHANNELS
     from refine.model import CausalWanRefiner
 
     mcfg = ModelConfig(sample_height=opts["res"], sample_width=opts["res"], prediction=opts["prediction"],
-                       cond_channels=COND_CHANNELS + (SHADING_CHANNELS if opts["shading"] else 0),
+                       cond_channels=_cond_channels(opts),
                        head_channels=opts["head"], unpatchify=opts["unpatchify"])
     return CausalWanRefiner.from_spec(mcfg)
 
@@ -172,7 +199,6 @@ def _init_model(opts: dict):
     """-> (model loaded from opts['init'], {'folder', 'training'}); SpecError if it cannot be the
     starting point of this run (not a refiner folder, or another architecture than the options)."""
     from refine import RefineError
-    from refine.conditioning import COND_CHANNELS, SHADING_CHANNELS
     from refine.model import CausalWanRefiner
 
     folder = Path(opts["init"]).expanduser()
@@ -186,7 +212,7 @@ def _init_model(opts: dict):
         if getattr(spec, field) != opts[key]:
             raise SpecError(f"train-refiner {key}", f"{opts[key]!r} but the init model in {folder} has "
                             f"{field}={getattr(spec, field)!r}; set {key}={getattr(spec, field)} or drop init")
-    cond = COND_CHANNELS + (SHADING_CHANNELS if opts["shading"] else 0)
+    cond = _cond_channels(opts)
     if spec.cond_channels != cond or spec.sample_width != opts["res"]:
         raise SpecError("train-refiner shading", f"the init model in {folder} takes {spec.cond_channels} condition "
                         f"channels at {spec.sample_width}x{spec.sample_height}, these options give {cond} at "
