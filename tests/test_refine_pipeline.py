@@ -520,7 +520,7 @@ def test_default_weights_are_shipped_and_recorded():
 
 
 def test_warp_back_undoes_a_known_shift():
-    from hybridsim.training.refine_eval import temporal_stats, warp_back
+    from hybridsim.training.evaluate import temporal_stats, warp_back
 
     rng = np.random.default_rng(0)
     prev = rng.random((16, 20, 3)).astype(np.float32)

@@ -2,6 +2,8 @@
 
 These prove camera conventions and posing: silhouettes (IoU per entity), depth on covered pixels,
 and flow (warping the previous frame by the flow reproduces the current one better than no warp).
+`warp_back` and `temporal_stats` measure the flow-warped frame-to-frame change of a video (the
+temporal stability that eval-refiner reports against either reference).
 """
 
 from __future__ import annotations
@@ -82,3 +84,35 @@ def _warp_errors(prev, cur) -> tuple[list[float], list[float]]:
     err_w = (warped - rgb_cur).abs().mean(-1)[covered]
     err_n = (rgb_prev[0].permute(1, 2, 0) - rgb_cur).abs().mean(-1)[covered]
     return [float(err_w.mean())], [float(err_n.mean())]
+
+
+def warp_back(prev: np.ndarray, flow: np.ndarray) -> np.ndarray:
+    """prev [H, W, C] float, flow [H, W, 2] pixels (frame_t(x) ~ frame_{t-1}(x - flow)) -> [H, W, C]."""
+    import torch
+    import torch.nn.functional as F
+
+    H, W = flow.shape[:2]
+    ys, xs = np.meshgrid(np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32), indexing="ij")
+    gx = 2 * (xs - flow[..., 0] + 0.5) / W - 1
+    gy = 2 * (ys - flow[..., 1] + 0.5) / H - 1
+    grid = torch.from_numpy(np.stack([gx, gy], -1)[None].astype(np.float32))
+    src = torch.from_numpy(np.ascontiguousarray(prev, dtype=np.float32)).permute(2, 0, 1)[None]
+    return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)[0] \
+        .permute(1, 2, 0).numpy()
+
+
+def temporal_stats(refined, coarse, reference, flows, alphas) -> dict[str, float]:
+    """Lists of [H, W, 3] uint8 frames, flows [H, W, 2], alphas [H, W] -> warp-change / flicker means."""
+    sums = {k: [] for k in ("refined", "coarse", "reference", "flicker_refined", "flicker_coarse")}
+    for t in range(1, len(refined)):
+        mask = alphas[t] > 0.99
+        if mask.sum() < 10:
+            continue
+        d = {}
+        for name, seq in (("refined", refined), ("coarse", coarse), ("reference", reference)):
+            cur = seq[t].astype(np.float32) / 255
+            d[name] = cur - warp_back(seq[t - 1].astype(np.float32) / 255, flows[t])
+            sums[name].append(float(np.abs(d[name]).mean(-1)[mask].mean()))
+        sums["flicker_refined"].append(float(np.abs(d["refined"] - d["reference"]).mean(-1)[mask].mean()))
+        sums["flicker_coarse"].append(float(np.abs(d["coarse"] - d["reference"]).mean(-1)[mask].mean()))
+    return {k: float(np.mean(v)) if v else float("nan") for k, v in sums.items()}

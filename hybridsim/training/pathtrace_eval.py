@@ -107,7 +107,7 @@ def evaluate_scenario(name: str, lighting: str, frames: int, weights: str | None
     from hybridsim.output.writers import linear_to_srgb, to_uint8
     from hybridsim.pipeline import Simulation
     from hybridsim.refining import frame_stream
-    from hybridsim.training.refine_eval import temporal_stats
+    from hybridsim.training.evaluate import temporal_stats
 
     overrides = [f"refine.weights={weights or 'null'}", "reference=both", f"pathtrace.samples={samples}"]
     if lighting != "own":

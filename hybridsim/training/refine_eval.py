@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hybridsim.options import parse_options, positive
+from hybridsim.training.evaluate import temporal_stats
 
 DEFAULTS = {"out": "eval_refiner", "scenarios": "default,stack_topple,franka_push,mesh_slope", "frames": 40,
             "weights": "", "sigmas": "", "noise": "", "threads": 0, "progress": True,
@@ -46,38 +47,6 @@ class SceneQuality:
     flicker_refined: float  # mean |dRefined - dReference| (flow-warped differences)
     flicker_coarse: float
     refine_ms_per_frame: float
-
-
-def warp_back(prev: np.ndarray, flow: np.ndarray) -> np.ndarray:
-    """prev [H, W, C] float, flow [H, W, 2] pixels (frame_t(x) ~ frame_{t-1}(x - flow)) -> [H, W, C]."""
-    import torch
-    import torch.nn.functional as F
-
-    H, W = flow.shape[:2]
-    ys, xs = np.meshgrid(np.arange(H, dtype=np.float32), np.arange(W, dtype=np.float32), indexing="ij")
-    gx = 2 * (xs - flow[..., 0] + 0.5) / W - 1
-    gy = 2 * (ys - flow[..., 1] + 0.5) / H - 1
-    grid = torch.from_numpy(np.stack([gx, gy], -1)[None].astype(np.float32))
-    src = torch.from_numpy(np.ascontiguousarray(prev, dtype=np.float32)).permute(2, 0, 1)[None]
-    return F.grid_sample(src, grid, mode="bilinear", padding_mode="border", align_corners=False)[0] \
-        .permute(1, 2, 0).numpy()
-
-
-def temporal_stats(refined, coarse, reference, flows, alphas) -> dict[str, float]:
-    """Lists of [H, W, 3] uint8 frames, flows [H, W, 2], alphas [H, W] -> warp-change / flicker means."""
-    sums = {k: [] for k in ("refined", "coarse", "reference", "flicker_refined", "flicker_coarse")}
-    for t in range(1, len(refined)):
-        mask = alphas[t] > 0.99
-        if mask.sum() < 10:
-            continue
-        d = {}
-        for name, seq in (("refined", refined), ("coarse", coarse), ("reference", reference)):
-            cur = seq[t].astype(np.float32) / 255
-            d[name] = cur - warp_back(seq[t - 1].astype(np.float32) / 255, flows[t])
-            sums[name].append(float(np.abs(d[name]).mean(-1)[mask].mean()))
-        sums["flicker_refined"].append(float(np.abs(d["refined"] - d["reference"]).mean(-1)[mask].mean()))
-        sums["flicker_coarse"].append(float(np.abs(d["coarse"] - d["reference"]).mean(-1)[mask].mean()))
-    return {k: float(np.mean(v)) if v else float("nan") for k, v in sums.items()}
 
 
 def evaluate_scenario(name: str, frames: int, weights: str | None, progress: bool = True,
