@@ -199,7 +199,7 @@ def condition_layout(model) -> str:
 
 
 def layout_of(channels: int) -> str:
-    from refine.conditioning import COND_CHANNELS, LIT_CHANNELS, SHADING_CHANNELS
+    from refine.config import COND_CHANNELS, LIT_CHANNELS, SHADING_CHANNELS  # refine.conditioning imports torch
 
     layouts = {COND_CHANNELS: "gbuffer", COND_CHANNELS + SHADING_CHANNELS: "shading", LIT_CHANNELS: "lit"}
     if channels not in layouts:
@@ -263,7 +263,10 @@ def saved_sampler(path: Path):
                     (k == "sigmas" and v is not None and not all(isinstance(x, (int, float)) for x in v)):
                 raise RefineError(f"sampler schedule {path}: {k} has the wrong type ({type(v).__name__}); "
                                   "e.g. {\"num_steps\": 3, \"sigma_max\": 0.75, \"noise\": \"static\"}")
-        return SamplerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        try:
+            return SamplerConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+        except RefineError as err:
+            raise RefineError(f"sampler schedule {path}: {err}") from None
     except RefineError as err:
         raise SpecError("refine.weights", str(err)) from None
 

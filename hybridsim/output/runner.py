@@ -83,8 +83,9 @@ def run(scenario: str | Scenario | RunConfig = "default", overrides=(), **kwargs
     journal = RunJournal(out, cfg, warnings)
     sim = sink = refiner = None
     status, error = "failed", None
+    signals = _Interrupts()
     try:
-        with _terminate_as_interrupt():
+        with signals.installed():
             from hybridsim.pipeline import Simulation
             from hybridsim.refining import frame_stream
 
@@ -92,7 +93,8 @@ def run(scenario: str | Scenario | RunConfig = "default", overrides=(), **kwargs
             stream, refiner = frame_stream(cfg, sim)
             sink = RunSink(out, sim)
             for frame in _progress(stream, sim.n_frames, cfg.progress, cfg.scenario.name):
-                sink.write(frame)
+                with signals.deferred():  # a frame is written to every output, or to none
+                    sink.write(frame)
                 journal.progress(sim, sink)
         status = "ok"
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: keep every finished frame, say it was cut short
@@ -125,22 +127,44 @@ def _finish(sim, sink, refiner, t_start: float) -> dict:
     return timings
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM (what `kill` and job schedulers send) ends the run like Ctrl-C, so the writers close
-    and run.json says "interrupted"; only the main thread can install a handler."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
+class _Interrupts:
+    """Ctrl-C (SIGINT) and SIGTERM (what `kill` and job schedulers send) end the run as a
+    KeyboardInterrupt, so the writers close and run.json says "interrupted"; but never in the middle
+    of writing a frame: one that arrives then is raised as soon as the frame is whole, so every
+    video, table and label folder holds the same frames. Only the main thread can install handlers."""
 
-    def handler(signum, frame):
-        raise RunTerminated("SIGTERM")
+    def __init__(self):
+        self._writing, self._pending = False, None
 
-    old = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old if old is not None else signal.SIG_DFL)
+    def _handler(self, signum, frame):
+        exc = RunTerminated("SIGTERM") if signum == signal.SIGTERM else KeyboardInterrupt()
+        if self._writing:
+            self._pending = exc
+            return
+        raise exc
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    @contextlib.contextmanager
+    def deferred(self):
+        self._writing = True
+        try:
+            yield
+        finally:
+            self._writing = False
+        if self._pending is not None:
+            exc, self._pending = self._pending, None
+            raise exc
 
 
 # ---------------------------------------------------------------------------- before anything heavy
