@@ -90,6 +90,9 @@ def test_untrusted_scenario_files_are_refused_in_one_line(tmp_path, capsys):
     text = tmp_path / "notes.yaml"
     text.write_text(secret)
     refused(capsys, f"scenario={text}", option="scenario", fix="not a scenario file", never=("private-line",))
+    env = tmp_path / "env.yaml"
+    env.write_text("name: ${oc.env:HOME}\ncameras: {}\n")
+    refused(capsys, f"scenario={env}", option="scenario.name", fix="interpolation", never=(str(Path.home()) + "'",))
     keyed = tmp_path / "keyed.yaml"
     keyed.write_text(f"name: x\n{secret.strip()}: 1\n")
     refused(capsys, f"scenario={keyed}", option="scenario", never=(secret[:200],))

@@ -28,6 +28,9 @@ def cli_run(tmp_path_factory):
 def test_cli_writes_run_folder(cli_run):
     out, r = cli_run
     assert "wrote 10 frames x 2 env(s)" in r.stdout
+    # drop.yaml's impulse at 0.5 s is past the last step of a 0.5 s run: said once, not silently skipped
+    assert "warning: scenario.events[0] ('event0', at=0.5 s)" in r.stderr and "will not fire" in r.stderr
+    assert not list(out.glob("*.partial")) and (out / ".hybridsim-run").is_file()
     for env in (0, 1):
         frames = _decode(out / f"reference_main_env{env}.mp4")
         assert len(frames) == 10 and frames[0].shape == (48, 64, 3)
@@ -53,7 +56,8 @@ def test_poses_and_cameras_tables(cli_run):
 def test_run_json_records_provenance(cli_run):
     out, _ = cli_run
     rec = json.loads((out / "run.json").read_text())
-    assert rec["status"] == "ok" and rec["frames"] == 10
+    assert rec["status"] == "ok" and rec["frames"] == 10 and rec["n_frames"] == 10
+    assert len(rec["warnings"]) == 1 and rec["pid"] > 0
     assert rec["seeds"]["root"] == 7 and len(rec["seeds"]["envs"]) == 2
     assert rec["versions"]["genesis-world"].startswith("1.4")
     assert rec["timings"]["total_s"] > 0 and "physics_s" in rec["timings"]

@@ -39,7 +39,26 @@ def read_scenario_file(path: Path, what: str = "scenario") -> dict:
     if not any(isinstance(k, str) and k in SCENARIO_KEYS for k in data):
         raise SpecError(what, f"'{path}' is not a scenario file (none of the keys name, entities, cameras, timing); "
                               "see configs/scenario/default.yaml for the layout")
+    where = _interpolation(data, what)
+    if where is not None:  # ${oc.env:...} would copy environment variables (secrets) into the run's files
+        raise SpecError(where, f"'{path}' uses an OmegaConf interpolation (${{...}}); a scenario file may not "
+                               "read environment variables or other config: write the value out, or use params:")
     return data
+
+
+def _interpolation(data, path: str) -> str | None:
+    """The YAML path of the first key or string value holding `${`, else None."""
+    stack = [(data, path)]
+    while stack:
+        node, where = stack.pop()
+        if isinstance(node, str) and "${" in node:
+            return where
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            if isinstance(k, str) and "${" in k:
+                return where
+            stack.append((v, f"{where}.{k}" if isinstance(node, dict) else f"{where}[{k}]"))
+    return None
 
 
 def _read_text(path: Path, what: str) -> str:
