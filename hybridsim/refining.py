@@ -80,10 +80,7 @@ def read_weights(settings: RefineSettings) -> WeightsInfo:
     if settings.weights is None and not (folder / CONFIG_NAME).is_file():
         raise SpecError("refine.weights", f"no default weights in {folder}; train and install them with "
                         "`hybridsim train-refiner install=true`, give refine.weights=FOLDER, or refine.enabled=false")
-    if not folder.is_dir():
-        what = "is a file, not a folder" if folder.is_file() else "does not exist"
-        raise SpecError("refine.weights", f"'{folder}' {what}; give a folder written by save_pretrained / "
-                        "hybridsim train-refiner, or null for the default model")
+    _check_folder(folder)
     try:
         cfg = read_json(folder / CONFIG_NAME, "config")
         if cfg.get("_class_name") == "WanTransformer3DModel":
@@ -101,6 +98,13 @@ def read_weights(settings: RefineSettings) -> WeightsInfo:
         return WeightsInfo(folder, spec, False)
     except RefineError as err:
         raise SpecError("refine.weights", str(err)) from None
+
+
+def _check_folder(folder: Path) -> None:
+    if not folder.is_dir():
+        what = "it is a file" if folder.exists() else "it does not exist"
+        raise SpecError("refine.weights", f"'{folder}' is not a folder ({what}); give a folder written by "
+                        "save_pretrained / hybridsim train-refiner, or null for the default model")
 
 
 def check_refine(cfg) -> WeightsInfo | None:
@@ -154,19 +158,24 @@ def _check_refine_memory(spec, n_envs: int, sizes: list, folder: Path) -> None:
 
 def load_model(settings: RefineSettings, device: str):
     """-> (model, folder): the shipped default model, or a saved refiner / diffusers Wan folder
-    given in `weights`. The folder is where a saved sampler schedule (sampler.json) may sit."""
+    given in `weights`. The folder is where a saved sampler schedule (sampler.json) may sit.
+    The loaders check the folder's files before allocating (refine.checkpoint); `check_refine`
+    does the same checks earlier, without torch, for `hybridsim run`."""
     from refine import DEFAULT_WEIGHTS_DIR, load_default_model
+    from refine.checkpoint import CONFIG_NAME, read_json
     from refine.model import CausalWanRefiner
 
-    info = read_weights(settings)  # cheap; callers that skipped check_refine still get one clear line
     if settings.weights is None:
         return load_default_model(device), Path(DEFAULT_WEIGHTS_DIR)
-    if info.wan:
+    path = Path(settings.weights).expanduser()
+    _check_folder(path)
+    config = read_json(path / CONFIG_NAME, "config") if (path / CONFIG_NAME).is_file() else {}
+    if config.get("_class_name") == "WanTransformer3DModel":
         from refine import load_wan_checkpoint
 
-        model, _report = load_wan_checkpoint(info.folder, device=device)
-        return model, info.folder
-    return CausalWanRefiner.from_pretrained(info.folder, device=device), info.folder
+        model, _report = load_wan_checkpoint(path, device=device)
+        return model, path
+    return CausalWanRefiner.from_pretrained(path, device=device), path
 
 
 def condition_from_gbuffer(gb, camera=None, lighting=None):  # -> Tensor [B, 1, C, H, W] float32

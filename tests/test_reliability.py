@@ -167,8 +167,8 @@ def test_options_are_refused_before_anything_heavy(tmp_path, capsys):
     refused(capsys, *base, "refine.noise=loud", option="refine.noise", fix="static")
     refused(capsys, *base, "refine.sigmas=[2.0, 0.5]", option="refine.sigmas", fix="strictly decreasing")
     refused(capsys, *base, "refine.steps=0", option="refine.steps", fix="> 0")
-    refused(capsys, *base, f"refine.weights={DROP}", option="refine.weights", fix="is a file, not a folder")
-    refused(capsys, *base, f"refine.weights={tmp_path / 'missing'}", option="refine.weights", fix="does not exist")
+    refused(capsys, *base, f"refine.weights={DROP}", option="refine.weights", fix="is not a folder (it is a file)")
+    refused(capsys, *base, f"refine.weights={tmp_path / 'missing'}", option="refine.weights", fix="it does not exist")
     refused(capsys, *base, "n_envs=100000", option="n_envs", fix="hybridsim batch")
     refused(capsys, *base, "refine.enabled=false", "n_envs=2", "render.max_gaussians=1000000000",
             option="n_envs", fix="GiB")
