@@ -11,6 +11,7 @@ COMMANDS = {
     "bench": "measure render / refiner / physics speed side by side and write a report",
     "train-refiner": "make paired clips from randomised scenes and train the refiner (resumable)",
     "eval-refiner": "refined vs coarse quality (PSNR, SSIM, temporal stability) on held-out scenarios",
+    "export": "export a dataset's labels: coco dataset=DIR (instance masks and boxes, pycocotools-loadable)",
     "scenarios": "list the scenarios shipped in the package",
     "show-config": "print the composed, validated config for the given overrides",
 }
@@ -122,6 +123,10 @@ def _dispatch(command: str, overrides: list[str]) -> int:
         from hybridsim.output.batch import main as batch_main
 
         return batch_main(overrides)
+    if command == "export":
+        from hybridsim.output.coco import main as export_main
+
+        return export_main(overrides)
     if command == "bench":
         from hybridsim.bench import main as bench_main
 

@@ -106,11 +106,86 @@ def test_dataset_reads_back_consistently(ref):
     meta = json.loads((side / "episode.json").read_text())
     assert meta["seed"] == episode_seed(7, 3) and meta["attempts"][0]["status"] == "accepted"
     assert len(list((side / "labels" / "main").glob("*.npz"))) == T
-    assert set(np.load(side / "labels/main/000005.npz")) == {"depth", "instance", "alpha", "flow"}
+    assert set(np.load(side / "labels/main/000005.npz")) == {"depth", "instance", "alpha", "forward_flow",
+                                                             "backward_flow", "normals"}
     events = [json.loads(line) for line in (side / "events.jsonl").read_text().splitlines()]
     assert [(e["action"], e["frame"]) for e in events] == [("impulse", 11)]  # fired at t = 0.5 s
     z = state[::T, 7 + 2]  # box height at frame 0 of each episode: jittered x/y only
     assert np.allclose(z, 3.0) and len(set(state[::T, 7].round(6))) == N, "episodes get their own seeds"
+
+
+def test_lerobot_06_keys_action_and_provenance(ref):
+    """What LeRobot 0.6 reads without warnings (scripts/lerobot_roundtrip.py checks it with the real client)."""
+    info, stats = load_info(ref), load_stats(ref)
+    assert "hybridsim" not in info and isinstance(info["fps"], int)
+    prov = json.loads((ref / "meta/hybridsim.json").read_text())
+    assert prov["scenario"] == "drop" and prov["sidecar"] == "sidecar/episode_{episode_index:06d}"
+    vinfo = info["features"][KEYS[0]]["info"]
+    assert vinfo["is_depth_map"] is False and "video.is_depth_map" not in vinfo
+    assert (vinfo["video.codec"], vinfo["video.g"], vinfo["video.fps"]) == ("h264", 2, 20)
+    for name, s in stats.items():
+        assert {"q01", "q10", "q50", "q90", "q99"} <= set(s), name
+    eps = load_episodes(ref).to_pylist()
+    assert f"stats/{KEYS[0]}/q50" in eps[0] and np.asarray(eps[0][f"stats/{KEYS[0]}/q99"]).shape == (3, 1, 1)
+    # action: the declared impulse on the ball (0, 1, 0) N*s at t = 0.5 s, i.e. in the interval from frame 10 to 11
+    assert info["features"]["action"]["names"] == ["ball.impulse.x", "ball.impulse.y", "ball.impulse.z"]
+    act = column_array(load_frames(ref, 3), "action")
+    want = np.zeros((T, 3), np.float32)
+    want[10, 1] = 1.0
+    np.testing.assert_array_equal(act, want)
+
+
+def test_flow_at_an_episodes_first_frame_is_zero(ref):
+    """Issue 17: frame 0 of a later episode of a batch carried flow left over from the previous episode."""
+    for i in range(N):
+        side = ref / "sidecar" / f"episode_{i:06d}" / "labels" / "main"
+        first, last = np.load(side / "000000.npz"), np.load(side / f"{T - 1:06d}.npz")
+        assert not first["backward_flow"].any() and not last["forward_flow"].any(), i
+        mid = np.load(side / "000008.npz")
+        assert np.abs(mid["backward_flow"].astype(np.float32)).max() > 0.1  # the box falls: real motion mid-episode
+
+
+def test_objects_table_and_coco_export(ref, tmp_path, capsys):
+    from hybridsim.cli import main
+
+    rows = pq.read_table(ref / "sidecar/episode_000001/labels/objects.parquet").to_pylist()
+    assert len(rows) == T * 3  # frames x instances (ground, box, ball), one camera
+    ball = [r for r in rows if r["entity"] == "ball" and r["frame_index"] == 5][0]
+    assert (ball["sx"], ball["sy"], ball["sz"]) == pytest.approx((0.2, 0.2, 0.2), abs=1e-4)
+    assert (ball["cx"], ball["cy"], ball["cz"]) == pytest.approx((0.6, 0.0, 0.1), abs=2e-3)
+    assert ball["x_min"] <= ball["center_u"] <= ball["x_max"] and ball["y_min"] <= ball["center_v"] <= ball["y_max"]
+    assert 0.0 < ball["visible_fraction"] <= 1.0
+    pycocotools = pytest.importorskip("pycocotools.coco")
+    assert main(["export", "coco", f"dataset={ref}", f"out={tmp_path / 'coco.json'}"]) == 0
+    assert "annotations" in capsys.readouterr().out
+    coco = pycocotools.COCO(str(tmp_path / "coco.json"))
+    assert len(coco.getImgIds()) == N * T
+    for ann in coco.loadAnns(coco.getAnnIds())[::7]:
+        img = coco.loadImgs(ann["image_id"])[0]
+        inst = np.load(ref / f"sidecar/episode_{img['episode_index']:06d}/labels/main/{img['frame_index']:06d}.npz")
+        np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), inst["instance"] == ann["instance_id"])
+        x, y, w, h = ann["bbox"]
+        m = coco.annToMask(ann)
+        assert m[:, x:x + w].sum() == m.sum() and m[y:y + h].sum() == m.sum() and m.sum() == ann["area"]
+
+
+def test_franka_action_is_its_joint_targets(tmp_path):
+    """`hybridsim batch scenario=franka_push`: action = the Franka's 9 joint targets on every frame."""
+    from hybridsim.config import compose
+
+    res = hybridsim.generate("franka_push", episodes=1, out_dir=tmp_path / "franka", labels=False,
+                             overrides=["scenario.timing.duration=0.6", "refine.enabled=false", "render.enabled=false",
+                                        "reference=none", "progress=false"])
+    info, act = load_info(res.out_dir), column_array(load_frames(res.out_dir), "action")
+    joints = compose(["scenario=franka_push"]).scenario.entities
+    targets = next(e for e in joints if e.name == "franka").joints
+    assert info["features"]["action"]["names"][:7] == [f"franka.joint{i}.target" for i in range(1, 8)]
+    assert act.shape == (12, 9) and info["robot_type"] == "franka"
+    start = np.array([targets[n.split(".")[1]] for n in info["features"]["action"]["names"]], np.float32)
+    np.testing.assert_allclose(act[:10], np.tile(start, (10, 1)), atol=1e-6)  # the initial targets
+    moved = start.copy()
+    moved[0] = 0.8  # the event at t = 0.5 s (step 50, interval 10 -> 11) sets joint1 to 0.8
+    np.testing.assert_allclose(act[10:], np.tile(moved, (2, 1)), atol=1e-6)
 
 
 def test_episode_alone_equals_episode_in_batch_and_run(ref, tmp_path):
@@ -211,7 +286,8 @@ class _FakePool:
         self.batch = batch + [batch[-1]] * (B - len(batch))
         cams = {"main": CameraParams("main", 64, 48, np.tile(np.eye(4), (B, 1, 1)), np.tile(np.eye(3), (B, 1, 1)))}
         bodies = [SimpleNamespace(entity="box", link="base")]
-        self.sim = SimpleNamespace(cfg=self.cfg, scenario=self.cfg.scenario, cameras=cams,
+        self.sim = SimpleNamespace(cfg=self.cfg, scenario=self.cfg.scenario, cameras=cams, splats=None,
+                                   episodes=[t.scenario for t in self.batch], steps_per_frame=5,
                                    seeds=[t.seed for t in self.batch],
                                    world=SimpleNamespace(bodies=bodies), done=np.zeros(B, bool),
                                    end_frame=np.array([2 + t.index for t in self.batch]),
@@ -222,7 +298,7 @@ class _FakePool:
         return [f"no impact (attempt {t.attempt})" if (t.index == 1 and t.attempt < 2) or t.index == self.always
                 else None for t in self.batch]
 
-    def frames(self):
+    def frames(self, tap=None):
         import torch
         from types import SimpleNamespace
 
@@ -233,7 +309,8 @@ class _FakePool:
             pos = torch.tensor([[[t.seed % 1000 / 1000, t.index, f]] for t in self.batch], dtype=torch.float32)
             state = SimpleNamespace(body_pos=pos, body_quat=torch.zeros(B, 1, 4))
             self.sim.done = f >= self.sim.end_frame
-            yield Frame(f, f / 20, state, self.sim.cameras)
+            frame = Frame(f, f / 20, state, self.sim.cameras)
+            yield tap(frame) if tap else frame
 
 
 def test_rejected_episodes_are_resampled_and_short_envs_stop(tmp_path, monkeypatch):
