@@ -17,6 +17,7 @@ training, and forest and sunset are never used in training either (pathtrace_dat
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -99,8 +100,24 @@ def sequence_metrics(seqs: dict[str, list[np.ndarray]], objects: list[np.ndarray
     return out
 
 
+STRIP_KINDS = ("coarse", "lit", "refined", "pathtraced")
+
+
+def write_strip(seq: dict[str, list[np.ndarray]], path: Path, picks: int = 3) -> Path:
+    """A PNG: one row per picked frame (first, middle, last), columns coarse | lit | refined |
+    path-traced (uint8 frames [H, W, 3])."""
+    import imageio.v3 as iio
+
+    n = len(seq["refined"])
+    idx = sorted({0, n // 2, n - 1})[:picks]
+    rows = [np.concatenate([seq[k][i] for k in STRIP_KINDS], 1) for i in idx]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    iio.imwrite(path, np.concatenate(rows, 0))
+    return path
+
+
 def evaluate_scenario(name: str, lighting: str, frames: int, weights: str | None, hdri_strength: float = 0.6,
-                      samples: int = 16, progress: bool = True) -> list[PTQuality]:
+                      samples: int = 16, progress: bool = True, strips: Path | None = None) -> list[PTQuality]:
     from tqdm import tqdm
 
     from hybridsim.output.runner import resolve_config
@@ -139,6 +156,8 @@ def evaluate_scenario(name: str, lighting: str, frames: int, weights: str | None
     pt_ms = 1000 * sim.timings["pathtrace_s"] / max(1, n) / len(seqs)
     out = []
     for c, s in seqs.items():
+        if strips is not None:
+            write_strip(s, strips / f"{name}_{lighting}_{c}.png")
         ts = temporal_stats(s["refined"], s["coarse"], s["pathtraced"], s["flow"], s["alpha"])
         out.append(PTQuality(name, lighting, c, n, sequence_metrics(s, s["objects"]), ts["refined"], ts["reference"],
                              ts["flicker_refined"], ts["flicker_coarse"], refine_ms, pt_ms))

@@ -152,7 +152,7 @@ def _main_pathtraced(opts: dict) -> int:
     for name in [s for s in opts["scenarios"].split(",") if s]:
         for lighting in lightings:
             rows += pe.evaluate_scenario(name, lighting, opts["frames"], opts["weights"] or None,
-                                         opts["hdri_strength"], opts["samples"], opts["progress"])
+                                         opts["hdri_strength"], opts["samples"], opts["progress"], out / "strips")
             (out / "eval.json").write_text(json.dumps({"options": opts, "reference": "pathtraced",
                                                        "rows": [r.row() for r in rows]}, indent=1))
     (out / "eval.md").write_text(pe.to_markdown(rows))

@@ -36,6 +36,7 @@ DEFAULTS = {
     "phase1": 700, "phase2": 300, "phase3": 0, "batch": 2, "clip_frames": 6, "lr": 3e-4, "seed": 0,
     "checkpoint_every": 50, "threads": 0, "device": "cpu", "prediction": "sample",
     "shading": True,  # 14 condition channels: G-buffer + normals / light (refine.conditioning)
+    "layers": 4, "heads": 3, "ffn": 768,  # transformer size: blocks, attention heads (x 64 dims), FFN width
     "head": 16,  # pixel head features per pixel (refine ModelConfig.head_channels); 0 = Wan's un-patchify
     "unpatchify": "linear",  # tokens to pixels: linear (Wan's p x p blocks) or smooth (bilinear; ModelConfig)
     "ssim": 0.0,  # weight of a (1 - SSIM) term in phases 2 and 3 (refine TrainConfig.ssim_weight)
@@ -51,7 +52,8 @@ DEFAULTS = {
 
 def main(overrides: list[str]) -> int:
     opts = parse_options(overrides, DEFAULTS, "train-refiner")
-    positive(opts, "train-refiner", "scenes", "frames", "res", "n_envs", "cameras", "batch", "clip_frames", "lr")
+    positive(opts, "train-refiner", "scenes", "frames", "res", "n_envs", "cameras", "batch", "clip_frames", "lr",
+             "layers", "heads", "ffn")
     _sampler(opts["sigmas"], opts["noise"])  # a bad list fails now, not after the data is made
     _elevation(opts["elevation"])
     from refine.config import PIXEL_LOSSES
@@ -173,7 +175,8 @@ def _fresh_model(opts: dict):
     from refine.model import CausalWanRefiner
 
     mcfg = ModelConfig(sample_height=opts["res"], sample_width=opts["res"], prediction=opts["prediction"],
-                       cond_channels=_cond_channels(opts),
+                       cond_channels=_cond_channels(opts), num_layers=opts["layers"],
+                       num_attention_heads=opts["heads"], ffn_dim=opts["ffn"],
                        head_channels=opts["head"], unpatchify=opts["unpatchify"])
     return CausalWanRefiner.from_spec(mcfg)
 
@@ -192,7 +195,7 @@ def _check_train_only(opts: dict, model=None) -> None:
 
 # options that fix the architecture; a fine-tune (init=) must agree with the folder's model
 ARCH_OPTIONS = {"res": "sample_height", "prediction": "prediction", "head": "head_channels",
-                "unpatchify": "unpatchify"}
+                "unpatchify": "unpatchify", "layers": "num_layers", "heads": "num_attention_heads", "ffn": "ffn_dim"}
 
 
 def _init_model(opts: dict):
