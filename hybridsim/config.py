@@ -83,8 +83,10 @@ class RunConfig:
         scenario = Scenario.from_dict(data.pop("scenario"), "scenario", base_dir)
         rest = _build(_RunRest, data, "")
         cfg = cls(scenario=scenario, **{f.name: getattr(rest, f.name) for f in dataclasses.fields(_RunRest)})
-        if not 1 <= cfg.n_envs <= MAX_ENVS:
-            raise SpecError("n_envs", f"must be in 1..{MAX_ENVS}, got {cfg.n_envs}; for more episodes use "
+        if cfg.n_envs < 1:
+            raise SpecError("n_envs", f"must be >= 1, got {cfg.n_envs}")
+        if cfg.n_envs > MAX_ENVS:
+            raise SpecError("n_envs", f"must be <= {MAX_ENVS}, got {cfg.n_envs}; for more episodes use "
                                       "hybridsim batch (episodes=N), which runs them n_envs at a time")
         if cfg.episode < 0:
             raise SpecError("episode", f"must be >= 0, got {cfg.episode}")
