@@ -169,6 +169,7 @@ def test_options_are_refused_before_anything_heavy(tmp_path, capsys):
     refused(capsys, *base, "refine.steps=0", option="refine.steps", fix="> 0")
     refused(capsys, *base, f"refine.weights={DROP}", option="refine.weights", fix="is not a folder (it is a file)")
     refused(capsys, *base, f"refine.weights={tmp_path / 'missing'}", option="refine.weights", fix="it does not exist")
+    refused(capsys, f"scenario={DROP}", "scenario.name=../../etc", option="scenario.name", fix="folder name")
     refused(capsys, *base, "n_envs=100000", option="n_envs", fix="hybridsim batch")
     refused(capsys, *base, "refine.enabled=false", "n_envs=2", "render.max_gaussians=1000000000",
             option="n_envs", fix="GiB")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hybridsim.scenario.convert import _build, _named_list, _plain, _require_mapping
+from hybridsim.scenario.convert import _build, _named_list, _plain, _require_mapping, short
 from hybridsim.scenario.distributions import _PARAMS, Distribution, Param, check, components, parse_param, values
 from hybridsim.scenario.errors import SpecError
 from hybridsim.scenario.files import absolute_files
@@ -125,6 +125,10 @@ def validate(s: Scenario, path: str = "scenario", base_dir: str | Path | None = 
 
 
 def _validate(s: Scenario, path: str, base_dir) -> None:
+    if not s.name or len(s.name) > 100 or s.name.startswith(".") or any(c in s.name for c in "/\\") or \
+            not s.name.isprintable():  # the default out_dir is runs/<name>: a name must not lead elsewhere
+        raise SpecError(f"{path}.name", f"{short(s.name)} is not usable as a folder name (1-100 printable characters, "
+                                        "no '/' or '\\', not starting with '.'); e.g. name: drop_test")
     t = s.timing
     for key in ("duration", "fps", "dt"):
         check(getattr(t, key), lambda v: v > 0, f"{path}.timing.{key}", "must be > 0")
