@@ -137,3 +137,65 @@ def test_merge_refuses_mixed_features(tmp_path):
     w.commit({"task": "t", "features": {**FEATURES, "observation.state": {"dtype": "float32", "shape": [5]}}})
     with pytest.raises(DatasetError, match="other features"):
         merge(tmp_path, 2)
+
+
+def test_lerobot_06_video_info_and_quantile_stats(dataset):
+    root, lengths, info = dataset
+    f = info["features"][KEY]
+    assert f["info"]["is_depth_map"] is False and "video.is_depth_map" not in f["info"]
+    assert {"video.g", "video.crf", "video.preset", "video.fast_decode", "video.video_backend",
+            "video.extra_options"} <= set(f["info"]) and f["info"]["video.fps"] == 10 and isinstance(info["fps"], int)
+    imgs = _images(2, lengths[2]).reshape(-1, 3)
+    eps = load_episodes(root).to_pylist()
+    for q, p in (("q01", 0.01), ("q50", 0.5), ("q99", 0.99)):  # exact value-histogram quantiles of the frames
+        want = np.quantile(imgs, p, axis=0, method="inverted_cdf") / 255.0
+        np.testing.assert_allclose(np.asarray(eps[2][f"stats/{KEY}/{q}"])[:, 0, 0], want, atol=1e-9)
+    assert set(load_stats(root)[KEY]) >= {"q01", "q10", "q50", "q90", "q99"}
+    assert np.asarray(eps[0][f"stats/{KEY}/q90"]).shape == (3, 1, 1)
+    cols = list(eps[0])
+    assert cols[:3] == ["episode_index", "tasks", "length"] and cols[-2:] == ["meta/episodes/chunk_index",
+                                                                            "meta/episodes/file_index"]
+
+
+def test_depth_video_round_trips_in_millimetres(tmp_path):
+    from hybridsim.output.video import DepthQuantization, dequantize_depth, quantize_depth
+
+    w = EpisodeWriter(tmp_path, 0, FPS)
+    depth = (np.linspace(300, 4000, 32 * 48).reshape(32, 48)).astype(np.uint16)
+    for t in range(4):
+        w.add_frame({"observation.state": np.zeros(4)}, {KEY: _images(0, 4)[t]},
+                    {"observation.images.cam.depth": depth + 10 * t})
+    w.commit({"task": "t", "features": {"observation.state": FEATURES["observation.state"]}})
+    info = merge(tmp_path, 1)
+    verify(tmp_path)
+    f = info["features"]["observation.images.cam.depth"]
+    assert f["shape"] == [32, 48, 1] and f["info"]["is_depth_map"] and f["info"]["depth_unit"] == "mm"
+    assert (f["info"]["video.codec"], f["info"]["video.pix_fmt"]) == ("hevc", "gray12le")
+    got = decode_episode(tmp_path, "observation.images.cam.depth", 0)
+    q = DepthQuantization()
+    np.testing.assert_allclose(got[2], dequantize_depth(quantize_depth(depth + 20, q), q), atol=1e-3)  # lossless codes
+    step = (depth + 3500.0) * np.log(13.5 / 3.51) / 4095
+    assert (np.abs(got[2] - (depth + 20)) <= step / 2 + 0.05).all()  # within half a 12-bit step (float32 math)
+    assert load_stats(tmp_path)["observation.images.cam.depth"]["max"] == [[[float(depth.max() + 30)]]]
+
+
+def test_gop_and_provenance_and_integer_fps(tmp_path):
+    import av
+
+    from hybridsim.output.dataset import lerobot_fps
+    from hybridsim.output.video import VideoError, VideoSettings
+
+    w = EpisodeWriter(tmp_path, 0, FPS, VideoSettings(gop=3))
+    for img in _images(0, 9):
+        w.add_frame({"observation.state": np.zeros(4)}, {KEY: img})
+    w.commit({"task": "t", "features": {"observation.state": FEATURES["observation.state"]}})
+    info = merge(tmp_path, 1, provenance={"scenario": "x"})
+    assert info["features"][KEY]["info"]["video.g"] == 3 and "hybridsim" not in info
+    assert json.loads((tmp_path / "meta/hybridsim.json").read_text()) == {"scenario": "x"}
+    with av.open(str(tmp_path / f"videos/{KEY}/chunk-000/file-000.mp4")) as c:
+        keys = [p.is_keyframe for p in c.demux(video=0) if p.dts is not None]
+    assert sum(keys) == 3  # frames 0, 3, 6
+    with pytest.raises(VideoError, match="gop=0"):
+        VideoSettings(gop=0)
+    with pytest.raises(DatasetError, match="integer fps"):
+        lerobot_fps(12.5)
