@@ -19,6 +19,7 @@ ACTION_KINDS = ("impulse", "force", "torque", "set_velocity", "joint_targets", "
                 "set_friction", "set_mass", "set_gravity", "move_camera")
 MESH_SUFFIXES = (".obj", ".glb", ".gltf", ".stl", ".ply")
 LEAVES = ("contact", "speed", "height", "distance", "at_rest", "in_region", "time", "visible")  # of a Condition
+CONTROL_KINDS = ("joint_targets", "impulse", "force", "torque", "move_camera")  # of an `actions:` entry
 
 
 @dataclass
@@ -242,6 +243,31 @@ class Lighting:
     intensity: float = 5.0  # the sun's irradiance in the path tracer (W/m^2)
     ambient: Vec3 = (0.1, 0.1, 0.1)
     environment: LightingEnvironment | None = None
+
+
+@dataclass
+class Control:
+    """One entry of `actions:`: something an agent commands at every step of the interactive
+    environment (hybridsim.interactive). Each entry adds components to the action vector, named as
+    the dataset's `action` feature names them (hybridsim.output.actions):
+
+    - joint_targets: `<entity>.<joint>.target` per joint, the PD position target (radians or
+      metres), bounded by the joint's limits in the URDF/MJCF unless `low` / `high` narrow them;
+    - impulse / force / torque: `<entity>.<kind>.{x,y,z}` in [-limit, limit] (N*s, N, N*m, world
+      frame); an impulse acts once before the step's first physics step, a force or torque over
+      all the physics steps of the step (one output frame);
+    - move_camera: `<camera>.move_camera.{x,y,z}`, the camera position's change in metres per step
+      within [-limit, limit]; it keeps looking at its lookat point.
+    """
+
+    name: str
+    kind: Literal["joint_targets", "impulse", "force", "torque", "move_camera"]
+    entity: str | None = None  # joint_targets: a urdf/mjcf robot; impulse/force/torque: a free body
+    joints: list[str] = field(default_factory=list)  # joint_targets: [] = every 1-dof joint of the robot
+    low: list[float] | None = None  # joint_targets: per joint in `joints`; default the URDF/MJCF limits
+    high: list[float] | None = None
+    limit: float | None = None  # impulse N*s, force N, torque N*m per component; move_camera m per step
+    camera: str | None = None  # move_camera
 
 
 def event_name(ev: Event, index: int) -> str:

@@ -12,7 +12,9 @@ v2, the rare-event language (docs/scenarios.md), adds, all optional so v1 files 
   `max_count` and a list of `actions`; a v1 event (`at` + `kind` + `entity` ...) is a timed
   event with one action;
 - `require:` (reject an episode where an event did not fire, or fired out of sight) and
-  `terminate:` (time limit; everything at rest for a while).
+  `terminate:` (time limit; everything at rest for a while);
+- `actions:` (what an agent commands at every step of the interactive environment: robot joint
+  targets, pushes on bodies, camera motion; parts.Control), keyed by name like entities.
 `Scenario` is here with the checks that need all of it (`validate`, run by `Scenario.from_dict`, and
 those of the event language); the parts it is made of are in `parts.py` (re-exported here, as is
 `SpecError`), their conversion from YAML data in `convert.py` and their own checks in `validate.py`.
@@ -30,11 +32,12 @@ from hybridsim.scenario.distributions import _PARAMS, Distribution, Param, check
 from hybridsim.scenario.errors import SpecError
 from hybridsim.scenario.files import absolute_files
 from hybridsim.scenario.parts import (  # noqa: F401 (re-exported: spec is the language's public face)
-    ACTION_KINDS, ENTITY_TYPES, EVENT_KINDS, LEAVES, MESH_SUFFIXES, Action, After, Appearance, AtRest, Camera,
-    Condition, Contact, Distance, Entity, Event, HDRI_NAMES, Lighting, LightingEnvironment, Quat, Region, Require,
+    ACTION_KINDS, CONTROL_KINDS, ENTITY_TYPES, EVENT_KINDS, LEAVES, MESH_SUFFIXES, Action, After, Appearance, AtRest, Camera,
+    Condition, Contact, Control, Distance, Entity, Event, HDRI_NAMES, Lighting, LightingEnvironment, Quat, Region, Require,
     Template, Terminate, Threshold,
     TimeWindow, Timing, Vec3, Visible, event_actions, event_name)
-from hybridsim.scenario.validate import _validate_camera, _validate_entity, _validate_lighting, _walk_distributions
+from hybridsim.scenario.validate import (_validate_camera, _validate_controls, _validate_entity, _validate_lighting,
+                                         _walk_distributions)
 
 
 @dataclass
@@ -52,13 +55,14 @@ class Scenario:
     require: list[Require] = field(default_factory=list)
     terminate: Terminate | None = None
     lighting: Lighting = field(default_factory=Lighting)
+    actions: list[Control] = field(default_factory=list)  # the interactive environment's action space
 
     # ------------------------------------------------------------ conversion
     @classmethod
     def from_dict(cls, data: dict, path: str = "scenario", base_dir: str | Path | None = None) -> "Scenario":
         """Build and validate from plain YAML data. Raises SpecError."""
         data = dict(_require_mapping(data, path))
-        for key in ("entities", "cameras", "templates"):
+        for key in ("entities", "cameras", "templates", "actions"):
             if key in data:
                 data[key] = _named_list(data[key], f"{path}.{key}")
         if data.get("params") is not None:
@@ -71,8 +75,12 @@ class Scenario:
     def to_dict(self) -> dict:
         """Plain data in the YAML layout (entities/templates/cameras keyed by name)."""
         out = _plain(self)
-        for key in ("entities", "cameras", "templates"):
+        for key in ("entities", "cameras", "templates", "actions"):
             out[key] = {item.pop("name"): item for item in out[key]}
+        if not out["actions"]:  # absent from files written before the section existed: keep them equal
+            del out["actions"]
+        else:  # only what is set, as it would be written by hand
+            out["actions"] = {k: {f: v for f, v in c.items() if v not in (None, [])} for k, c in out["actions"].items()}
         return out
 
     def entity(self, name: str) -> Entity:
@@ -153,6 +161,7 @@ def _validate(s: Scenario, path: str, base_dir) -> None:
     for c in s.cameras:
         _validate_camera(c, f"{path}.cameras.{c.name}")
     validate_events(s, path)
+    _validate_controls(s.actions, s, f"{path}.actions")
 
 
 def _validate_templates(s: Scenario, path: str, names: set[str], base_dir) -> None:

@@ -163,3 +163,63 @@ def _validate_camera(c: Camera, path: str) -> None:
     if not _has_distribution(c.pos) and not _has_distribution(c.lookat) and \
             sum((a - b) ** 2 for a, b in zip(c.pos, c.lookat)) < 1e-12:
         raise SpecError(f"{path}.lookat", "must differ from pos")
+
+
+def _validate_controls(controls: list, s, path: str) -> None:
+    """The `actions:` section (parts.Control): kinds, targets, bounds. Joint names and limits need the
+    robot's file, so the interactive environment checks those against the built world (naming the
+    same YAML path). Controls are fixed per scenario: no distributions."""
+    entities = {e.name: e for e in s.entities}
+    copies = {f"{t.name}_{i}" for t in s.templates for i in range(t.capacity)}
+    seen: dict[tuple, str] = {}
+    for c in controls:
+        p = f"{path}.{c.name}"
+        for f in dataclasses.fields(c):
+            if _has_distribution(getattr(c, f.name)) or (isinstance(getattr(c, f.name), list) and
+                                                         any(isinstance(v, Distribution) for v in getattr(c, f.name))):
+                raise SpecError(f"{p}.{f.name}", "an action's settings are fixed; give a plain value, not a distribution")
+        allowed = {"joint_targets": {"entity", "joints", "low", "high"}, "move_camera": {"camera", "limit"}}.get(
+            c.kind, {"entity", "limit"})
+        for key in ("entity", "joints", "low", "high", "limit", "camera"):
+            if key not in allowed and getattr(c, key) not in (None, []):
+                raise SpecError(f"{p}.{key}", f"not used by {c.kind}; {c.kind} takes {sorted(allowed)}")
+        if c.kind == "move_camera":
+            names = [cam.name for cam in s.cameras]
+            if c.camera not in names:
+                raise SpecError(f"{p}.camera", f"unknown camera {c.camera!r}; cameras are {names}")
+            target = ("camera", c.camera)
+        else:
+            if c.entity is None:
+                raise SpecError(f"{p}.entity", f"{c.kind} needs an entity")
+            if c.entity not in entities and c.entity not in copies:
+                raise SpecError(f"{p}.entity", f"unknown entity {c.entity!r}; entities are {list(entities)}")
+            e = entities.get(c.entity)
+            robot = e is not None and e.type in ("urdf", "mjcf")
+            if c.kind == "joint_targets" and not robot:
+                raise SpecError(f"{p}.entity", f"'{c.entity}' is not a robot; joint_targets needs a urdf/mjcf entity")
+            if c.kind != "joint_targets" and e is not None and (e.fixed or e.type in ("plane", "urdf", "mjcf")):
+                raise SpecError(f"{p}.entity", f"'{c.entity}' is not a free rigid body; {c.kind} needs one "
+                                               "(joint_targets moves a robot)")
+            target = (c.entity, c.kind)
+        if target in seen:
+            raise SpecError(p, f"'{seen[target]}' already commands {target[1]} of '{target[0]}'; merge the two")
+        seen[target] = c.name
+        if c.kind == "joint_targets":
+            _validate_joint_bounds(c, p)
+        elif c.limit is None or not c.limit > 0:
+            unit = {"impulse": "N*s", "force": "N", "torque": "N*m", "move_camera": "metres per step"}[c.kind]
+            raise SpecError(f"{p}.limit", f"{c.kind} needs a limit > 0 ({unit}, per component), got {c.limit}; "
+                                          "e.g. limit: 1.0")
+
+
+def _validate_joint_bounds(c, p: str) -> None:
+    if len(set(c.joints)) != len(c.joints):
+        raise SpecError(f"{p}.joints", f"a joint is listed twice in {c.joints}")
+    for key in ("low", "high"):
+        v = getattr(c, key)
+        if v is not None and (not c.joints or len(v) != len(c.joints)):
+            raise SpecError(f"{p}.{key}", f"give one value per joint in `joints` ({len(c.joints)} listed), "
+                                          f"got {len(v)}; or leave it out to use the robot's joint limits")
+    if c.low is not None and c.high is not None and any(lo >= hi for lo, hi in zip(c.low, c.high)):
+        bad = next(i for i, (lo, hi) in enumerate(zip(c.low, c.high)) if lo >= hi)
+        raise SpecError(f"{p}.low", f"low {c.low[bad]} must be < high {c.high[bad]} for joint '{c.joints[bad]}'")
