@@ -135,3 +135,62 @@ class KVCache:
     def read(self, layer: int) -> tuple[Tensor, Tensor]:
         """Views of the valid slots: ([B, local_end, heads, head_dim], same)."""
         return self.keys[layer][:, :self.local_end], self.values[layer][:, :self.local_end]
+
+    # ---- provisional blocks and snapshots (interactive use: a refined frame every step, branching) ----
+    def reserve(self, num_frames: int) -> None:
+        """Evict now what appending a block of `num_frames` would evict. A shorter provisional block
+        appended after this (then dropped with `rollback`) sees exactly the context the full block
+        will, and the full block's own append then evicts nothing: the valid slots end up as they
+        would without the provisional block."""
+        overflow = self.local_end + num_frames * self.tokens_per_frame - self.max_tokens
+        if overflow > 0:
+            self._evict(overflow)
+
+    def mark(self) -> CacheMark:
+        """The counters now; `rollback(mark)` forgets every block appended since."""
+        return CacheMark(self.global_end, self.local_end, self.block_tokens)
+
+    def rollback(self, mark: CacheMark) -> None:
+        """Drop the blocks appended since `mark` (their slots become free again). Only valid when
+        nothing was evicted since: call `reserve` for the largest block first."""
+        if self.local_end < mark.local_end or self.global_end - mark.global_end != self.local_end - mark.local_end:
+            raise RefineError("cannot roll the KV cache back: frames were evicted since the mark; call "
+                              "cache.reserve(frames_per_block) before appending a provisional block")
+        self.global_end, self.local_end, self.block_tokens = mark.global_end, mark.local_end, mark.block_tokens
+
+    def snapshot(self) -> CacheSnapshot:
+        """A copy of the valid slots and counters (slots past local_end are never read, so not kept)."""
+        n = self.local_end
+        return CacheSnapshot(self.mark(), self.batch_size, [k[:, :n].clone() for k in self.keys],
+                             [v[:, :n].clone() for v in self.values])
+
+    def restore(self, snap: CacheSnapshot) -> None:
+        """Back to a snapshot of this cache (or of one with the same shape): bit-identical reads after."""
+        if snap.batch_size != self.batch_size or len(snap.keys) != self.num_layers or \
+                (snap.keys and tuple(snap.keys[0].shape[2:]) != (self.heads, self.head_dim)):
+            raise RefineError(f"cache snapshot of B={snap.batch_size}, {len(snap.keys)} layers does not fit this "
+                              f"cache (B={self.batch_size}, {self.num_layers} layers); restore into the refiner "
+                              "it was taken from")
+        n = snap.mark.local_end
+        for buf, saved in zip((*self.keys, *self.values), (*snap.keys, *snap.values)):
+            buf[:, :n].copy_(saved)
+        self.global_end, self.local_end, self.block_tokens = snap.mark.global_end, n, snap.mark.block_tokens
+
+
+@dataclass(frozen=True)
+class CacheMark:
+    """KVCache counters at one moment (tokens)."""
+
+    global_end: int
+    local_end: int
+    block_tokens: int
+
+
+@dataclass
+class CacheSnapshot:
+    """A KVCache's valid slots and counters."""
+
+    mark: CacheMark
+    batch_size: int
+    keys: list[Tensor]  # per layer [B, local_end, heads, head_dim]
+    values: list[Tensor]  # per layer [B, local_end, heads, head_dim]

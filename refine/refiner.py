@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from refine.cache import KVCache
+from refine.cache import CacheSnapshot, KVCache
 from refine.config import SamplerConfig
 from refine.errors import RefineError
 from refine.layout import FrameLayout
@@ -112,6 +113,63 @@ class Refiner:
         self.blocks_done += 1
         return model.from_diffusion(x0, cond, clamp=not self.latent).to(src_device)
 
+    @torch.no_grad()
+    def preview(self, cond: Tensor) -> Tensor:
+        """cond [B, k, C_cond, H, W], 1 <= k <= F: the frames gathered so far of the block being
+        filled -> their refined rgb [B, k, 3, H, W] now, before the block is complete.
+
+        A provisional k-frame block runs the sampler over the cache (no clean pass) and is dropped:
+        the cache counters, the noise generators and `blocks_done` are left as they were, so the
+        full block pushed later is refined bit-identically to a run without previews. The cache
+        first evicts what the full block's append will (`KVCache.reserve`), so the provisional
+        frames see the context the full block will see, minus the block's later frames."""
+        spec = self.model.spec
+        k = cond.shape[1] if isinstance(cond, Tensor) and cond.ndim == 5 else -1
+        if self.recompute:
+            raise RefineError("preview() needs the KV cache; build the Refiner with recompute=False")
+        if not 1 <= k <= self.frames_per_block:
+            raise RefineError(f"preview cond {tuple(getattr(cond, 'shape', ()))} must be [B, k, C, H, W] with "
+                              f"1 <= k <= F = {self.frames_per_block}")
+        full = torch.cat([cond, cond[:, -1:].expand(-1, self.frames_per_block - k, -1, -1, -1)], 1)
+        self._check(full)  # the same shape, dtype and reset checks as push
+        cond = cond.to(self.device)
+        shape = (k, spec.out_channels, self.height, self.width)
+        states = [g.get_state() for g in self._gens]  # a preview must not move the noise streams
+        noise = block_noise(self.sampler.cfg.noise, (self.batch_size, *shape),
+                            lambda: draw_noise(self._gens, shape, self.device), self._static, self.device)
+        self.cache.reserve(self.frames_per_block)
+        mark = self.cache.mark()
+        try:
+            def denoise(x: Tensor, sigma: float, first: bool) -> Tensor:
+                t = torch.full((self.batch_size, k), 1000.0 * sigma, device=self.device)
+                return self.model.forward_cached(x, cond, t, self.cache, "append" if first else "overwrite")
+
+            x0 = self.sampler.sample(denoise, self.model.coarse_x0(cond), noise)
+        finally:
+            self.cache.rollback(mark)
+            for g, st in zip(self._gens, states):
+                g.set_state(st)
+        return self.model.from_diffusion(x0, cond, clamp=not self.latent)
+
+    def snapshot(self) -> RefinerState:
+        """Everything the next push depends on: cache slots and counters, noise generator states,
+        blocks done (and the recompute context). `restore` makes the following pushes bit-identical."""
+        return RefinerState(self.batch_size, self.blocks_done, None if self.cache is None else self.cache.snapshot(),
+                            [g.get_state() for g in self._gens], self._static, self._ctx_x0, self._ctx_cond,
+                            list(self._ctx_block), self._ctx_sink)
+
+    def restore(self, state: RefinerState) -> None:
+        if state.batch_size != self.batch_size:
+            raise RefineError(f"refiner state of batch {state.batch_size} does not fit this refiner (batch "
+                              f"{self.batch_size}); reset(batch_size) first or restore into the refiner it came from")
+        if state.cache is not None:
+            self.cache.restore(state.cache)
+        for g, st in zip(self._gens, state.generators):
+            g.set_state(st)
+        self.blocks_done, self._static = state.blocks_done, state.static
+        self._ctx_x0, self._ctx_cond = state.ctx_x0, state.ctx_cond
+        self._ctx_block, self._ctx_sink = list(state.ctx_block), state.ctx_sink
+
     def _recompute_step(self, x: Tensor, cond: Tensor, sigma: float) -> Tensor:
         """Dense forward over [sink + window context (t=0) | noisy block] -> block velocity."""
         f = self.frames_per_block
@@ -160,3 +218,18 @@ class Refiner:
         self.reset(b, seed)
         out = [self.push(cond[:, i:i + f].contiguous()) for i in range(0, t + pad, f)]
         return torch.cat(out, 1)[:, :t]
+
+
+@dataclass
+class RefinerState:
+    """A Refiner's rollout state (Refiner.snapshot); tensors are copies or never written in place."""
+
+    batch_size: int
+    blocks_done: int
+    cache: CacheSnapshot | None
+    generators: list[Tensor]  # torch.Generator.get_state() per env
+    static: Tensor | None  # noise="static" fields [B, steps, 1, C, H, W]
+    ctx_x0: Tensor | None  # recompute context [B, n, 3, H, W]
+    ctx_cond: Tensor | None  # [B, n, Cc, H, W]
+    ctx_block: list[int]
+    ctx_sink: int
