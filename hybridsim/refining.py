@@ -363,6 +363,41 @@ class StreamRefiner:
         self._conds = {c.name: [] for c in self.cameras}
         return block
 
+    def step(self, frame) -> list:
+        """Interactive use: give `frame` a refined image now, not up to F - 1 frames later.
+
+        When the frame completes a block, the block is refined as `push` does (the block's earlier
+        frames get their final images) and its frames are returned. Otherwise `frame.refined` is a
+        provisional refinement of the unfinished block (refine.Refiner.preview), [] is returned,
+        and the KV cache is left as it was: the final frames equal the offline stream's, bit for bit.
+        """
+        import torch
+
+        block = self.collect(frame)
+        if block is not None:
+            return self.refine_block(block)
+        t0 = time.perf_counter()
+        refined = {}
+        for cam in self.cameras:
+            rgb = self.refiners[cam.name].preview(torch.cat(self._conds[cam.name], 1))  # [B, k, 3, H, W]
+            refined[cam.name] = np.ascontiguousarray(_to_uint8(rgb)[:, -1])  # [B, H, W, 3]
+        frame.refined = refined
+        self.timings["preview_s"] += time.perf_counter() - t0
+        self.timings["preview_frames"] += 1
+        return []
+
+    def save(self) -> StreamState:
+        """The rollout state (every camera's cache and noise streams, the unfinished block)."""
+        return StreamState({n: r.snapshot() for n, r in self.refiners.items()}, list(self._pending),
+                           {n: list(c) for n, c in self._conds.items()})
+
+    def restore(self, state: StreamState) -> None:
+        """Back to `save()`'s state: the following blocks are refined bit-identically."""
+        for name, r in self.refiners.items():
+            r.restore(state.refiners[name])
+        self._pending = list(state.pending)
+        self._conds = {n: list(c) for n, c in state.conds.items()}
+
     def refine_block(self, block: _Block) -> list:
         """Run the model on one block; -> its real frames with `.refined` set. Blocks must come in
         order (each camera's KV cache advances)."""
@@ -373,13 +408,27 @@ class StreamRefiner:
         for cam in self.cameras:
             cond = torch.cat(block.conds[cam.name], 1)  # [B, F, C, H, W]
             rgb = self.refiners[cam.name].push(cond)  # [B, F, 3, H, W] in [0, 1]
-            out[cam.name] = (rgb.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 1, 3, 4, 2)
-                             .cpu().numpy())  # [B, F, H, W, 3]
+            out[cam.name] = _to_uint8(rgb)  # [B, F, H, W, 3]
         for k, frame in enumerate(block.frames):
             frame.refined = {name: np.ascontiguousarray(v[:, k]) for name, v in out.items()}
         self.timings["refine_s"] += time.perf_counter() - t0
         self.timings["refine_blocks"] += 1
         return block.frames
+
+
+def _to_uint8(rgb) -> np.ndarray:  # [B, T, 3, H, W] float in [0, 1] -> [B, T, H, W, 3] uint8
+    import torch
+
+    return rgb.clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+
+
+@dataclass
+class StreamState:
+    """StreamRefiner.save(): per camera a refine.RefinerState, and the frames of the unfinished block."""
+
+    refiners: dict
+    pending: list
+    conds: dict
 
 
 @dataclass
