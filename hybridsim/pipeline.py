@@ -185,6 +185,7 @@ class Simulation:
         self.world.restore(snap.world)
         self.engine.restore(snap.engine)
         self.frame_index, self._prev_means = snap.frame_index, snap.prev_means
+        self._prev_frame = None  # whichever frame prev_means came from, the next render uses it
         for n, v in snap.viewmats.items():
             self.cameras[n].viewmat[:] = v
         self.done, self.end_frame = snap.done.copy(), snap.end_frame.copy()
@@ -258,6 +259,8 @@ class Simulation:
 
         g = self.splats.posed(state.body_pos, state.body_quat)
         bg = torch.tensor(self.cfg.render.background, dtype=torch.float32)
+        # the same frame drawn again (reset() then frames()) has not moved: its flow is exactly zero
+        prev = None if getattr(self, "_prev_frame", None) == self.frame_index else self._prev_means
         out, lit = {}, {}
         if self.cfg.render.lit and self._env is None:
             self._env = environment(self.scenario)
@@ -270,7 +273,7 @@ class Simulation:
                 from render.project import camera_centers
 
                 normals, planes = splat_normals(g, camera_centers(view)[:, 0]), normal_planes(self.planes)
-            gb = rasterize(g, view, K, cam.width, cam.height, prev_means=self._prev_means,
+            gb = rasterize(g, view, K, cam.width, cam.height, prev_means=prev,
                            background=(0.0, 0.0, 0.0), backend=self.cfg.render.backend, extra=normals)
             gb = composite_planes(gb, planes, view, K, far=self.cfg.render.plane_far)  # splats over planes
             if self.cfg.render.lit:
@@ -279,7 +282,7 @@ class Simulation:
                 self.timings["lit_render_s"] += time.perf_counter() - t0
             gb.rgb = gb.rgb + (1.0 - gb.alpha)[..., None] * bg
             out[name] = gb
-        self._prev_means = g.means
+        self._prev_means, self._prev_frame = g.means, self.frame_index
         return out, lit
 
 
