@@ -9,7 +9,8 @@ import render
 
 RENDER_DIR = pathlib.Path(render.__file__).resolve().parent
 FORBIDDEN = {"physics", "refine", "hybridsim"}
-ALLOWED_THIRD_PARTY = {"torch", "numpy", "gsplat", "trimesh"}
+# bpy (with its bundled mathutils and OpenImageIO) is the path tracer's own library, imported lazily
+ALLOWED_THIRD_PARTY = {"torch", "numpy", "gsplat", "trimesh", "bpy", "mathutils", "OpenImageIO"}
 
 
 def _imports(path: pathlib.Path) -> set[str]:
