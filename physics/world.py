@@ -372,6 +372,18 @@ class World(WorldActions):
                 out[j.name] = pos[:, idx.index(d)].copy() if d in idx else now[:, d].copy()
         return out
 
+    def joint_limits(self, name: str) -> dict[str, tuple[float, float]]:
+        """Read-only: robot `name`'s position limits from its URDF/MJCF, joint -> (low, high) (radians or
+        metres; +-inf for an unlimited joint), for every 1-dof joint, as Genesis built them (env 0)."""
+        i = self.entity_index(name)
+        if self.spec.bodies[i].kind not in ("urdf", "mjcf"):
+            raise PhysicsError(f"entity '{name}' is not a robot; joint limits need a urdf or mjcf entity")
+        ent = self.entities[i]
+        lo, hi = (np.asarray(v.cpu() if hasattr(v, "cpu") else v, dtype=np.float64).reshape(-1, ent.n_dofs)[0]
+                  for v in ent.get_dofs_limit())
+        return {j.name: (float(lo[d]), float(hi[d])) for j in ent.joints if j.n_dofs == 1
+                for d in [int(np.atleast_1d(j.dofs_idx_local)[0])]}
+
     # ------------------------------------------------------------------ step
     def step(self) -> None:
         for i, (idx, pos) in self._targets.items():

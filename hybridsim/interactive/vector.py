@@ -1,0 +1,144 @@
+"""`HybridSimVectorEnv`: N environments batched inside one Genesis scene and refined in one refiner
+batch, as a `gymnasium.vector.VectorEnv` (hybridsim.make_vec_env).
+
+Observations are the single environment's (env.py) with a leading [N] axis; actions [N, A].
+Autoreset follows Gymnasium's NEXT_STEP mode, with one constraint of the batch: Genesis'
+batched environments share one clock (timed events fire by the batch's physics step), so the
+environments start their episodes together. An environment whose episode ends while others run
+waits: its observation stays its last one, its reward is 0 and `info["waiting"]` is true; on the
+step where the last running environment ends, the waiting ones report `truncated=True`; the next
+step resets every environment (reset observations, reward 0, no termination), as NEXT_STEP does.
+With the shipped scenarios (episodes end by their duration) all environments end together and
+this is exactly Gymnasium's behaviour.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from hybridsim.interactive.env import episode_status, interactive_config, observation_space, refined_is_provisional
+from hybridsim.interactive.errors import InteractiveError
+from hybridsim.interactive.session import Observer, Session
+from hybridsim.interactive.tasks import Task
+
+
+class HybridSimVectorEnv(VectorEnv):
+    """`num_envs` environments of one scenario, one Genesis build, one refiner batch."""
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20, "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(self, scenario="default", *args: str, num_envs: int = 1, overrides=(), images=(), task=None,
+                 render_mode: str | None = None, render_camera: str | None = None, **options):
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise InteractiveError(f"num_envs={num_envs!r} must be an integer >= 1")
+        if "n_envs" in options:
+            raise InteractiveError("give the number of environments as num_envs=, not n_envs=")
+        if render_mode not in (None, "rgb_array"):
+            raise InteractiveError(f"render_mode={render_mode!r}; use None or 'rgb_array'")
+        cfg, base = interactive_config(scenario, (*overrides, *args), n_envs=num_envs, **options)
+        self.session = Session(cfg, base, tuple(images))
+        self.observer = Observer(self.session)
+        self.task = Task.of(task)
+        self.task.check(self.session)
+        self.num_envs, self.render_mode = num_envs, render_mode
+        self.render_camera = render_camera or self.session.cameras[0]
+        self.metadata = dict(self.metadata, render_fps=int(round(cfg.scenario.timing.fps)))
+        layout = self.session.layout
+        self.single_action_space = spaces.Box(layout.low, layout.high, (layout.size,), np.float32)
+        self.single_observation_space = observation_space(self.session, self.observer)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_names = list(layout.names)
+        self._obs: dict | None = None
+        self._autoreset = False
+
+    def reset(self, *, seed: int | list[int] | None = None, options: dict | None = None):
+        """Reset every environment; `seed` (one int: the batch's root seed, env b's episode is
+        derived from it) makes the episodes reproducible."""
+        if isinstance(seed, (list, tuple)):
+            if len(set(seed)) > 1 or len(seed) != self.num_envs:
+                raise InteractiveError("the batch shares one root seed (each env's episode is derived from it); "
+                                       "give seed=<int>")
+            seed = seed[0]
+        if options:
+            mask = options.get("reset_mask")
+            if set(options) - {"reset_mask"} or (mask is not None and not np.all(mask)):
+                raise InteractiveError("the batched environments share one clock and reset together; "
+                                       "reset options (a partial reset_mask) are not supported")
+        super().reset(seed=seed)
+        frame = self.session.reset(seed)
+        self._autoreset = False
+        self._obs = self.observer.batch(frame)
+        return _copy(self._obs), self._infos(frame, waiting=np.zeros(self.num_envs, bool))
+
+    def step(self, actions):
+        s = self.session
+        if s.frame is None:
+            raise InteractiveError("step() before reset(); call reset() first")
+        if self._autoreset:  # NEXT_STEP: every env ended on the previous step
+            obs, infos = self.reset()
+            zeros = np.zeros(self.num_envs, dtype=bool)
+            return obs, np.zeros(self.num_envs), zeros, zeros.copy(), infos
+        a = s.check_action(np.asarray(actions, dtype=np.float32) if not isinstance(actions, dict) else actions)
+        waiting = s.ended.copy()
+        frame = s.step(a)
+        rewards, terminated, truncated = episode_status(s, self.task, frame, a)
+        new = self.observer.batch(frame)
+        self._obs = _merge(self._obs, new, ~waiting)
+        rewards[waiting] = 0.0
+        terminated &= ~waiting
+        truncated &= ~waiting
+        s.ended |= terminated | truncated
+        if s.ended.all():
+            truncated |= waiting  # the waiting stretch ends here; the next step resets every env
+            self._autoreset = True
+        return _copy(self._obs), rewards, terminated, truncated, self._infos(frame, waiting)
+
+    def render(self):
+        if self.render_mode == "rgb_array" and self._obs is not None:
+            return tuple(np.array(img, copy=True) for img in self._obs["images"][self.render_camera])
+        return None
+
+    def close_extras(self, **kwargs):
+        if getattr(self, "session", None) is not None:
+            self.session.sim.close()
+
+    # ------------------------------------------------------------ branching
+    def save(self, tag: str | None = None):
+        """State of the whole batch (see HybridSimEnv.save)."""
+        return (self.session.save(tag), self._obs, self._autoreset)
+
+    def restore(self, state, tag: str | None = None):
+        sess_state, obs, autoreset = state
+        self.session.restore(sess_state, tag)
+        self._obs, self._autoreset = obs, autoreset
+        return _copy(obs)
+
+    def _infos(self, frame, waiting: np.ndarray) -> dict:
+        infos: dict = {}
+        provisional = refined_is_provisional(self.session)
+        for b in range(self.num_envs):
+            info = {"events": [dict(r) for r in frame.events if r.get("env", 0) == b], "frame": int(frame.index),
+                    "t": float(frame.t), "provisional": provisional, "waiting": bool(waiting[b])}
+            infos = self._add_info(infos, info, b)
+        return infos
+
+
+def _merge(old: dict | None, new: dict, take: np.ndarray) -> dict:
+    """new where `take` [N] else old (waiting envs keep their last observation)."""
+    if old is None or take.all():
+        return new
+    if isinstance(new, dict):
+        return {k: _merge(old[k], v, take) for k, v in new.items()}
+    out = np.array(old, copy=True)
+    out[take] = new[take]
+    return out
+
+
+def _copy(obs):
+    if isinstance(obs, dict):
+        return {k: _copy(v) for k, v in obs.items()}
+    return np.array(obs, copy=True)
