@@ -7,6 +7,8 @@ Quick to import: the heavy stages load on first use.
     ds = hybridsim.generate("default", episodes=100, n_envs=4)  # LeRobot v3.0 dataset in datasets/default/
     sim = hybridsim.Simulation(hybridsim.compose(["scenario=stack_topple"]))
     for frame in sim.frames(): ...
+    env = hybridsim.make_env("franka_push")             # gymnasium.Env, a refined frame every step
+    envs = hybridsim.make_vec_env("default", num_envs=4)  # gymnasium.vector.VectorEnv
 """
 
 __version__ = "0.1.0"
@@ -32,6 +34,8 @@ _LAZY = {
     "Lighting": "hybridsim.scenario.spec",
     "sample_scenario": "hybridsim.scenario.sampling",
     "layout_key": "hybridsim.scenario.sampling",
+    "make_env": "hybridsim.interactive.registration",
+    "make_vec_env": "hybridsim.interactive.registration",
 }
 
 __all__ = list(_LAZY)

@@ -133,10 +133,22 @@ class HybridSimEnv(gym.Env):
         continues bit-identically, so a rollout can branch here."""
         return self.session.save(tag)
 
-    def restore(self, state, tag: str | None = None):
+    def restore(self, state):
         """Back to a `save()`d state -> (obs, info) of that step."""
-        self.session.restore(state, tag)
+        self.session.restore(state)
         return self._obs(), self._info(self.session.frame, [])
+
+    def record(self, path):
+        """Record this session (seed, scenario, actions, saves and restores) to `path`, from the next
+        reset on; `hybridsim replay PATH` reproduces it bit-identically."""
+        from hybridsim.interactive.recording import record
+
+        return record(self.session, path).path
+
+    def stop_recording(self):
+        from hybridsim.interactive.recording import stop_recording
+
+        return stop_recording(self.session)
 
     # ------------------------------------------------------------ helpers
     def _obs(self) -> dict:

@@ -33,6 +33,7 @@ class SessionState:
     refined: dict  # camera -> uint8 [B, H, W, 3]: the refined images as they were observed
     ended: np.ndarray  # [B] bool
     steps: int
+    tag: str | None = None  # its name in a recording
 
 
 @dataclass
@@ -83,17 +84,21 @@ class Session:
     def reset(self, seed: int | None = None):
         """A new episode in every env -> its first Frame (refined). With `seed` the root seed is
         set and the episode index starts at 0; without, the next episode of the current root."""
-        from hybridsim.scenario.sampling import has_distributions, sample_scenario
-        from hybridsim.scenario.seeding import env_seeds
-
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
                 raise InteractiveError(f"seed={seed!r} must be an integer >= 0 (or None for the next episode)")
-            self.root_seed, self.episode = int(seed), 0
-        elif self.frame is not None:
-            self.episode += 1
+            return self.reset_episode(int(seed), 0)
+        return self.reset_episode(self.root_seed, self.episode + (self.frame is not None))
+
+    def reset_episode(self, root_seed: int, episode: int):
+        """Start episode `episode` of root seed `root_seed` in every env -> its first Frame. Env b
+        runs the scenario sampled with seeding.env_seeds(root_seed, episode, B)[b]."""
+        from hybridsim.scenario.sampling import has_distributions, sample_scenario
+        from hybridsim.scenario.seeding import env_seeds
+
+        self.root_seed, self.episode = int(root_seed), int(episode)
         if self.recorder is not None:
-            self.recorder.log_reset(seed)
+            self.recorder.log_reset(self.root_seed, self.episode)
         seeds = env_seeds(self.root_seed, self.episode, self.n_envs)
         if has_distributions(self.template):
             self.sim.reset([sample_scenario(self.template, s) for s in seeds])
@@ -110,6 +115,8 @@ class Session:
         self.ended[:] = False
         self.frame, self.steps = frame, 0
         self.last = StepTimings(total_s=time.perf_counter() - t0)
+        if self.recorder is not None:
+            self.recorder.after()
         return frame
 
     def check_action(self, actions) -> np.ndarray:
@@ -152,6 +159,8 @@ class Session:
         self.last = StepTimings(physics, t1 - t0 - physics, t2 - t1, t2 - t0)
         self.frame = frame
         self.steps += 1
+        if self.recorder is not None:
+            self.recorder.after()
         return frame
 
     # ------------------------------------------------------------ state
@@ -160,15 +169,15 @@ class Session:
         if self.frame is None:
             raise InteractiveError("save() before reset(); call reset() first")
         if self.recorder is not None:
-            self.recorder.log_save(tag)
+            tag = self.recorder.log_save(tag)
         return SessionState(self.sim.save(), None if self.refiner is None else self.refiner.save(), self.root_seed,
-                            self.episode, self.frame, self.refined, self.ended.copy(), self.steps)
+                            self.episode, self.frame, self.refined, self.ended.copy(), self.steps, tag)
 
-    def restore(self, state: SessionState, tag: str | None = None) -> None:
+    def restore(self, state: SessionState) -> None:
         if not isinstance(state, SessionState):
             raise InteractiveError(f"restore() takes a state from save(), got {type(state).__name__}")
         if self.recorder is not None:
-            self.recorder.log_restore(tag)
+            self.recorder.log_restore(state.tag)
         self.sim.restore(state.sim)
         if self.refiner is not None:
             self.refiner.restore(state.refiner)

@@ -111,11 +111,23 @@ class HybridSimVectorEnv(VectorEnv):
         """State of the whole batch (see HybridSimEnv.save)."""
         return (self.session.save(tag), self._obs, self._autoreset)
 
-    def restore(self, state, tag: str | None = None):
+    def restore(self, state):
         sess_state, obs, autoreset = state
-        self.session.restore(sess_state, tag)
+        self.session.restore(sess_state)
         self._obs, self._autoreset = obs, autoreset
         return _copy(obs)
+
+    def record(self, path):
+        """Record this session (seed, scenario, actions, saves and restores) to `path`, from the next
+        reset on; `hybridsim replay PATH` reproduces it bit-identically."""
+        from hybridsim.interactive.recording import record
+
+        return record(self.session, path).path
+
+    def stop_recording(self):
+        from hybridsim.interactive.recording import stop_recording
+
+        return stop_recording(self.session)
 
     def _infos(self, frame, waiting: np.ndarray) -> dict:
         infos: dict = {}
