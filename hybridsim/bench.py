@@ -14,6 +14,8 @@ Sections (select with `sections=render,physics,refine,pipeline`):
 - pathtrace: the path-traced reference (Cycles, `pathtrace_samples` spp + OpenImageDenoise, one
   thread) beside the lit splat render and the refiner, ms per frame at the scenario's resolution in
   one run, and their ratios (the refiner's target: >= 20x faster than the path tracer).
+- interactive (only when named): the Gymnasium environment's action -> refined-frame latency and
+  steps/s for 1 and 4 batched environments (hybridsim.interactive.bench).
 - latent (only when named; needs `clips=<train-refiner out>/clips`): pixel space vs the latent
   space of a small trained autoencoder, quality and ms per frame (hybridsim.training.latent_bench).
 `threads=N` sets torch's thread count first (on a shared CPU, 1 gives steady numbers).
@@ -52,8 +54,8 @@ class PhysicsBench:
     step_ms: float  # median per physics step (all envs)
 
 
-SECTIONS = ("render", "physics", "refine", "pipeline", "throughput", "pathtrace", "latent")
-DEFAULT_SECTIONS = SECTIONS[:-1]  # latent needs a folder of paired clips
+SECTIONS = ("render", "physics", "refine", "pipeline", "throughput", "pathtrace", "latent", "interactive")
+DEFAULT_SECTIONS = SECTIONS[:-2]  # latent needs a folder of paired clips; interactive only when named
 COUNTS = ("visible", "pairs")  # rasterize's timings also count visible Gaussians and tile pairs
 
 
@@ -67,6 +69,7 @@ class BenchReport:
     throughput: dict | None = None
     pathtrace: dict | None = None
     latent: dict | None = None
+    interactive: dict | None = None
 
 
 DEFAULTS = {"out": "bench", "sections": ",".join(DEFAULT_SECTIONS), "frames": 20, "scenario": "default",
@@ -319,6 +322,10 @@ def main(overrides: list[str]) -> int:
         if opts["space_steps"] > 0:
             report.latent["spaces"] = [asdict(r) for r in compare_spaces(opts["clips"], opts["space_steps"],
                                                                            fitted=fitted)]
+    if "interactive" in sections:
+        from hybridsim.interactive.bench import bench_interactive
+
+        report.interactive = bench_interactive(opts["scenario"], opts["frames"])
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(asdict(report), indent=2, default=float))
@@ -377,6 +384,10 @@ def to_markdown(r: BenchReport) -> str:
         lines += latent_markdown(LatentBench(**{k: v for k, v in r.latent.items() if k != "spaces"}))
         if spaces:
             lines += spaces_markdown([SpaceRun(**x) for x in spaces])
+    if r.interactive:
+        from hybridsim.interactive.bench import interactive_markdown
+
+        lines += interactive_markdown(r.interactive)
     return "\n".join(lines) + "\n"
 
 
