@@ -14,11 +14,14 @@ COMMANDS = {
     "export": "export a dataset's labels: coco dataset=DIR (instance masks and boxes, pycocotools-loadable)",
     "scenarios": "list the scenarios shipped in the package",
     "show-config": "print the composed, validated config for the given overrides",
+    "replay": "rerun a recorded interactive session: replay FILE [out_dir=DIR] (bit-identical, checked)",
+    "view": "live viewer in the browser: view scenario=NAME [port=8080] (viser; SSH port forwarding)",
 }
 
 
 # commands whose key=value options are a flat dict of typed defaults (listed by --help)
-OPTION_MODULES = {"bench": "hybridsim.bench", "train-refiner": "hybridsim.training.train_refiner",
+OPTION_MODULES = {"bench": "hybridsim.bench", "replay": "hybridsim.interactive.replay",
+                  "view": "hybridsim.interactive.viewer", "train-refiner": "hybridsim.training.train_refiner",
                   "eval-refiner": "hybridsim.training.refine_eval"}
 
 
@@ -77,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("HYBRIDSIM_DEBUG"):
             raise
         name = type(exc).__name__
-        if name in ("PhysicsError", "RenderError", "RefineError", "DatasetError", "DataError") or \
+        if name in ("PhysicsError", "RenderError", "RefineError", "DatasetError", "DataError", "InteractiveError") or \
                 isinstance(exc, OSError):  # OSError: a disk that filled up, a folder that vanished
             print(f"hybridsim: {name}: {_one_line(exc)}", file=sys.stderr)
             return 1
@@ -131,6 +134,14 @@ def _dispatch(command: str, overrides: list[str]) -> int:
         from hybridsim.bench import main as bench_main
 
         return bench_main(overrides)
+    if command == "replay":
+        from hybridsim.interactive.replay import main as replay_main
+
+        return replay_main(overrides)
+    if command == "view":
+        from hybridsim.interactive.viewer import main as view_main
+
+        return view_main(overrides)
     raise AssertionError(command)
 
 

@@ -27,8 +27,10 @@ def interactive_config(scenario, overrides=(), **options):
     from hybridsim.output.runner import resolve_config
     from hybridsim.refining import check_refine
 
-    options.setdefault("reference", "none")
-    options.setdefault("progress", False)
+    given = {o.split("=", 1)[0].lstrip("+") for o in overrides if isinstance(o, str)}
+    for key, value in (("reference", "none"), ("progress", False)):  # an override given as "key=value" wins
+        if key not in given:
+            options.setdefault(key, value)
     cfg, base = resolve_config(scenario, tuple(overrides), **options)
     if cfg.pathtraced_reference:
         raise InteractiveError("reference=pathtraced is too slow for interactive use; use reference=none or raster")
