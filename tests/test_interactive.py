@@ -203,5 +203,24 @@ def test_vector_env_check_and_autoreset(scenario):
         # 0.3 s = 6 frames: truncated together at frame 5, reset on the next step (NEXT_STEP)
         assert frames[4] == (5, [True, True], frames[4][2]) and frames[5] == (0, [False, False], [0.0, 0.0])
         assert not np.array_equal(obs["images"]["main"][0], obs["images"]["main"][1]) or scenario == "franka_push"
+        if scenario == "default":  # env 0 ends early: it waits, frozen, until env 1's episode ends
+            from hybridsim.interactive.tasks import Task
+
+            envs.unwrapped.task = Task(terminate=lambda ctx: np.array([ctx.frame.index >= 2, False]))
+            obs, _ = envs.reset(seed=7)
+            rows = []
+            for _ in range(6):
+                obs, reward, terminated, truncated, info = envs.step(np.zeros((2, 9), np.float32))
+                rows.append((int(info["frame"][0]), terminated.tolist(), truncated.tolist(), info["waiting"].tolist()))
+                if rows[-1][0] == 2:
+                    frozen = {k: v[0].copy() for k, v in obs["state"].items()}
+                if rows[-1][0] in (3, 4):
+                    assert all(np.array_equal(frozen[k], obs["state"][k][0]) for k in frozen) and reward[0] == 0
+            assert rows == [(1, [False, False], [False, False], [False, False]),
+                            (2, [True, False], [False, False], [False, False]),
+                            (3, [False, False], [False, False], [True, False]),
+                            (4, [False, False], [False, False], [True, False]),
+                            (5, [False, False], [True, True], [True, False]),
+                            (0, [False, False], [False, False], [False, False])]
     finally:
         envs.close()
