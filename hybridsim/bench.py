@@ -294,6 +294,10 @@ def main(overrides: list[str]) -> int:
 
         torch.set_num_threads(opts["threads"])
     sections = set(opts["sections"].split(","))
+    if "pathtrace" in sections:  # bpy must load before any section imports Genesis
+        from render.pathtrace import preload
+
+        preload()
     report = BenchReport(machine=_machine())
     if "physics" in sections:
         report.physics = [bench_physics(opts["scenario"], b) for b in (1, 4)]
