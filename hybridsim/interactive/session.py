@@ -102,8 +102,8 @@ class Session:
         seeds = env_seeds(self.root_seed, self.episode, self.n_envs)
         if has_distributions(self.template):
             self.sim.reset([sample_scenario(self.template, s) for s in seeds])
-        else:
-            self.sim.reset([self.template] * self.n_envs)
+        else:  # the same episode in every env and every reset: no reload of the world
+            self.sim.reset()
         self.sim.seeds = seeds  # the refiner's noise streams derive from them
         t0 = time.perf_counter()
         frame = self.sim.observe()
