@@ -58,6 +58,7 @@ def test_check_env_default(env):
 
 def test_random_episode_has_a_refined_frame_every_step(env):
     obs, info = env.reset(seed=4)
+    assert info["labels"]["instance"][3] == "crate" and info["labels"]["semantic_class"][3] == "box"
     env.action_space.seed(4)
     seen, provisional, done = 0, [], False
     while not done:

@@ -7,7 +7,8 @@ index + 1, 0 = background) per camera when asked for with `images=`; "state": bo
 velocities [K, ...] of every body slot (physics.World order) and the robots' joint positions.
 Action: a Box [A] laid out by the scenario's `actions:` (controls.py). info: "events" fired
 during the step, "frame", "t", "provisional" (the refined image is a preview of an unfinished
-refiner block). `env.timings`: the last step's wall times.
+refiner block); at reset also "labels" (instance id -> entity name and semantic class).
+`env.timings`: the last step's wall times.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ class HybridSimEnv(gym.Env):
         if options:
             raise InteractiveError(f"reset options {sorted(options)} are not supported; give seed= only")
         frame = self.session.reset(seed)
-        return self._obs(), self._info(frame, [])
+        return self._obs(), dict(self._info(frame, []), labels=instance_labels(self.session))
 
     def step(self, action):
         s = self.session
@@ -165,6 +166,12 @@ class HybridSimEnv(gym.Env):
     def timings(self):
         """session.StepTimings of the last step (kept out of `info`: wall times differ between runs)."""
         return self.session.last
+
+
+def instance_labels(s: Session) -> dict:
+    """The labels of the "instance" images: id -> entity name and semantic class (0: background)."""
+    return {"instance": {i + 1: e.name for i, e in enumerate(s.sim.scenario.entities)},
+            "semantic_class": {i + 1: e.semantic_class for i, e in enumerate(s.sim.scenario.entities)}}
 
 
 def refined_is_provisional(s: Session) -> bool:

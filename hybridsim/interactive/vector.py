@@ -19,7 +19,8 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from hybridsim.interactive.env import episode_status, interactive_config, observation_space, refined_is_provisional
+from hybridsim.interactive.env import (episode_status, instance_labels, interactive_config, observation_space,
+                                       refined_is_provisional)
 from hybridsim.interactive.errors import InteractiveError
 from hybridsim.interactive.session import Observer, Session
 from hybridsim.interactive.tasks import Task
@@ -72,7 +73,9 @@ class HybridSimVectorEnv(VectorEnv):
         frame = self.session.reset(seed)
         self._autoreset = False
         self._obs = self.observer.batch(frame)
-        return _copy(self._obs), self._infos(frame, waiting=np.zeros(self.num_envs, bool))
+        infos = self._infos(frame, waiting=np.zeros(self.num_envs, bool))
+        infos["labels"] = instance_labels(self.session)  # the same for every env of the batch
+        return _copy(self._obs), infos
 
     def step(self, actions):
         s = self.session
