@@ -64,7 +64,7 @@ def _light_camera(g: Gaussians, sun: Tensor, res: int) -> tuple[Tensor, Tensor]:
     rot = torch.stack((right, down, fwd), 1)  # [B, 3, 3] rows = camera axes
     view = torch.eye(4).repeat(len(eye), 1, 1)
     view[:, :3, :3], view[:, :3, 3] = rot, -(rot @ eye[..., None])[..., 0]
-    f = (res / 2) * dist / (1.05 * radius)  # the scene's bounding sphere fills the image
+    f = (res / 2) * dist / (1.2 * radius)  # the casters' bounding sphere, with a margin of a few texels
     K = torch.zeros(len(eye), 3, 3)
     K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = f, f, res / 2, res / 2, 1.0
     return view[:, None], K[:, None]
@@ -101,10 +101,12 @@ def sun_visibility(g: Gaussians, points: Tensor, env: Environment, backend: str 
     vis = torch.zeros_like(z)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
-            iu = (u - 0.5 + dx).round().long().clamp(0, res - 1)
-            iv = (v - 0.5 + dy).round().long().clamp(0, res - 1)
-            occ = torch.gather(depth.reshape(B, -1), 1, iv * res + iu)
-            vis += (z <= occ + bias).float()
+            iu, iv = (u - 0.5 + dx).round().long(), (v - 0.5 + dy).round().long()
+            # the map covers every caster's bounding sphere: a point whose sun ray leaves it is lit
+            # (clamping to the border instead smears border casters into endless streaks)
+            inside = (iu >= 0) & (iu < res) & (iv >= 0) & (iv < res)
+            occ = torch.gather(depth.reshape(B, -1), 1, iv.clamp(0, res - 1) * res + iu.clamp(0, res - 1))
+            vis += ((z <= occ + bias) | ~inside).float()
     return (vis / 9).reshape(points.shape[:-1])
 
 

@@ -204,3 +204,20 @@ def test_planes_composite_their_extra_channels(scene):
     lit = shade(g, gb, scene["planes"], v, K, ENV)
     lit2 = shade(g, composite_planes(rasterize(g, v, K, RES, RES), scene["planes"], v, K), scene["planes"], v, K, ENV)
     torch.testing.assert_close(lit.rgb, lit2.rgb, atol=1e-4, rtol=1e-4)  # one pass or two: the same image
+
+
+def test_points_beyond_the_shadow_map_are_lit():
+    """A slab that spans its shadow map must not smear into endless streaks: ground points whose
+    sun ray misses every caster are lit, whatever shadow-map texel they would clamp to."""
+    import trimesh
+
+    b = trimesh.creation.box((0.4, 0.2, 0.05))
+    g = SplatScene([mesh_to_splats(b.vertices, b.faces, density=48000.0)], [0], [1]).posed(
+        torch.tensor([[[0.0, 0.0, 0.5]]]), torch.tensor([[[1.0, 0, 0, 0]]]))
+    env = Environment(sun_direction=(0.3, -0.5, -1.0))
+    ang = torch.linspace(0, 2 * math.pi, 73)[:-1]
+    ring = torch.stack((1.5 * ang.cos(), 1.5 * ang.sin(), torch.zeros_like(ang)), -1)
+    below = torch.tensor([[0.5 * 0.3, -0.5 * 0.5, 0.0]])  # straight down the sun ray from the slab's centre
+    vis = sun_visibility(g, torch.cat((ring, below))[None, None, None], env)[0, 0, 0]
+    assert (vis[:-1] > 0.99).all(), vis[:-1].min()
+    assert vis[-1] < 0.05
