@@ -137,10 +137,16 @@ def test_record_and_replay_bit_identical(env, tmp_path):
     assert [o["op"] for o in ops] == ["reset", "step", "step", "step", "save", "step", "step", "step", "step",
                                       "restore", "step"]
     assert header["config"]["scenario"]["name"] == "default" and all("digest" in o for o in ops if o["op"] == "step")
-    summary = replay(path, tmp_path / "run")
-    assert summary["verified"] and summary["steps"] == 8
+    import subprocess
+    import sys
+
+    # another process, through the console command: bit-identical to this one's session
+    done = subprocess.run([sys.executable, "-m", "hybridsim.cli", "replay", str(path), f"out_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "bit-identical" in done.stdout, done.stderr[-2000:]
     record = json.loads((tmp_path / "run" / "run.json").read_text())
-    assert record["status"] == "ok" and all(r["match"] for r in record["observed"])
+    assert record["status"] == "ok" and record["replay"]["verified"] and record["replay"]["steps"] == 8
+    assert all(r["match"] for r in record["observed"]) and len(record["observed"]) == 10  # 9 frames + a restore
     assert (tmp_path / "run" / "refined_main.mp4").stat().st_size > 0
     lines = path.read_text().splitlines()  # a tampered action is caught
     k = next(i for i, line in enumerate(lines) if '"op": "step"' in line)

@@ -2,7 +2,7 @@
 
 A recording is a JSON Lines file: a header line (format, the composed run config with its
 scenario, the scenario folder, the number of environments, the extra image kinds, the action
-names), then one line per operation on the session: `reset` (root seed and episode index),
+names, torch's thread count), then one line per operation on the session: `reset` (root seed and episode index),
 `step` (the actions [B, A] as applied, and a digest of what the step produced), `save` and
 `restore` (by tag, so branches replay too). A digest is the SHA-256 of the refined images of
 every camera and env and of the body poses and joint positions, so a replay can prove itself
@@ -50,7 +50,8 @@ class Recorder:
         cfg = session.cfg
         self._write({"format": FORMAT, "version": VERSION, "config": cfg.to_dict(),
                      "base_dir": None if session.base_dir is None else str(session.base_dir),
-                     "n_envs": session.n_envs, "images": list(session.images), "actions": session.layout.names})
+                     "n_envs": session.n_envs, "images": list(session.images), "actions": session.layout.names,
+                     "torch_threads": _torch_threads()})
         self.started = False  # operations count from the first reset
         self._tags: set[str] = set()
         self.ops = 0
@@ -96,6 +97,13 @@ class Recorder:
     def close(self) -> None:
         if not self._file.closed:
             self._file.close()
+
+
+def _torch_threads() -> int:
+    """torch's CPU thread count: reductions split by thread, so a replay uses the same count."""
+    import torch
+
+    return torch.get_num_threads()
 
 
 def record(session, path: str | Path) -> Recorder:

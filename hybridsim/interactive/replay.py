@@ -26,6 +26,10 @@ def replay(path: str | Path, out_dir: str | Path | None = None, overwrite: bool 
     cfg = RunConfig.from_dict(data, header.get("base_dir"))
     out = claim_run_dir(Path(out_dir) if out_dir is not None else Path("runs") / f"replay_{Path(path).stem}", overwrite)
     save_yaml(cfg.to_dict(), out / "config.yaml")
+    if header.get("torch_threads"):  # CPU reductions split by thread: the recording's count repeats its bits
+        import torch
+
+        torch.set_num_threads(int(header["torch_threads"]))
     t0 = time.perf_counter()
     session = Session(cfg, header.get("base_dir"), tuple(header.get("images", ())))
     if session.layout.names != header["actions"]:
