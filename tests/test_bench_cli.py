@@ -61,13 +61,16 @@ def test_bench_latent_section_needs_clips(capsys, tmp_path):
 
 
 def _fake_scene(path, seed: int, clips: int = 1, frames: int = 2, res: int = 128) -> None:
-    """A scene file in make_clips' layout (cond float16 [N, T, 14, H, W], target uint8 [N, T, H, W, 3])."""
+    """A scene file in the clip layout (cond float16 [N, T, C, H, W], target uint8 [N, T, H, W, 3]), C =
+    the shipped refiner's condition channels (the latent bench compares against it)."""
     import json
 
     import numpy as np
+    from refine import load_default_model
 
     rng = np.random.default_rng(seed)
-    cond = rng.random((clips, frames, 14, res, res), dtype=np.float32).astype(np.float16)
+    c = load_default_model().spec.cond_channels
+    cond = rng.random((clips, frames, c, res, res), dtype=np.float32).astype(np.float16)
     target = (cond[:, :, :3].transpose(0, 1, 3, 4, 2) * 200 + 20).astype(np.uint8)
     np.savez(path, cond=cond, target=target, scenario=json.dumps({}))
 

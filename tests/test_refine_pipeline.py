@@ -516,7 +516,7 @@ def test_default_weights_are_shipped_and_recorded():
     from hybridsim.refining import sampler_config
 
     shipped = sampler_config(RefineSettings(), Path(DEFAULT_WEIGHTS_DIR))  # what `hybridsim run` samples with
-    assert shipped.sigmas == (0.2, 0.1, 0.05) and shipped.noise == "zero"
+    assert shipped.sigmas == (0.1,) and shipped.noise == "zero"  # session 9: one deterministic step
 
 
 def test_warp_back_undoes_a_known_shift():
