@@ -70,7 +70,6 @@ class Session:
         self.ended = np.zeros(self.n_envs, dtype=bool)
         self.steps = 0
         self.last = StepTimings()
-        self.neutral = self.layout.neutral(self.sim.world, self.n_envs)  # [B, A] as built
 
     @property
     def n_envs(self) -> int:
