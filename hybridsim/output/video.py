@@ -21,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hybridsim.output.writers import mux
+
 CODECS = ("h264", "hevc", "libsvtav1")
 DEPTH_QMAX = 4095  # 12-bit codes
 MM_PER_METRE = 1000.0
@@ -145,15 +147,13 @@ class StreamWriter:
                 image = np.pad(image, ((0, self.enc_height - self.height), (0, self.enc_width - self.width), (0, 0)),
                                mode="edge")
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+        mux(self._container, self._stream, frame)
         self.frames += 1
 
     def close(self) -> None:
         if self._container is None:
             return
-        for packet in self._stream.encode():
-            self._container.mux(packet)
+        mux(self._container, self._stream, None)
         self._container.close()
         self._container = None
 

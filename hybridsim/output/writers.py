@@ -21,6 +21,12 @@ import numpy as np
 FRAGMENTED = {"movflags": "frag_every_frame+empty_moov+default_base_moof", "flush_packets": "1"}
 
 
+
+def mux(container, stream, frame) -> None:
+    """Encode one PyAV frame (None: flush the encoder) and write its packets into the container."""
+    for packet in stream.encode(frame):
+        container.mux(packet)
+
 class VideoWriter:
     """uint8 RGB frames [H, W, 3] -> H.264 mp4 (yuv420p; odd sizes padded by one pixel).
 
@@ -51,15 +57,13 @@ class VideoWriter:
         if self.width % 2 or self.height % 2:
             rgb = np.pad(rgb, ((0, self.height % 2), (0, self.width % 2), (0, 0)), mode="edge")
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-        for packet in self._stream.encode(frame):
-            self._container.mux(packet)
+        mux(self._container, self._stream, frame)
         self.frames += 1
 
     def close(self) -> None:
         if self._container is None:
             return
-        for packet in self._stream.encode():
-            self._container.mux(packet)
+        mux(self._container, self._stream, None)
         self._container.close()
         self._container = None
         if self.fragmented and self.frames:
