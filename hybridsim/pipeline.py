@@ -135,7 +135,7 @@ class Simulation:
         self.engine = EventEngine(self.episodes, self.world, self.cameras, self.steps_per_frame, apply_action)
         self._events = schedule(self.episodes[0])  # v1 view of the timed events
         self._last_frame = np.array([_last_frame(ep) for ep in self.episodes])
-        self.frame_index, self._prev_means = 0, None
+        self.frame_index, self._prev_means, self._prev_frame = 0, None, None
         self._env = None  # render.Environment of the lit render, made on first use
         self.done = np.zeros(self.cfg.n_envs, dtype=bool)
         self.end_frame = self._last_frame.copy()
@@ -255,24 +255,24 @@ class Simulation:
         import torch
         from render import composite_planes, rasterize
 
+        from render.lighting import normal_planes, splat_normals
+        from render.project import camera_centers
+
         from hybridsim.appearance import environment, lit_render
 
         g = self.splats.posed(state.body_pos, state.body_quat)
         bg = torch.tensor(self.cfg.render.background, dtype=torch.float32)
         # the same frame drawn again (reset() then frames()) has not moved: its flow is exactly zero
-        prev = None if getattr(self, "_prev_frame", None) == self.frame_index else self._prev_means
+        prev = None if self._prev_frame == self.frame_index else self._prev_means
         out, lit = {}, {}
-        if self.cfg.render.lit and self._env is None:
-            self._env = environment(self.scenario)
+        if self.cfg.render.lit and self._env is None:  # fixed per build: made once
+            self._env, self._lit_planes = environment(self.scenario), normal_planes(self.planes)
         for name, cam in self.cameras.items():
             view = torch.as_tensor(cam.viewmat, dtype=torch.float32)[:, None]  # [B, 1, 4, 4]
             K = torch.as_tensor(cam.K, dtype=torch.float32)[:, None]
             normals, planes = None, self.planes
             if self.cfg.render.lit:  # normals ride along in the same pass (GBuffer.extra) for the lit render
-                from render.lighting import normal_planes, splat_normals
-                from render.project import camera_centers
-
-                normals, planes = splat_normals(g, camera_centers(view)[:, 0]), normal_planes(self.planes)
+                normals, planes = splat_normals(g, camera_centers(view)[:, 0]), self._lit_planes
             gb = rasterize(g, view, K, cam.width, cam.height, prev_means=prev,
                            background=(0.0, 0.0, 0.0), backend=self.cfg.render.backend, extra=normals)
             gb = composite_planes(gb, planes, view, K, far=self.cfg.render.plane_far)  # splats over planes

@@ -336,10 +336,10 @@ class StreamRefiner:
 
     def collect(self, frame) -> _Block | None:
         """Take a frame's condition now (cameras may move in place later); a full block -> it."""
+        from hybridsim.appearance import lit_condition
+
         for cam in self.cameras:
             if self.layout == "lit":
-                from hybridsim.appearance import lit_condition
-
                 cond = lit_condition(frame.gbuffer[cam.name], frame.lit[cam.name], frame.cameras[cam.name],
                                      self.materials)
             else:
