@@ -11,6 +11,10 @@ with its derived seed `env_seeds(scenario.seed, cfg.episode, n_envs)[b]`, as v1'
 every physics step (hybridsim.scenario.events); `Frame.events` lists what fired during the steps leading to
 the frame, so an event at t = 0 is reported on frame 1. An env is `done` at its time limit or
 `terminate` condition; `frames()` stops when all are done, `end_frame[b]` is its last frame.
+
+Interactive autoreset: `reset_envs(envs)` starts chosen envs' episodes over (optionally new
+sampled episodes) while the others go on; each env then has its own clock (`env_frame`, counted
+from its own start; `frame_index` stays the batch's count of frames stepped).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ class Frame:
     refined: dict = field(default_factory=dict)  # camera -> uint8 [B, H, W, 3], filled by the refiner
     lit: dict = field(default_factory=dict)  # camera -> render.lighting.Lit ([B, 1, ...]; render.lit)
     pathtraced: dict = field(default_factory=dict)  # camera -> appearance.PathTracedFrame (reference=pathtraced)
+    env_frame: np.ndarray | None = None  # [B] each env's own frame index (differs from `index` after reset_envs)
 
 
 @dataclass
@@ -61,6 +66,8 @@ class SimulationSnapshot:
     done: np.ndarray
     end_frame: np.ndarray
     prev_means: object
+    origin: np.ndarray | None = None  # [B] batch frame at which each env's episode started
+    episodes: list | None = None  # the per-env episodes (they change with reset_envs(new episodes))
 
 
 class Simulation:
@@ -139,6 +146,8 @@ class Simulation:
         self._env = None  # render.Environment of the lit render, made on first use
         self.done = np.zeros(self.cfg.n_envs, dtype=bool)
         self.end_frame = self._last_frame.copy()
+        self.origin = np.zeros(self.cfg.n_envs, dtype=np.int64)
+        self._flow_reset: np.ndarray | None = None  # envs whose next frame starts an episode (zero flow)
         self._update_done()
         self._initial = self.world.save()
         self._initial_sim = self.save()
@@ -179,11 +188,15 @@ class Simulation:
         """Everything to continue bit-identically: physics, trigger state, cameras, frame index."""
         return SimulationSnapshot(self.world.save(), self.engine.save(), self.frame_index,
                                   {n: c.viewmat.copy() for n, c in self.cameras.items()}, self.done.copy(),
-                                  self.end_frame.copy(), self._prev_means)
+                                  self.end_frame.copy(), self._prev_means, self.origin.copy(), list(self.episodes))
 
     def restore(self, snap: SimulationSnapshot) -> None:
+        if snap.episodes is not None and snap.episodes != self.episodes:  # reset_envs loaded other episodes since
+            self._load_episodes(snap.episodes)
         self.world.restore(snap.world)
         self.engine.restore(snap.engine)
+        self.origin = np.zeros(self.cfg.n_envs, np.int64) if snap.origin is None else snap.origin.copy()
+        self._flow_reset = None
         self.frame_index, self._prev_means = snap.frame_index, snap.prev_means
         self._prev_frame = None  # whichever frame prev_means came from, the next render uses it
         for n, v in snap.viewmats.items():
@@ -205,8 +218,11 @@ class Simulation:
         while self.frame_index < self.n_frames - 1 and not self.done.all():
             yield self.step()
 
-    def step(self) -> Frame:
-        """Advance one output frame (steps_per_frame physics steps, events fired on time)."""
+    def step(self, reset=None, episodes: list[Scenario] | None = None) -> Frame:
+        """Advance one output frame (steps_per_frame physics steps, events fired on time). `reset`:
+        envs that start their episodes over at this frame instead (interactive autoreset, see
+        reset_envs; `episodes` as there): the frame shows them at their start."""
+        e = None if reset is None or not np.size(reset) else self._env_rows(reset)
         records = []
         t0 = time.perf_counter()
         for _ in range(self.steps_per_frame):
@@ -214,22 +230,87 @@ class Simulation:
             self.world.step()
         self.timings["physics_s"] += time.perf_counter() - t0
         self.frame_index += 1
+        if e is not None:
+            self._reset_rows(e, episodes)
+            records = [r for r in records if r["env"] not in set(e.tolist())]
         self._update_done()
         frame = self.observe()
         frame.events = records
         frame.fired = list(dict.fromkeys(r["index"] for r in records))
         return frame
 
+    @property
+    def env_frame(self) -> np.ndarray:
+        """[B] each env's own frame index (the batch's frame_index minus the env's start)."""
+        return self.frame_index - self.origin
+
+    def reset_envs(self, envs, episodes: list[Scenario] | None = None) -> Frame:
+        """Envs `envs` start their episodes over while the others go on (interactive autoreset),
+        each with its own clock from here; `episodes` (one concrete scenario per env in `envs`,
+        same layout) loads new episodes into them. -> the current Frame, those envs at their start.
+        Call between step()s: the batch's frame counter does not move (`step(reset=...)` resets
+        envs as part of a step instead, drawing the frame once)."""
+        self._reset_rows(self._env_rows(envs), episodes)
+        self._update_done()
+        return self.observe()
+
+    def _env_rows(self, envs) -> np.ndarray:
+        e = np.unique(np.asarray(envs, dtype=np.int64).reshape(-1))
+        if e.size == 0 or e.min() < 0 or e.max() >= self.cfg.n_envs:
+            raise SpecError("reset_envs", f"env indices {np.asarray(envs).tolist()} must be in [0, {self.cfg.n_envs})")
+        return e
+
+    def _reset_rows(self, e: np.ndarray, episodes: list[Scenario] | None) -> None:
+        old_engine = self.engine
+        if episodes is not None:
+            if len(episodes) != e.size:
+                raise SpecError("episodes", f"got {len(episodes)} episodes for {e.size} envs; give one per env")
+            new = list(self.episodes)
+            for b, ep in zip(e.tolist(), episodes):
+                new[b] = ep
+            keep = np.setdiff1d(np.arange(self.cfg.n_envs), e)
+            current = self.world.save()
+            self._load_episodes(new)  # every env at its episode's start (the world reinitialised) ...
+            self.world._step = current.step  # the batch's clock goes on
+            if keep.size:
+                self.world.restore_envs(current, keep)  # ... then the others back where they were
+            self.engine.reset_envs(e, previous=old_engine)
+        else:
+            self.world.restore_envs(self._initial, e)
+            self.engine.reset_envs(e)
+        for n, v in self._initial_sim.viewmats.items():  # (the new episodes' cameras, when loaded)
+            self.cameras[n].viewmat[e] = v[e]
+        self.origin[e] = self.frame_index
+        self.done[e] = False
+        self.end_frame[e] = self._last_frame[e]
+        self._flow_reset = e
+
+    def _load_episodes(self, episodes: list[Scenario]) -> None:
+        """Load concrete episodes of this build's layout into every env (world reinitialised, event
+        engine and cameras rebuilt); the clock and origins are the caller's to set."""
+        kept = (self.frame_index, self.origin, self.done, self.end_frame, self._prev_means, self._prev_frame,
+                self.cameras, {n: c.viewmat.copy() for n, c in self.cameras.items()}, self.engine.log)
+        self._set_episodes(episodes)
+        specs = [world_spec(ep, reference=self.cfg.raster_reference, base_dir=self.base_dir) for ep in self.episodes]
+        self.world.reinit(specs)
+        self._load()
+        (self.frame_index, self.origin, self.done, self.end_frame, self._prev_means, self._prev_frame,
+         cameras, views, self.engine.log) = kept
+        for n, c in cameras.items():  # the same CameraParams objects (frames and stages hold them), new values
+            c.K[:] = self.cameras[n].K
+            c.viewmat[:] = views[n]  # as they were: reset_envs sets the reset envs' rows
+        self.cameras = self.engine.cameras = cameras
+
     def _update_done(self) -> None:
-        new = ~self.done & (self.engine.rested | (self.frame_index >= self._last_frame))
-        self.end_frame[new] = self.frame_index
+        new = ~self.done & (self.engine.rested | (self.env_frame >= self._last_frame))
+        self.end_frame[new] = self.env_frame[new]
         self.done |= new
         self.engine.active = ~self.done
 
     def observe(self) -> Frame:
         """Read state, render reference and splats for the current frame."""
         state = self.world.state()
-        frame = Frame(self.frame_index, state.t, state, self.cameras)
+        frame = Frame(self.frame_index, state.t, state, self.cameras, env_frame=self.env_frame.copy())
         if self.cfg.raster_reference:
             t0 = time.perf_counter()
             frame.reference = {name: self.world.render_reference(name) for name in self.cameras}
@@ -264,6 +345,10 @@ class Simulation:
         bg = torch.tensor(self.cfg.render.background, dtype=torch.float32)
         # the same frame drawn again (reset() then frames()) has not moved: its flow is exactly zero
         prev = None if self._prev_frame == self.frame_index else self._prev_means
+        if prev is not None and self._flow_reset is not None:  # envs just reset: their first frame has no flow
+            prev = prev.clone()
+            prev[torch.as_tensor(self._flow_reset)] = g.means[torch.as_tensor(self._flow_reset)]
+        self._flow_reset = None
         out, lit = {}, {}
         if self.cfg.render.lit and self._env is None:  # fixed per build: made once
             self._env, self._lit_planes = environment(self.scenario), normal_planes(self.planes)

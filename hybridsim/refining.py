@@ -323,6 +323,19 @@ class StreamRefiner:
             r.reset(self.n_envs, [derive_seed(s, "refine", name) % (2**63) for s in self.seeds])
         self._pending: list = []
         self._conds: dict[str, list] = {c.name: [] for c in self.cameras}
+        self.episodes = np.zeros(self.n_envs, dtype=np.int64)  # per-env episode tag (reset_rows bumps it)
+        self._tags: list = []  # the pending frames' tags, [B] each
+
+    def reset_rows(self, rows, seeds) -> None:
+        """Envs `rows` start new episodes (seeds: their new episode seeds) from the next collected
+        frame on, while the other envs' streams go on (interactive autoreset): each camera's
+        refiner restarts those rows' noise and keeps their new frames apart from the old ones."""
+        rows = [int(r) for r in rows]
+        self.episodes[rows] += 1
+        for i, r in enumerate(rows):
+            self.seeds[r] = seeds[i]
+        for name, r in self.refiners.items():
+            r.reset_rows(rows, [derive_seed(s, "refine", name) % (2**63) for s in seeds])
 
     def push(self, frame) -> list:
         """Add a frame; returns the frames of a finished block (refined attached), else []."""
@@ -346,6 +359,7 @@ class StreamRefiner:
                 cond = condition_from_gbuffer(frame.gbuffer[cam.name], frame.cameras[cam.name], self.lighting)
             self._conds[cam.name].append(cond)
         self._pending.append(frame)
+        self._tags.append(self.episodes.copy())
         return self._take() if len(self._pending) == self.frames_per_block else None
 
     def take_partial(self) -> _Block | None:
@@ -355,11 +369,12 @@ class StreamRefiner:
         pad = self.frames_per_block - len(self._pending)
         for cam in self.cameras:
             self._conds[cam.name] += [self._conds[cam.name][-1]] * pad
+        self._tags += [self._tags[-1]] * pad
         return self._take()
 
     def _take(self) -> _Block:
-        block = _Block(self._pending, self._conds)
-        self._pending = []
+        block = _Block(self._pending, self._conds, self._tags)
+        self._pending, self._tags = [], []
         self._conds = {c.name: [] for c in self.cameras}
         return block
 
@@ -378,8 +393,9 @@ class StreamRefiner:
             return self.refine_block(block)
         t0 = time.perf_counter()
         refined = {}
+        tags = _episode_tags(self._tags)
         for cam in self.cameras:
-            rgb = self.refiners[cam.name].preview(torch.cat(self._conds[cam.name], 1))  # [B, k, 3, H, W]
+            rgb = self.refiners[cam.name].preview(torch.cat(self._conds[cam.name], 1), tags)  # [B, k, 3, H, W]
             refined[cam.name] = np.ascontiguousarray(_to_uint8(rgb)[:, -1])  # [B, H, W, 3]
         frame.refined = refined
         self.timings["preview_s"] += time.perf_counter() - t0
@@ -389,7 +405,8 @@ class StreamRefiner:
     def save(self) -> StreamState:
         """The rollout state (every camera's cache and noise streams, the unfinished block)."""
         return StreamState({n: r.snapshot() for n, r in self.refiners.items()}, list(self._pending),
-                           {n: list(c) for n, c in self._conds.items()})
+                           {n: list(c) for n, c in self._conds.items()}, self.episodes.copy(), list(self._tags),
+                           list(self.seeds))
 
     def restore(self, state: StreamState) -> None:
         """Back to `save()`'s state: the following blocks are refined bit-identically."""
@@ -397,6 +414,7 @@ class StreamRefiner:
             r.restore(state.refiners[name])
         self._pending = list(state.pending)
         self._conds = {n: list(c) for n, c in state.conds.items()}
+        self.episodes, self._tags, self.seeds = state.episodes.copy(), list(state.tags), list(state.seeds)
 
     def refine_block(self, block: _Block) -> list:
         """Run the model on one block; -> its real frames with `.refined` set. Blocks must come in
@@ -405,9 +423,10 @@ class StreamRefiner:
 
         t0 = time.perf_counter()
         out = {}
+        tags = _episode_tags(block.tags)
         for cam in self.cameras:
             cond = torch.cat(block.conds[cam.name], 1)  # [B, F, C, H, W]
-            rgb = self.refiners[cam.name].push(cond)  # [B, F, 3, H, W] in [0, 1]
+            rgb = self.refiners[cam.name].push(cond, tags)  # [B, F, 3, H, W] in [0, 1]
             out[cam.name] = _to_uint8(rgb)  # [B, F, H, W, 3]
         for k, frame in enumerate(block.frames):
             frame.refined = {name: np.ascontiguousarray(v[:, k]) for name, v in out.items()}
@@ -429,6 +448,18 @@ class StreamState:
     refiners: dict
     pending: list
     conds: dict
+    episodes: np.ndarray  # [B] per-env episode tags
+    tags: list  # the pending frames' tags
+    seeds: list  # per-env seeds of the current episodes
+
+
+def _episode_tags(tags: list):
+    """The frames' per-env tags [F] x [B] -> [B, F] long tensor (None when every tag is 0: the
+    refiner then uses its fast path without a mask check)."""
+    import torch
+
+    t = np.stack(tags, 1)
+    return None if not t.any() else torch.as_tensor(t, dtype=torch.long)
 
 
 @dataclass
@@ -437,6 +468,7 @@ class _Block:
 
     frames: list
     conds: dict[str, list]
+    tags: list  # per frame [B] episode tags
 
 
 def refined_frames(frames: Iterable, refiner: StreamRefiner, overlap: bool = False) -> Iterator:

@@ -531,6 +531,66 @@ class World(WorldActions):
             if any((a != b).any() for a, b in zip(pose, self._camera_poses[cam])):
                 self.set_camera_pose(cam, *pose)
 
+    def restore_envs(self, snap: Snapshot, envs) -> None:
+        """Restore environments `envs` only from `snap` (e.g. the initial snapshot: those envs start
+        a new episode) while the others keep their state. The step counter is the batch's and
+        stays; forces, joint targets, held / parked bodies, masses, gravity and reference cameras
+        of those envs are taken from `snap` (forces keep their remaining duration)."""
+        e = np.unique(np.asarray(envs, dtype=np.int64).reshape(-1))
+        if e.size == 0:
+            return
+        if e.min() < 0 or e.max() >= self.n_envs:
+            raise PhysicsError(f"restore_envs: env indices {e.tolist()} out of range [0, {self.n_envs})")
+        if e.size == self.n_envs:  # every env: the plain restore, with the batch's clock kept
+            step = self._step
+            self.restore(snap)
+            self._forces = [(i, f, last - snap.step + step, en, t) for i, f, last, en, t in self._forces]
+            self._step = step
+            return
+        keep = np.setdiff1d(np.arange(self.n_envs), e)
+        self._state_cache = None
+        self._contact_cache = None
+        self.scene.reset(snap.sim_state, envs_idx=torch.as_tensor(e))
+        forces = []
+        for i, f, last, en, t in self._forces:  # the other envs keep theirs
+            rows = np.arange(self.n_envs) if en is None else np.asarray(en)
+            sel = np.isin(rows, keep)
+            if sel.any():
+                forces.append((i, None if f is None else f[sel], last, rows[sel], None if t is None else t[sel]))
+        for i, f, last, en, t in snap.forces:  # and e's come from the snapshot
+            rows = np.arange(self.n_envs) if en is None else np.asarray(en)
+            sel = np.isin(rows, e)
+            if sel.any():
+                forces.append((i, None if f is None else f[sel], last - snap.step + self._step, rows[sel],
+                               None if t is None else t[sel]))
+        self._forces = forces
+        for i, (idx, pos) in snap.targets.items():
+            cur = self._targets.get(i, (idx, pos))[1].copy()
+            cur[e] = pos[e]
+            self._targets[i] = (idx, cur)
+        for i in set(self._held) | set(snap.held):
+            mask, q = self._held.get(i, (np.zeros(self.n_envs, bool), None))
+            smask, sq = snap.held.get(i, (np.zeros(self.n_envs, bool), None))
+            mask = mask.copy()
+            mask[e] = smask[e]
+            q = (sq if q is None else q).copy() if (q is not None or sq is not None) else None
+            if sq is not None and q is not None:
+                q[e] = sq[e]
+            self._held[i] = (mask, q)
+        for i in set(self._parked) | set(snap.parked):
+            mask = self._parked.get(i, np.zeros(self.n_envs, bool)).copy()
+            mask[e] = snap.parked.get(i, np.zeros(self.n_envs, bool))[e]
+            self._parked[i] = mask
+        for i, m in snap.mass.items():
+            if (m[e] != self._mass[i][e]).any():
+                self.entities[i].set_mass(torch.as_tensor(m[e], dtype=torch.float32), envs_idx=torch.as_tensor(e))
+                self._mass[i][e] = m[e]
+        if snap.gravity is not None and (snap.gravity[e] != self._gravity[e]).any():
+            self.set_gravity(snap.gravity[e], e)
+        for cam, pose in snap.camera_poses.items():
+            if any((a[e] != b[e]).any() for a, b in zip(pose, self._camera_poses[cam])):
+                self.set_camera_pose(cam, *(v[e] for v in pose), envs=e)
+
     # ---------------------------------------------------------------- cameras
     def render_reference(self, camera: str) -> ReferenceFrame:
         if camera not in self.cameras:

@@ -172,6 +172,7 @@ class CachedAttention:
     sin_k: Tensor
     cos_q: Tensor  # [n, d/2] the newest block's slots
     sin_q: Tensor
+    mask: Tensor | None = None  # [B, 1, n, S] bool: per-row episodes (KVCache.attention_mask), None = all
 
     def write(self, layer: int, k: Tensor, v: Tensor) -> None:
         """k, v [B, n, h, d] (pre-RoPE): store without attending (a clean pass's last layer)."""
@@ -183,5 +184,6 @@ class CachedAttention:
         keys, values = self.cache.read(layer)  # [B, S, h, d] each
         qr = apply_rope(q, self.cos_q, self.sin_q)
         kr = apply_rope(keys, self.cos_k, self.sin_k)
-        out = Fn.scaled_dot_product_attention(qr.transpose(1, 2), kr.transpose(1, 2), values.transpose(1, 2))
+        out = Fn.scaled_dot_product_attention(qr.transpose(1, 2), kr.transpose(1, 2), values.transpose(1, 2),
+                                              attn_mask=self.mask)
         return out.transpose(1, 2)  # [B, n, h, d]

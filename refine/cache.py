@@ -9,6 +9,13 @@ Keys are stored before rotary embedding (LongLive's cache-relative RoPE): the mo
 at read time by their slot position, so positions never exceed S + W - 1 however long the
 rollout runs. When a new block does not fit, the window region is shifted left in place
 (a copy, no reallocation), evicting the oldest non-sink frames. Memory is fixed at construction.
+
+Per-row episodes (interactive autoreset: one env of the batch starts a new episode while the others
+run on): every cached frame carries an episode tag per row, given by `begin(..., episodes=)`. A
+query attends only to the keys of its own row's episode (`attention_mask`; None, and no mask cost,
+while every row's context is one episode), and a row whose episode changed gets its sink slots
+refilled with the new episode's first frames (then masked out of the window, so no frame is seen
+twice), as a fresh rollout keeps its first frames as sinks.
 """
 
 from __future__ import annotations
@@ -48,6 +55,8 @@ class KVCache:
     global_end: int = field(init=False, default=0)
     local_end: int = field(init=False, default=0)
     block_tokens: int = field(init=False, default=0)
+    tags: Tensor = field(init=False, repr=False)  # [B, S + W] episode tag of each frame slot (-1: dead)
+    current: Tensor = field(init=False, repr=False)  # [B] each row's newest episode tag
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "num_layers", "heads", "head_dim", "tokens_per_frame", "window_frames"):
@@ -58,6 +67,8 @@ class KVCache:
         shape = (self.batch_size, self.max_tokens, self.heads, self.head_dim)
         self.keys = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.num_layers)]
         self.values = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.num_layers)]
+        self.tags = torch.zeros(self.batch_size, self.sink_frames + self.window_frames, dtype=torch.long)
+        self.current = torch.zeros(self.batch_size, dtype=torch.long)
 
     @property
     def sink_tokens(self) -> int:
@@ -82,20 +93,25 @@ class KVCache:
     def reset(self) -> None:
         """Forget everything; the buffers are kept (no reallocation)."""
         self.global_end = self.local_end = self.block_tokens = 0
+        self.tags.zero_()
+        self.current.zero_()
 
     def detach_(self) -> None:
         """Drop autograd history from the buffers (same storage, nothing copied)."""
         self.keys = [k.detach() for k in self.keys]
         self.values = [v.detach() for v in self.values]
 
-    def begin(self, num_frames: int, mode: WriteMode) -> None:
+    def begin(self, num_frames: int, mode: WriteMode, episodes: Tensor | None = None) -> None:
         """Prepare the slots of a forward over `num_frames` new frames.
 
         'append' (a block's first denoising step) makes room, evicting the oldest non-sink frames
         if needed, and advances the counters. 'overwrite' (later steps, clean pass) reuses the
-        newest block's slots; the counters do not move.
+        newest block's slots; the counters do not move. `episodes` [B, num_frames] (append only)
+        tags the new frames per row; None keeps each row's newest tag.
         """
         n = num_frames * self.tokens_per_frame
+        if episodes is not None and mode == "append" and tuple(episodes.shape) != (self.batch_size, num_frames):
+            raise RefineError(f"episodes {tuple(episodes.shape)} must be [B, F] = ({self.batch_size}, {num_frames})")
         if mode == "overwrite":
             if self.block_tokens != n:
                 raise RefineError(f"overwrite of {num_frames} frames but the newest cached block has "
@@ -106,13 +122,48 @@ class KVCache:
             raise RefineError(f"write mode {mode!r} is not 'append' or 'overwrite'")
         if num_frames > self.window_frames:
             raise RefineError(f"block of {num_frames} frames exceeds window_frames={self.window_frames}")
+        self._refresh_sinks()
         overflow = self.local_end + n - self.max_tokens
         if overflow > 0:
             self._evict(overflow)
+        first = self.local_end // self.tokens_per_frame
+        if episodes is None:  # each row's newest episode carries on
+            episodes = self.current[:, None].expand(-1, num_frames)
+        episodes = episodes.to(torch.long).cpu()
+        self.tags[:, first:first + num_frames] = episodes
+        self.current = episodes[:, -1].clone()
         self.local_end += n
         self.global_end += n
         self.block_tokens = n
 
+    # ---- per-row episodes ------------------------------------------------------------------------
+    def attention_mask(self) -> Tensor | None:
+        """[B, 1, block tokens, valid tokens] bool (True = attend) for the newest block's queries, or
+        None when every row's valid slots are all of its block's episode (the common case)."""
+        L, f = self.tokens_per_frame, self.block_tokens // self.tokens_per_frame
+        s = self.local_end // L
+        keys, queries = self.tags[:, :s], self.tags[:, s - f:s]  # [B, S], [B, F]
+        same = queries[:, :, None] == keys[:, None, :]  # [B, F, S]
+        if bool(same.all()):
+            return None
+        mask = same.repeat_interleave(L, 1).repeat_interleave(L, 2)[:, None]  # [B, 1, F L, S L]
+        return mask.to(self.keys[0].device)
+
+    def _refresh_sinks(self) -> None:
+        """Rows whose newest episode is not the one in their sink slots: copy that episode's first
+        cached frames into the sinks and mark their window copies dead (-1)."""
+        S, L = self.sink_frames, self.tokens_per_frame
+        n = self.local_end // L
+        if S == 0 or n <= S:
+            return
+        newest = self.current
+        for b in torch.nonzero(self.tags[:, 0] != newest).flatten().tolist():
+            mine = [j for j in range(S, n) if int(self.tags[b, j]) == int(newest[b])][:S]
+            for i, j in enumerate(mine):
+                for buf in (*self.keys, *self.values):
+                    buf[b, i * L:(i + 1) * L] = buf[b, j * L:(j + 1) * L]
+                self.tags[b, i], self.tags[b, j] = newest[b], -1
+            self.tags[b, len(mine):S] = -1  # sinks the new episode has no frame for yet
     def _evict(self, n: int) -> None:
         """Shift the window region left by n tokens in place (sinks stay)."""
         lo, hi = self.sink_tokens, self.local_end
@@ -120,6 +171,8 @@ class KVCache:
         for buf in (*self.keys, *self.values):
             # clone: source and destination overlap
             buf[:, lo:hi - n].copy_(buf[:, lo + n:hi].clone())
+        L = self.tokens_per_frame
+        self.tags[:, lo // L:(hi - n) // L] = self.tags[:, (lo + n) // L:hi // L].clone()
         self.local_end -= n
 
     def write(self, layer: int, key: Tensor, value: Tensor) -> None:
@@ -142,13 +195,14 @@ class KVCache:
         appended after this (then dropped with `rollback`) sees exactly the context the full block
         will, and the full block's own append then evicts nothing: the valid slots end up as they
         would without the provisional block."""
+        self._refresh_sinks()
         overflow = self.local_end + num_frames * self.tokens_per_frame - self.max_tokens
         if overflow > 0:
             self._evict(overflow)
 
     def mark(self) -> CacheMark:
         """The counters now; `rollback(mark)` forgets every block appended since."""
-        return CacheMark(self.global_end, self.local_end, self.block_tokens)
+        return CacheMark(self.global_end, self.local_end, self.block_tokens, tuple(self.current.tolist()))
 
     def rollback(self, mark: CacheMark) -> None:
         """Drop the blocks appended since `mark` (their slots become free again). Only valid when
@@ -157,12 +211,14 @@ class KVCache:
             raise RefineError("cannot roll the KV cache back: frames were evicted since the mark; call "
                               "cache.reserve(frames_per_block) before appending a provisional block")
         self.global_end, self.local_end, self.block_tokens = mark.global_end, mark.local_end, mark.block_tokens
+        if mark.current:
+            self.current = torch.tensor(mark.current, dtype=torch.long)
 
     def snapshot(self) -> CacheSnapshot:
         """A copy of the valid slots and counters (slots past local_end are never read, so not kept)."""
         n = self.local_end
         return CacheSnapshot(self.mark(), self.batch_size, [k[:, :n].clone() for k in self.keys],
-                             [v[:, :n].clone() for v in self.values])
+                             [v[:, :n].clone() for v in self.values], self.tags.clone(), self.current.clone())
 
     def restore(self, snap: CacheSnapshot) -> None:
         """Back to a snapshot of this cache (or of one with the same shape): bit-identical reads after."""
@@ -174,6 +230,12 @@ class KVCache:
         n = snap.mark.local_end
         for buf, saved in zip((*self.keys, *self.values), (*snap.keys, *snap.values)):
             buf[:, :n].copy_(saved)
+        if snap.tags is not None:
+            self.tags.copy_(snap.tags)
+            self.current.copy_(snap.current)
+        else:
+            self.tags.zero_()
+            self.current.zero_()
         self.global_end, self.local_end, self.block_tokens = snap.mark.global_end, n, snap.mark.block_tokens
 
 
@@ -184,6 +246,7 @@ class CacheMark:
     global_end: int
     local_end: int
     block_tokens: int
+    current: tuple = ()  # each row's newest episode tag
 
 
 @dataclass
@@ -194,3 +257,5 @@ class CacheSnapshot:
     batch_size: int
     keys: list[Tensor]  # per layer [B, local_end, heads, head_dim]
     values: list[Tensor]  # per layer [B, local_end, heads, head_dim]
+    tags: Tensor | None = None  # [B, S + W] episode tags of the slots
+    current: Tensor | None = None  # [B] each row's newest tag

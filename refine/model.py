@@ -290,8 +290,9 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
                        device=self.proj_out.weight.device, dtype=self.proj_out.weight.dtype)
 
     def forward_cached(self, sample: Tensor, cond: Tensor, timestep: Tensor, cache: KVCache,
-                       write: WriteMode, write_only: bool = False) -> Tensor | None:
-        """One block through the cache. sample [B, F, Cs, H, W]; cond [B, F, Cc, H, W]; timestep [B, F].
+                       write: WriteMode, write_only: bool = False, episodes: Tensor | None = None) -> Tensor | None:
+        """One block through the cache. sample [B, F, Cs, H, W]; cond [B, F, Cc, H, W]; timestep [B, F];
+        episodes [B, F] per-row episode tags of the block's frames (append only; see KVCache).
 
         write='append' on a block's first denoising step, 'overwrite' on later steps and the
         clean pass. Returns the velocity [B, F, Cs, H, W], or None with write_only (the clean
@@ -305,10 +306,10 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
             raise RefineError(f"cache (B={cache.batch_size}, L={cache.tokens_per_frame}, layers="
                               f"{cache.num_layers}) does not fit this input (B={b}, L={hp * wp}, layers="
                               f"{self.spec.num_layers}); build it with model.new_cache(B, H, W)")
-        cache.begin(f, write)
+        cache.begin(f, write, episodes)
         cos_k, sin_k = self.rope(torch.arange(cache.valid_frames), hp, wp)  # [S, d/2]
         n = f * hp * wp
-        attend = CachedAttention(cache, cos_k, sin_k, cos_k[-n:], sin_k[-n:])
+        attend = CachedAttention(cache, cos_k, sin_k, cos_k[-n:], sin_k[-n:], cache.attention_mask())
         return self._run(sample, cond, timestep, attend, write_only)
 
     # ---- diffusion space ----------------------------------------------------------------------

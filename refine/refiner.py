@@ -85,10 +85,12 @@ class Refiner:
             raise RefineError(f"cond dtype {cond.dtype} must be float32; convert with cond.float()")
 
     @torch.no_grad()
-    def push(self, cond: Tensor) -> Tensor:
+    def push(self, cond: Tensor, episodes: Tensor | None = None) -> Tensor:
         """cond [B, F, C_cond, H, W] float32 -> refined rgb [B, F, 3, H, W] in [0, 1]
-        (latent=True: latents [B, F, C_out, H, W], unclamped)."""
+        (latent=True: latents [B, F, C_out, H, W], unclamped). episodes [B, F]: per-row episode
+        tags of the frames (a row reset mid-rollout, see reset_rows); None = each row's current."""
         self._check(cond)
+        self._check_episodes(episodes, cond.shape[1])
         src_device = cond.device
         cond = cond.to(self.device)
         model = self.model
@@ -105,7 +107,8 @@ class Refiner:
         else:
             def denoise(x: Tensor, sigma: float, first: bool) -> Tensor:
                 t = torch.full((self.batch_size, f), 1000.0 * sigma, device=self.device)
-                return model.forward_cached(x, cond, t, self.cache, "append" if first else "overwrite")
+                return model.forward_cached(x, cond, t, self.cache, "append" if first else "overwrite",
+                                            episodes=episodes if first else None)
 
             x0 = self.sampler.sample(denoise, start, noise)
             zero_t = torch.zeros(self.batch_size, f, device=self.device)
@@ -114,7 +117,7 @@ class Refiner:
         return model.from_diffusion(x0, cond, clamp=not self.latent).to(src_device)
 
     @torch.no_grad()
-    def preview(self, cond: Tensor) -> Tensor:
+    def preview(self, cond: Tensor, episodes: Tensor | None = None) -> Tensor:
         """cond [B, k, C_cond, H, W], 1 <= k <= F: the frames gathered so far of the block being
         filled -> their refined rgb [B, k, 3, H, W] now, before the block is complete.
 
@@ -132,6 +135,7 @@ class Refiner:
                               f"1 <= k <= F = {self.frames_per_block}")
         full = torch.cat([cond, cond[:, -1:].expand(-1, self.frames_per_block - k, -1, -1, -1)], 1)
         self._check(full)  # the same shape, dtype and reset checks as push
+        self._check_episodes(episodes, k)
         cond = cond.to(self.device)
         shape = (k, spec.out_channels, self.height, self.width)
         states = [g.get_state() for g in self._gens]  # a preview must not move the noise streams
@@ -142,7 +146,8 @@ class Refiner:
         try:
             def denoise(x: Tensor, sigma: float, first: bool) -> Tensor:
                 t = torch.full((self.batch_size, k), 1000.0 * sigma, device=self.device)
-                return self.model.forward_cached(x, cond, t, self.cache, "append" if first else "overwrite")
+                return self.model.forward_cached(x, cond, t, self.cache, "append" if first else "overwrite",
+                                                 episodes=episodes if first else None)
 
             x0 = self.sampler.sample(denoise, self.model.coarse_x0(cond), noise)
         finally:
@@ -150,6 +155,33 @@ class Refiner:
             for g, st in zip(self._gens, states):
                 g.set_state(st)
         return self.model.from_diffusion(x0, cond, clamp=not self.latent)
+
+    def reset_rows(self, rows: Sequence[int], seeds: Sequence[int]) -> None:
+        """Rows `rows` start new rollouts while the others go on (interactive autoreset): their noise
+        streams restart from `seeds` (hashed as reset() hashes them). Tag their frames from now on
+        with a new episode number in push/preview `episodes=`; the cache then keeps each row's
+        episodes apart (KVCache.attention_mask) and refills the row's sinks from its new episode."""
+        if self.recompute:
+            raise RefineError("reset_rows() needs the KV cache; build the Refiner with recompute=False")
+        if self.batch_size == 0:
+            raise RefineError("reset_rows() before reset(); call refiner.reset(batch_size, seed) first")
+        rows = [int(r) for r in rows]
+        if len(rows) != len(seeds) or any(not 0 <= r < self.batch_size for r in rows):
+            raise RefineError(f"reset_rows({rows}, {list(seeds)}): give one seed per row, rows in [0, {self.batch_size})")
+        gens = make_generators(env_seeds(list(seeds), len(rows)), self.device)
+        for r, g in zip(rows, gens):
+            self._gens[r] = g
+        if self._static is not None:
+            shape = (len(self.sampler.sigmas), 1, self.model.spec.out_channels, self.height, self.width)
+            self._static = self._static.clone()
+            self._static[rows] = draw_noise(gens, shape, self.device)
+
+    def _check_episodes(self, episodes: Tensor | None, frames: int) -> None:
+        if episodes is not None and (not isinstance(episodes, Tensor) or tuple(episodes.shape) != (self.batch_size, frames)):
+            raise RefineError(f"episodes {tuple(getattr(episodes, 'shape', ()))} must be a [B, F] = "
+                              f"({self.batch_size}, {frames}) tensor of per-row episode tags")
+        if episodes is not None and self.recompute:
+            raise RefineError("per-row episodes need the KV cache; build the Refiner with recompute=False")
 
     def snapshot(self) -> RefinerState:
         """Everything the next push depends on: cache slots and counters, noise generator states,

@@ -189,7 +189,7 @@ def test_check_env_franka_actions(franka):
 
 
 @pytest.mark.parametrize("scenario", ["default", "franka_push"])
-def test_vector_env_check_and_autoreset(scenario):
+def test_vector_env_check_and_autoreset(scenario, tmp_path):
     import gymnasium
 
     import hybridsim.interactive  # noqa: F401 (registers hybridsim/<scenario>-v0)
@@ -210,24 +210,51 @@ def test_vector_env_check_and_autoreset(scenario):
         # 0.3 s = 6 frames: truncated together at frame 5, reset on the next step (NEXT_STEP)
         assert frames[4] == (5, [True, True], frames[4][2]) and frames[5] == (0, [False, False], [0.0, 0.0])
         assert not np.array_equal(obs["images"]["main"][0], obs["images"]["main"][1]) or scenario == "franka_push"
-        if scenario == "default":  # env 0 ends early: it waits, frozen, until env 1's episode ends
+        if scenario == "default":  # env 0 ends early: it alone starts over on its next step (NEXT_STEP)
             from hybridsim.interactive.tasks import Task
 
-            envs.unwrapped.task = Task(terminate=lambda ctx: np.array([ctx.frame.index >= 2, False]))
-            obs, _ = envs.reset(seed=7)
-            rows = []
-            for _ in range(6):
+            envs.unwrapped.task = Task(terminate=lambda ctx: np.array([ctx.frame.env_frame[0] >= 2, False]))
+            path = envs.unwrapped.record(tmp_path / "autoreset.jsonl")
+            obs0, _ = envs.reset(seed=7)
+            rows, seen = [], []
+            for i in range(7):
+                if i == 1:
+                    fork = envs.unwrapped.save("fork")
                 obs, reward, terminated, truncated, info = envs.step(np.zeros((2, 9), np.float32))
-                rows.append((int(info["frame"][0]), terminated.tolist(), truncated.tolist(), info["waiting"].tolist()))
-                if rows[-1][0] == 2:
-                    frozen = {k: v[0].copy() for k, v in obs["state"].items()}
-                if rows[-1][0] in (3, 4):
-                    assert all(np.array_equal(frozen[k], obs["state"][k][0]) for k in frozen) and reward[0] == 0
-            assert rows == [(1, [False, False], [False, False], [False, False]),
-                            (2, [True, False], [False, False], [False, False]),
-                            (3, [False, False], [False, False], [True, False]),
-                            (4, [False, False], [False, False], [True, False]),
-                            (5, [False, False], [True, True], [True, False]),
-                            (0, [False, False], [False, False], [False, False])]
+                seen.append(obs["images"]["main"].copy())
+                rows.append((info["frame"].tolist(), terminated.tolist(), truncated.tolist(),
+                             info["autoreset"].tolist(), info["episode"].tolist()))
+                if rows[-1][3][0] and rows[-1][4][0] == 1:
+                    assert reward[0] == 0
+                    first_restart = {k: v[0].copy() for k, v in obs["state"].items()}
+                    first_image = obs["images"]["main"][0].copy()
+            assert rows == [([1, 1], [False, False], [False, False], [False, False], [0, 0]),
+                            ([2, 2], [True, False], [False, False], [False, False], [0, 0]),
+                            ([0, 3], [False, False], [False, False], [True, False], [1, 0]),
+                            ([1, 4], [False, False], [False, False], [False, False], [1, 0]),
+                            ([2, 5], [True, False], [False, True], [False, False], [1, 0]),
+                            ([0, 0], [False, False], [False, False], [True, True], [2, 1]),
+                            ([1, 1], [False, False], [False, False], [False, False], [2, 1])]
+            # branching across an autoreset: restore, step on, bit-identical (refined images included)
+            envs.unwrapped.restore(fork)
+            for i in range(1, 7):
+                obs, *_ = envs.step(np.zeros((2, 9), np.float32))
+                assert np.array_equal(obs["images"]["main"], seen[i]), i
+            envs.unwrapped.stop_recording()
+            from hybridsim.interactive.recording import read_recording
+            from hybridsim.interactive.replay import replay
+
+            ops = read_recording(path)[1]
+            resets = [o.get("reset") for o in ops if o["op"] == "step"]
+            assert resets.count([0]) == 2 and resets.count([0, 1]) == 2  # the run and its branch
+            assert replay(path, tmp_path / "replayed")["verified"]
+            # env 0's second episode is the one a batch reset to episode 1 gives it (the default scenario
+            # samples positions per episode), and its first refined frame matches up to float order
+            u = envs.unwrapped
+            u.session.reset_episode(7, 1)
+            again = u.observer.batch(u.session.frame)
+            assert all(np.array_equal(first_restart[k], again["state"][k][0]) for k in first_restart)
+            assert not np.array_equal(first_restart["body_pos"], obs0["state"]["body_pos"][0])
+            assert np.abs(first_image.astype(int) - again["images"]["main"][0]).max() <= 2
     finally:
         envs.close()

@@ -66,3 +66,62 @@ def test_preview_and_restore_refusals():
         cache.begin(2, "append")
     with pytest.raises(RefineError, match="evicted"):
         cache.rollback(mark)
+
+
+# ---- per-row episodes (vector-env autoreset: one env starts over while the others run on) --------
+def _rollout(model, cond, tags=None, sampler=None, seed=7, previews=False):
+    """Push cond [B, T, ...] block by block with per-frame tags [B, T] -> refined [B, T, 3, H, W]."""
+    r = Refiner(model, sampler or SamplerConfig(num_steps=2, noise="zero"))
+    r.reset(cond.shape[0], seed=seed)
+    out = []
+    for i in range(0, cond.shape[1], 2):
+        t = None if tags is None else tags[:, i:i + 2].contiguous()
+        if previews:
+            r.preview(cond[:, i:i + 1].contiguous(), None if t is None else t[:, :1].contiguous())
+        out.append(r.push(cond[:, i:i + 2].contiguous(), t))
+    return torch.cat(out, 1), r
+
+
+@pytest.mark.parametrize("at", [4, 5])  # at a block boundary, and mid-block
+def test_reset_row_forgets_its_old_episode_and_leaves_the_others(at):
+    model, cond = tiny_model(seed=4), _conds(frames=16)
+    tags = torch.zeros(2, 16, dtype=torch.long)
+    tags[1, at:] = 1  # env 1 starts a new episode at frame `at`
+    base, _ = _rollout(model, cond, tags)
+    # what env 1 saw before its reset does not matter afterwards, bit for bit (masked keys weigh 0,
+    # its sink is refilled from the new episode) ...
+    other = cond.clone()
+    other[1, :at] = torch.rand_like(other[1, :at])
+    swapped, r = _rollout(model, other, tags, previews=True)
+    assert torch.equal(swapped[1, at:], base[1, at:])
+    assert not torch.equal(swapped[1, :at], base[1, :at])
+    assert int(r.cache.tags[1, 0]) == 1  # the sink holds the new episode's first frame
+    # ... and env 0 is refined as if env 1 had never reset (the same up to float summation order)
+    plain, _ = _rollout(model, cond)
+    assert torch.allclose(base[0], plain[0], atol=1e-6)
+    assert not torch.allclose(base[1, at:], plain[1, at:], atol=1e-3)
+
+
+def test_reset_row_at_block_start_matches_a_fresh_rollout_once_the_window_refills():
+    """A row reset at a block boundary sees what a fresh rollout of the new episode sees, except for
+    cache positions until its window holds only new frames: close at first, then equal to float error."""
+    model, cond = tiny_model(seed=5), _conds(frames=20)
+    tags = torch.zeros(2, 20, dtype=torch.long)
+    tags[1, 6:] = 1
+    reset, _ = _rollout(model, cond, tags)
+    fresh, _ = _rollout(model, cond[1:, 6:].contiguous(), seed=7)
+    err = (reset[1, 6:] - fresh[0]).abs().amax(dim=(1, 2, 3))
+    assert err[:2].max() < 1e-5  # the first block sees only itself: RoPE is relative
+    assert err.max() < 0.05 and err[-2:].max() < 1e-3, err  # converges as old positions leave
+
+
+def test_reset_rows_refusals():
+    model = tiny_model()
+    r = Refiner(model, SamplerConfig(num_steps=2))
+    with pytest.raises(RefineError, match="before reset"):
+        r.reset_rows([0], [1])
+    r.reset(2)
+    with pytest.raises(RefineError, match="one seed per row"):
+        r.reset_rows([0, 2], [1, 2])
+    with pytest.raises(RefineError, match="episode tags"):
+        r.push(torch.zeros(2, 2, 7, 16, 16), torch.zeros(2, 3, dtype=torch.long))

@@ -3,7 +3,8 @@
 A recording is a JSON Lines file: a header line (format, the composed run config with its
 scenario, the scenario folder, the number of environments, the extra image kinds, the action
 names, torch's thread count), then one line per operation on the session: `reset` (root seed and episode index),
-`step` (the actions [B, A] as applied, and a digest of what the step produced), `save` and
+`step` (the actions [B, A] as applied, the envs autoreset at it if any, and a digest of what the
+step produced), `save` and
 `restore` (by tag, so branches replay too). A digest is the SHA-256 of the refined images of
 every camera and env and of the body poses and joint positions, so a replay can prove itself
 bit-identical step by step. `replay(FILE, out_dir)` rebuilds the session from the header, runs
@@ -64,9 +65,12 @@ class Recorder:
         self._write({"op": "reset", "root_seed": root_seed, "episode": episode})
         self.ops += 1
 
-    def log_step(self, actions: np.ndarray) -> None:
+    def log_step(self, actions: np.ndarray, reset: list[int] | None = None) -> None:
         if self.started:
-            self._write({"op": "step", "actions": actions.astype(np.float32).tolist()})
+            row = {"op": "step", "actions": actions.astype(np.float32).tolist()}
+            if reset:
+                row["reset"] = [int(b) for b in reset]  # envs autoreset at this step
+            self._write(row)
             self.ops += 1
 
     def after(self) -> None:

@@ -43,7 +43,7 @@ def replay(path: str | Path, out_dir: str | Path | None = None, overwrite: bool 
             if kind == "reset":
                 session.reset_episode(op["root_seed"], op["episode"])
             elif kind == "step":
-                session.step(op["actions"])
+                session.step(op["actions"], reset=op.get("reset"))
                 steps += 1
             elif kind == "save":
                 saved[op["tag"]] = session.save(op["tag"])

@@ -34,6 +34,7 @@ class SessionState:
     ended: np.ndarray  # [B] bool
     steps: int
     tag: str | None = None  # its name in a recording
+    env_episode: np.ndarray | None = None  # [B] each env's episode index (autoreset moves them apart)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Session:
         self.frame = None
         self.refined: dict = {}  # camera -> uint8 [B, H, W, 3] of the current frame, as stepped
         self.ended = np.zeros(self.n_envs, dtype=bool)
+        self.env_episode = np.full(self.n_envs, self.episode, dtype=np.int64)  # per env (reset_envs)
         self.steps = 0
         self.last = StepTimings()
 
@@ -112,6 +114,7 @@ class Session:
             self.refiner.step(frame)
         self.refined = _frozen(frame)
         self.ended[:] = False
+        self.env_episode[:] = self.episode
         self.frame, self.steps = frame, 0
         self.last = StepTimings(total_s=time.perf_counter() - t0)
         if self.recorder is not None:
@@ -135,20 +138,44 @@ class Session:
             raise InteractiveError("action has NaN or infinite values; give finite numbers within the action space")
         return np.clip(a, self.layout.low, self.layout.high)
 
-    def step(self, actions):
+    def episode_seed(self, env: int, episode: int) -> int:
+        """The seed of env `env`'s episode `episode` under the current root seed (the same whether
+        the env got there by a batch reset or by its own autoreset)."""
+        from hybridsim.scenario.seeding import env_seeds
+
+        return env_seeds(self.root_seed, int(episode), self.n_envs)[env]
+
+    def step(self, actions, reset=None):
         """Apply actions [B, A] before the next output frame, advance one frame -> its Frame with
-        `refined` set (the refined image of the state the action produced)."""
+        `refined` set (the refined image of the state the action produced). `reset`: envs ([k]
+        indices or a [B] bool mask) that start their next episode at this frame instead (Gymnasium
+        autoreset): their actions are ignored and the frame shows their new episode's start; the
+        other envs step on."""
         if self.frame is None:
             raise InteractiveError("step() before reset(); call reset() first")
         a = self.check_action(actions)
+        rows = _rows(reset, self.n_envs)
         if self.recorder is not None:
-            self.recorder.log_step(a)
+            self.recorder.log_step(a, rows)
         sim = self.sim
         t0 = time.perf_counter()
         _cold_start(sim.world)
         apply_controls(self.layout, sim.world, sim.cameras, a, sim.steps_per_frame, sim.scenario.timing.dt)
         before = dict(sim.timings)
-        frame = sim.step()
+        episodes = None
+        if rows:
+            from hybridsim.scenario.sampling import has_distributions, sample_scenario
+
+            self.env_episode[rows] += 1
+            seeds = [self.episode_seed(b, self.env_episode[b]) for b in rows]
+            if has_distributions(self.template):
+                episodes = [sample_scenario(self.template, sd) for sd in seeds]
+            for b, sd in zip(rows, seeds):
+                sim.seeds[b] = sd
+            if self.refiner is not None:
+                self.refiner.reset_rows(rows, seeds)
+            self.ended[rows] = False
+        frame = sim.step(reset=rows or None, episodes=episodes)
         t1 = time.perf_counter()
         if self.refiner is not None:
             self.refiner.step(frame)
@@ -170,7 +197,8 @@ class Session:
         if self.recorder is not None:
             tag = self.recorder.log_save(tag)
         return SessionState(self.sim.save(), None if self.refiner is None else self.refiner.save(), self.root_seed,
-                            self.episode, self.frame, self.refined, self.ended.copy(), self.steps, tag)
+                            self.episode, self.frame, self.refined, self.ended.copy(), self.steps, tag,
+                            self.env_episode.copy())
 
     def restore(self, state: SessionState) -> None:
         if not isinstance(state, SessionState):
@@ -183,11 +211,13 @@ class Session:
         self.root_seed, self.episode, self.frame = state.root_seed, state.episode, state.frame
         self.refined = state.refined
         self.ended, self.steps = state.ended.copy(), state.steps
+        self.env_episode = np.full(self.n_envs, state.episode, np.int64) if state.env_episode is None \
+            else state.env_episode.copy()
 
     # ------------------------------------------------------------ episode status
     def time_up(self) -> np.ndarray:  # [B] bool
         """The episode's last frame is reached (timing.duration, cut by terminate.time_limit)."""
-        return self.sim.frame_index >= self.sim._last_frame
+        return self.sim.env_frame >= self.sim._last_frame
 
     def at_rest(self) -> np.ndarray:  # [B] bool
         """The scenario's `terminate: at_rest` holds."""
@@ -244,6 +274,21 @@ class Observer:
         world = self.session.sim.world
         ent = world.entities[world.entity_index(robot)]
         return int(np.atleast_1d(ent.get_joint(joint).dofs_idx_local)[0])
+
+
+def _rows(reset, n: int) -> list[int]:
+    """`reset` (None, indices, or a [n] bool mask) -> sorted env indices."""
+    if reset is None:
+        return []
+    r = np.asarray(reset)
+    if r.dtype == bool:
+        if r.shape != (n,):
+            raise InteractiveError(f"reset mask of shape {r.shape} must be [{n}] (one bool per env)")
+        return np.nonzero(r)[0].tolist()
+    rows = sorted(set(int(i) for i in r.reshape(-1)))
+    if rows and (rows[0] < 0 or rows[-1] >= n):
+        raise InteractiveError(f"reset envs {rows} must be in [0, {n})")
+    return rows
 
 
 def _cold_start(world) -> None:

@@ -2,14 +2,14 @@
 batch, as a `gymnasium.vector.VectorEnv` (hybridsim.make_vec_env).
 
 Observations are the single environment's (env.py) with a leading [N] axis; actions [N, A].
-Autoreset follows Gymnasium's NEXT_STEP mode, with one constraint of the batch: Genesis'
-batched environments share one clock (timed events fire by the batch's physics step), so the
-environments start their episodes together. An environment whose episode ends while others run
-waits: its observation stays its last one, its reward is 0 and `info["waiting"]` is true; on the
-step where the last running environment ends, the waiting ones report `truncated=True`; the next
-step resets every environment (reset observations, reward 0, no termination), as NEXT_STEP does.
-With the shipped scenarios (episodes end by their duration) all environments end together and
-this is exactly Gymnasium's behaviour.
+Autoreset is Gymnasium's NEXT_STEP mode, per environment: an environment whose episode ended
+(terminated or truncated) on one step starts its next episode on its next step, which returns
+its reset observation with reward 0 and no termination while the other environments step on.
+Each environment keeps its own clock (timed events, time limits and `info["frame"]`/`["t"]` count
+from its own start), its next episode is the one a batch reset would give it (seed derived from
+the root seed, the env index and its own episode count; distributions resampled), and the
+refiner keeps its frames apart from the old episode's in the shared batch (refine.KVCache tags).
+`reset()` resets every environment; a partial `reset_mask` is refused (autoreset does that).
 """
 
 from __future__ import annotations
@@ -67,13 +67,14 @@ class HybridSimVectorEnv(VectorEnv):
         if options:
             mask = options.get("reset_mask")
             if set(options) - {"reset_mask"} or (mask is not None and not np.all(mask)):
-                raise InteractiveError("the batched environments share one clock and reset together; "
-                                       "reset options (a partial reset_mask) are not supported")
+                raise InteractiveError("reset() resets every environment; environments that ended are reset "
+                                       "one by one by autoreset (NEXT_STEP) on their next step, so a partial "
+                                       "reset_mask (or other reset options) is not supported")
         super().reset(seed=seed)
         frame = self.session.reset(seed)
-        self._autoreset = False
+        self._autoreset = np.zeros(self.num_envs, bool)
         self._obs = self.observer.batch(frame)
-        infos = self._infos(frame, waiting=np.zeros(self.num_envs, bool))
+        infos = self._infos(frame)
         infos["labels"] = instance_labels(self.session)  # the same for every env of the batch
         return _copy(self._obs), infos
 
@@ -81,24 +82,15 @@ class HybridSimVectorEnv(VectorEnv):
         s = self.session
         if s.frame is None:
             raise InteractiveError("step() before reset(); call reset() first")
-        if self._autoreset:  # NEXT_STEP: every env ended on the previous step
-            obs, infos = self.reset()
-            zeros = np.zeros(self.num_envs, dtype=bool)
-            return obs, np.zeros(self.num_envs), zeros, zeros.copy(), infos
         a = s.check_action(np.asarray(actions, dtype=np.float32) if not isinstance(actions, dict) else actions)
-        waiting = s.ended.copy()
-        frame = s.step(a)
+        reset = self._autoreset.copy()  # NEXT_STEP: envs that ended on the previous step start over now
+        frame = s.step(a, reset=reset if reset.any() else None)
         rewards, terminated, truncated = episode_status(s, self.task, frame, a)
-        new = self.observer.batch(frame)
-        self._obs = _merge(self._obs, new, ~waiting)
-        rewards[waiting] = 0.0
-        terminated &= ~waiting
-        truncated &= ~waiting
-        s.ended |= terminated | truncated
-        if s.ended.all():
-            truncated |= waiting  # the waiting stretch ends here; the next step resets every env
-            self._autoreset = True
-        return _copy(self._obs), rewards, terminated, truncated, self._infos(frame, waiting)
+        self._obs = self.observer.batch(frame)
+        rewards[reset], terminated[reset], truncated[reset] = 0.0, False, False
+        s.ended = terminated | truncated
+        self._autoreset = s.ended.copy()
+        return _copy(self._obs), rewards, terminated, truncated, self._infos(frame, reset)
 
     def render(self):
         if self.render_mode == "rgb_array" and self._obs is not None:
@@ -112,12 +104,12 @@ class HybridSimVectorEnv(VectorEnv):
     # ------------------------------------------------------------ branching
     def save(self, tag: str | None = None):
         """State of the whole batch (see HybridSimEnv.save)."""
-        return (self.session.save(tag), self._obs, self._autoreset)
+        return (self.session.save(tag), self._obs, self._autoreset.copy())
 
     def restore(self, state):
         sess_state, obs, autoreset = state
         self.session.restore(sess_state)
-        self._obs, self._autoreset = obs, autoreset
+        self._obs, self._autoreset = obs, np.array(autoreset, dtype=bool).copy()
         return _copy(obs)
 
     def record(self, path):
@@ -132,25 +124,20 @@ class HybridSimVectorEnv(VectorEnv):
 
         return stop_recording(self.session)
 
-    def _infos(self, frame, waiting: np.ndarray) -> dict:
+    def _infos(self, frame, reset: np.ndarray | None = None) -> dict:
+        """Per env: its events of this step, its own frame index and time, whether its refined image is
+        provisional, its episode index, and whether this step was its autoreset."""
         infos: dict = {}
-        provisional = refined_is_provisional(self.session)
+        s = self.session
+        provisional = refined_is_provisional(s)
+        own = frame.env_frame if frame.env_frame is not None else np.full(self.num_envs, frame.index)
+        frame_dt = s.sim.steps_per_frame * s.sim.scenario.timing.dt
         for b in range(self.num_envs):
-            info = {"events": [dict(r) for r in frame.events if r.get("env", 0) == b], "frame": int(frame.index),
-                    "t": float(frame.t), "provisional": provisional, "waiting": bool(waiting[b])}
+            info = {"events": [dict(r) for r in frame.events if r.get("env", 0) == b], "frame": int(own[b]),
+                    "t": float(own[b] * frame_dt), "provisional": provisional, "episode": int(s.env_episode[b]),
+                    "autoreset": bool(reset is not None and reset[b])}
             infos = self._add_info(infos, info, b)
         return infos
-
-
-def _merge(old: dict | None, new: dict, take: np.ndarray) -> dict:
-    """new where `take` [N] else old (waiting envs keep their last observation)."""
-    if old is None or take.all():
-        return new
-    if isinstance(new, dict):
-        return {k: _merge(old[k], v, take) for k, v in new.items()}
-    out = np.array(old, copy=True)
-    out[take] = new[take]
-    return out
 
 
 def _copy(obs):

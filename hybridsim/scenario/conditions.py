@@ -26,6 +26,7 @@ class Engine(Protocol):
     B: int
     stateful: list  # leaves with counters, saved with the engine
     prev_vel: Any  # [B, K, 3] velocities after the previous step's actions, or None
+    origin: Any  # [B] physics step at which each env's episode started
 
     def slot_mass(self) -> Any: ...
 
@@ -36,6 +37,7 @@ class Context:
     def __init__(self, engine: Engine, step: int, state):
         self.engine, self.step, self.state = engine, step, state
         self.t = step * engine.dt
+        self.t_env = (step - engine.origin) * engine.dt  # [B] each env's own time (reset_envs)
 
     def state_now(self):
         if self.state is None:
@@ -132,7 +134,7 @@ class _Scalar(_Node):
 
         B = self.engine.B
         if self.kind == "time":
-            v = np.full(B, ctx.t)
+            v = np.asarray(ctx.t_env, dtype=np.float64).reshape(B)
         else:
             st, ar = ctx.state, torch.arange(B)
             if self.kind == "speed":

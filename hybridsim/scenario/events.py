@@ -17,6 +17,9 @@ Semantics (docs/scenarios.md has the user-facing version):
   `for` seconds), `in_region`, `time`, `visible` (origin projects inside the image, in front).
 - An environment stops firing events once it is done (terminated); it keeps stepping with the
   batch, but its frames after `end_frame` are not part of its episode.
+- Each environment has its own clock: `reset_envs` restarts chosen environments' episodes (their
+  triggers, counters and time) at the batch's current step while the others go on; step, t and
+  frame in records, `at` times and `time` conditions are all counted from the env's own start.
 Records (one dict per firing, JSON-ready) are the ground-truth event labels (`events.jsonl`).
 """
 
@@ -85,8 +88,10 @@ class EventEngine:
         self.need_contacts = any(e.cond is not None and e.cond.needs_contacts for e in self.events)
         self.need_state = any(e.cond is not None for e in self.events) or self.rest_steps is not None
         self.prev_vel = None  # [B, K, 3] velocities after the previous step's actions (contact impulses)
+        self.origin = np.zeros(self.B, np.int64)  # physics step at which each env's episode started
         self._single = [(i, world.body_slot(b.name)) for i, b in enumerate(world.spec.bodies)
                         if len(world.entity_slots(b.name)) == 1 and not (b.fixed or b.kind in ("plane", "urdf", "mjcf"))]
+        self._initial = self.save()  # what reset_envs restores rows from
 
     def slot_mass(self):
         """[B, K] kg of the slots that are one free body, 0 elsewhere."""
@@ -145,7 +150,7 @@ class EventEngine:
         for i in self.order:
             e = self.events[i]
             if e.trigger == "at":
-                fire = (e.count == 0) & (k >= e.at_step)
+                fire = (e.count == 0) & (k - self.origin >= e.at_step)
             elif e.trigger == "after":
                 fire = (e.due >= 0) & (k >= e.due)
             else:
@@ -184,8 +189,9 @@ class EventEngine:
 
     def _record(self, e: "_Event", b: int, ctx) -> dict:
         kinds = [acts[b].kind for acts in e.actions]
+        step = ctx.step - int(self.origin[b])  # the env's own clock
         rec = {"env": b, "event": e.name, "index": e.index, "trigger": e.trigger, "action": kinds[0] if kinds else None,
-               "actions": kinds, "t": round(ctx.step * self.dt, 9), "step": ctx.step, "frame": ctx.step // self.spf + 1,
+               "actions": kinds, "t": round(step * self.dt, 9), "step": step, "frame": step // self.spf + 1,
                "count": int(e.count[b]), "entities": [], "contact_point": None, "impulse": None}
         if e.cond is not None:
             e.cond.describe(b, rec)
@@ -248,7 +254,7 @@ class EventEngine:
             "events": [(e.count, e.prev, e.due) for e in self.events],
             "leaves": [leaf.save() for leaf in self.stateful],
             "spawn_next": self.spawn_next, "active": self.active, "rest": (self.rest_count, self.rested),
-            "prev_vel": self.prev_vel,
+            "prev_vel": self.prev_vel, "origin": self.origin,
             "log": len(self.log), "first": dict(self.first),
         })
 
@@ -261,8 +267,31 @@ class EventEngine:
         self.spawn_next, self.active = snap["spawn_next"], snap["active"]
         self.rest_count, self.rested = snap["rest"]
         self.prev_vel = snap["prev_vel"]
+        self.origin = snap.get("origin", np.zeros(self.B, np.int64))
         del self.log[snap["log"]:]
         self.first = snap["first"]
+
+    def reset_envs(self, envs, previous: "EventEngine | None" = None) -> None:
+        """Envs `envs` start their episodes over at the world's current step: their triggers,
+        counters, rest state and spawn numbering go back to the start and their clocks restart;
+        the others go on. `previous`: the engine whose state and log the others carry on (when the
+        Simulation built this one for the new episodes' parameters); default self."""
+        import torch
+
+        prev = previous if previous is not None else self
+        e = np.asarray(envs, dtype=np.int64).reshape(-1)
+        cur = prev.save()
+        snap = _take_rows(cur, self._initial, e, self.B)
+        snap["log"] = len(prev.log)
+        snap["first"] = {k: v for k, v in cur["first"].items() if k[1] not in set(e.tolist())}
+        snap["origin"] = cur["origin"].copy()
+        snap["origin"][e] = self.world.step_count
+        if cur["prev_vel"] is not None:  # the new episode's first step measures impulses from its own start
+            pv = cur["prev_vel"].clone()
+            pv[torch.as_tensor(e)] = self.world.state(contacts=False).body_lin_vel.double()[torch.as_tensor(e)]
+            snap["prev_vel"] = pv
+        self.log = prev.log
+        self.restore(snap)
 
     def timed_fired(self) -> int:
         """How many timed (`at`) events have fired in env 0 (the v1 `_next_event` counter)."""
@@ -273,6 +302,25 @@ class EventEngine:
         timed = sorted((e for e in self.events if e.trigger == "at"), key=lambda e: (int(e.at_step[0]), e.index))
         for j, e in enumerate(timed):
             e.count[:] = 1 if j < n else 0
+
+
+def _take_rows(cur, init, rows: np.ndarray, B: int):
+    """`cur` with rows `rows` of every [B, ...] array taken from `init` (same structure)."""
+    import torch
+
+    if isinstance(cur, dict):
+        return {k: _take_rows(v, init[k], rows, B) for k, v in cur.items()}
+    if isinstance(cur, (list, tuple)):
+        return type(cur)(_take_rows(a, b, rows, B) for a, b in zip(cur, init))
+    if isinstance(cur, np.ndarray) and cur.ndim and cur.shape[0] == B:
+        out = cur.copy()
+        out[rows] = init[rows]
+        return out
+    if isinstance(cur, torch.Tensor) and cur.ndim and cur.shape[0] == B and isinstance(init, torch.Tensor):
+        out = cur.clone()
+        out[torch.as_tensor(rows)] = init[torch.as_tensor(rows)]
+        return out
+    return cur
 
 
 class _Event:
