@@ -240,8 +240,10 @@ def sampler_config(settings: RefineSettings, weights_dir: Path | None = None):
     except RefineError as err:
         raise SpecError("refine.sigmas" if settings.sigmas else "refine.steps", str(err)) from None
     saved = Path(weights_dir) / "sampler.json" if weights_dir else None
-    if cfg is None and saved is not None and saved.is_file():
-        cfg = saved_sampler(saved)
+    if saved is not None and saved.is_file():
+        own = saved_sampler(saved)
+        # clean_pass is how the model was trained to read its context: it holds whatever the schedule
+        cfg = own if cfg is None else dataclasses.replace(cfg, clean_pass=own.clean_pass)
     cfg = cfg or SamplerConfig()
     if settings.noise is not None:
         try:
@@ -252,7 +254,7 @@ def sampler_config(settings: RefineSettings, weights_dir: Path | None = None):
 
 
 _SAMPLER_TYPES = {"num_steps": (int,), "sigma_max": (int, float), "shift": (int, float), "sigmas": (list, type(None)),
-                  "noise": (str,)}
+                  "noise": (str,), "clean_pass": (bool,)}
 
 
 def saved_sampler(path: Path):
@@ -268,7 +270,7 @@ def saved_sampler(path: Path):
             raise RefineError(f"sampler schedule {path} has unknown keys {[short(k) for k in unknown[:4]]}; "
                               f"its keys are {sorted(_SAMPLER_TYPES)} (re-save it with hybridsim train-refiner)")
         for k, v in data.items():
-            if isinstance(v, bool) or not isinstance(v, _SAMPLER_TYPES[k]) or \
+            if (isinstance(v, bool) and k != "clean_pass") or not isinstance(v, _SAMPLER_TYPES[k]) or \
                     (k == "sigmas" and v is not None and not all(isinstance(x, (int, float)) for x in v)):
                 raise RefineError(f"sampler schedule {path}: {k} has the wrong type ({type(v).__name__}); "
                                   "e.g. {\"num_steps\": 3, \"sigma_max\": 0.75, \"noise\": \"static\"}")

@@ -156,8 +156,15 @@ class SamplerConfig:
     # predicted x0 to the next sigma (a deterministic refiner: the model's conditional mean, not a
     # sample; it trains with fresh noise, and only its self-rollout phase runs noise-free).
     noise: str = "fresh"
+    # True: after the last step a clean pass (t = 0, the refined block as input) writes the block's
+    # K/V, as Self-Forcing does. False: the K/V the last denoising step wrote stay as the context,
+    # which saves the clean pass (a third of a one-step block's cost); a model must be trained for
+    # it (train-refiner clean_pass=false), since its context is then the block at the last sigma.
+    clean_pass: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.clean_pass, bool):
+            raise RefineError(f"clean_pass={self.clean_pass!r} must be true or false")
         if self.noise not in NOISE_MODES:
             raise RefineError(f"noise={self.noise!r} must be one of {NOISE_MODES}; 'static' reuses one "
                               "noise field for every block (steadier video), 'fresh' draws new noise per block, "

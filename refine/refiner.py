@@ -39,6 +39,8 @@ class Refiner:
         self.model = model.to(self.device).eval()
         self.sampler = FewStepSampler(sampler)
         self.recompute = recompute
+        if recompute and not self.sampler.cfg.clean_pass:
+            raise RefineError("recompute=True keeps clean context frames; it needs a sampler with clean_pass=True")
         self.height, self.width = height or spec.sample_height, width or spec.sample_width
         self.frames_per_block = spec.frames_per_block
         self.batch_size = 0
@@ -111,8 +113,9 @@ class Refiner:
                                             episodes=episodes if first else None)
 
             x0 = self.sampler.sample(denoise, start, noise)
-            zero_t = torch.zeros(self.batch_size, f, device=self.device)
-            model.forward_cached(x0, cond, zero_t, self.cache, "overwrite", write_only=True)  # clean K/V
+            if self.sampler.cfg.clean_pass:
+                zero_t = torch.zeros(self.batch_size, f, device=self.device)
+                model.forward_cached(x0, cond, zero_t, self.cache, "overwrite", write_only=True)  # clean K/V
         self.blocks_done += 1
         return model.from_diffusion(x0, cond, clamp=not self.latent).to(src_device)
 

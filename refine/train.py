@@ -173,9 +173,41 @@ def teacher_forcing_loss(model, cond: Tensor, target: Tensor, sigma_blocks: Tens
     return loss
 
 
+def direct_loss(model, cond: Tensor, target: Tensor, sigma: float, ssim_weight: float = 0.0,
+                temporal_weight: float = 0.0, kind: str = "mse") -> Tensor:
+    """The loss of exactly what a one-step, noise-free sampler without a clean pass computes.
+
+    With sampler sigmas (s,), noise="zero" and clean_pass=False every block enters the model as the
+    coarse render scaled to s, at t = 1000 s, and the cached context is the K/V those same forwards
+    wrote: the whole rollout is one block-causal dense forward (sinks, window and cache-relative
+    positions included: `forward(use_window=True)`, the cache's reference). Training it needs no
+    noise, no teacher forcing and no context copy, and there is no gap between training and
+    inference. (Teacher forcing instead feeds (1 - s) x0 + s noise, the *target* barely noised: at
+    s = 0.1 a model learns to keep its input, and at inference, where the input is the coarse
+    render, it then returns the coarse render nearly unchanged.)
+    """
+    b, t = target.shape[:2]
+    x0 = model.to_diffusion(target, cond)
+    x = (1.0 - sigma) * model.coarse_x0(cond)
+    ts = torch.full((b, t), 1000.0 * sigma, device=target.device)
+    v = model(x, cond, ts)
+    x0_hat = x - max(sigma, SAMPLE_MIN_SIGMA) * v if model.spec.prediction == "sample" else x - sigma * v
+    loss = pixel_loss(x0_hat, x0, kind)
+    if ssim_weight:
+        loss = loss + ssim_weight * ssim_loss(model.from_diffusion(x0_hat, cond, clamp=False), target)
+    if temporal_weight and t > 1:
+        loss = loss + temporal_weight * temporal_loss(x0_hat, x0)
+    return loss
+
+
+def direct_training(sampler) -> bool:
+    """The sampler is one noise-free step without a clean pass: `direct_loss` trains it exactly."""
+    return not sampler.clean_pass and sampler.noise == "zero" and len(sigma_schedule(sampler)) == 1
+
+
 def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen: torch.Generator,
                  ssim_weight: float = 0.0, temporal_weight: float = 0.0, static_noise: bool = False,
-                 zero_noise: bool = False, kind: str = "mse") -> Tensor:
+                 zero_noise: bool = False, kind: str = "mse", clean_pass: bool = True) -> Tensor:
     """Self-rollout through the KV cache; supervised x0 loss (pixel_loss `kind`) at one random exit step per block
     (+ the SSIM term, + the temporal term within the block and against the previous block's
     last refined frame).
@@ -225,7 +257,14 @@ def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen
                 total += float(loss.detach())
         with torch.no_grad():
             cache.detach_()
-            model.forward_cached(x0.detach(), c, torch.zeros(b, f, device=dev), cache, "overwrite", write_only=True)
+            if clean_pass:
+                model.forward_cached(x0.detach(), c, torch.zeros(b, f, device=dev), cache, "overwrite", write_only=True)
+            else:  # the context is what the sampler's last step writes: finish the steps after the exit
+                x0 = x0.detach()
+                for k in range(exit_k + 1, len(sig_list)):
+                    x = (1 - sig_list[k]) * x0 + sig_list[k] * noise(k)
+                    tt = torch.full((b, f), 1000.0 * sig_list[k], device=dev)
+                    x0 = x - sig_list[k] * model.forward_cached(x, c, tt, cache, "overwrite")
         prev = (x0.detach()[:, -1:], tgt[:, -1:])
     return torch.tensor(total / n_blocks)
 
@@ -339,6 +378,7 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
         # noise="zero" samples deterministically: teacher forcing still needs noisy inputs (fresh noise),
         # while the self-rollout phase runs exactly the sampler's noise-free steps
         zero = cfg.sampler.noise == "zero"
+        direct = direct_training(cfg.sampler)  # phase 2 then trains exactly the inference computation
         f = model.spec.frames_per_block
         end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
         loss_val, ckpt = float("nan"), None
@@ -350,9 +390,14 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
                     group["lr"] = _lr(step, cfg)
                 cond, target = _batch(clips, cfg, f, gen)
                 cond, target = cond.to(dev), target.to(dev)
-                if phase == 3:
+                if phase == 2 and direct:
+                    loss = direct_loss(model, cond, target, sig_list[0], cfg.ssim_weight, cfg.temporal_weight,
+                                       kind=cfg.loss)
+                    loss.backward()
+                elif phase == 3:
                     loss = rollout_loss(model, cond, target, sig_list, gen, cfg.ssim_weight, cfg.temporal_weight,
-                                        static_noise=static, zero_noise=zero, kind=cfg.loss)
+                                        static_noise=static, zero_noise=zero, kind=cfg.loss,
+                                        clean_pass=cfg.sampler.clean_pass)
                 else:
                     n_blocks = target.shape[1] // f
                     sig = _block_sigmas(target.shape[0], n_blocks, phase, cfg, sig_list, gen)

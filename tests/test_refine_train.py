@@ -204,3 +204,41 @@ def test_train_only_updates_the_named_parameters_and_nothing_else(clips, tmp_pat
     assert all(p.requires_grad for p in bad.parameters())  # a failed run hands it back unfrozen too
     with pytest.raises(RefineError, match="empty prefix"):
         _cfg(train_only=("",))
+
+
+@pytest.mark.parametrize("residual", [True, False])
+def test_direct_loss_trains_exactly_what_the_refiner_runs_without_a_clean_pass(residual):
+    """clean_pass=False, one step, noise="zero": the refiner's streamed output (KV cache, window
+    eviction and all) equals the dense forward direct_loss trains, so training sees inference."""
+    from refine import Refiner
+    from refine.model import SAMPLE_MIN_SIGMA
+    from refine.train import direct_loss, direct_training
+
+    model = tiny_model(seed=3, residual_space=residual, prediction="sample")
+    cond = torch.stack([c for c, _ in synthetic_clips(2, 10, seed=1)])  # 5 blocks: evictions happen
+    sampler = SamplerConfig(sigmas=(0.1,), noise="zero", clean_pass=False)
+    assert direct_training(sampler) and not direct_training(SamplerConfig(sigmas=(0.1,), noise="zero"))
+    streamed = Refiner(model, sampler).refine_video(cond, seed=0)
+    with torch.no_grad():
+        x = 0.9 * model.coarse_x0(cond)
+        x0 = x - max(0.1, SAMPLE_MIN_SIGMA) * model(x, cond, torch.full((2, 10), 100.0))
+    assert torch.allclose(model.from_diffusion(x0, cond), streamed, atol=1e-5)
+    with_clean = Refiner(model, SamplerConfig(sigmas=(0.1,), noise="zero")).refine_video(cond, seed=0)
+    assert not torch.allclose(with_clean[:, 2:], streamed[:, 2:], atol=1e-4)  # the context differs
+    own = model.from_diffusion(x0, cond, clamp=False)  # the loss of the model's own output is ~0
+    assert float(direct_loss(model, cond, own, 0.1).detach()) < 1e-9
+
+
+def test_clean_pass_false_is_saved_and_read_back(tmp_path):
+    import dataclasses
+
+    from hybridsim.config import RefineSettings
+    from hybridsim.refining import sampler_config
+
+    (tmp_path / "sampler.json").write_text(json.dumps(dataclasses.asdict(
+        SamplerConfig(sigmas=(0.1,), noise="zero", clean_pass=False)), default=list))
+    assert sampler_config(RefineSettings(), tmp_path).clean_pass is False
+    # a schedule given on the command line keeps how the model reads its context
+    assert sampler_config(RefineSettings(sigmas=[0.2, 0.1]), tmp_path).clean_pass is False
+    with pytest.raises(RefineError, match="clean_pass"):
+        SamplerConfig(clean_pass="no")

@@ -116,6 +116,43 @@ def write_strip(seq: dict[str, list[np.ndarray]], path: Path, picks: int = 3) ->
     return path
 
 
+def evaluate_clips(folder: Path, weights: str | None, frames: int = 0, progress: bool = True) -> dict:
+    """The refiner streamed over saved path-traced clips (scene_*.npz of make_pathtraced_clips: the
+    21-channel lit condition and the Cycles target) -> {"rows": per clip PSNR / SSIM / FLIP of the lit
+    render and the refined frames, "mean", counts}. frames > 0 keeps each clip's first `frames`."""
+    import torch
+    from refine import Refiner
+    from tqdm import tqdm
+
+    from hybridsim.config import RefineSettings
+    from hybridsim.refining import load_model, sampler_config
+
+    settings = RefineSettings(weights=weights) if weights else RefineSettings()
+    model, wdir = load_model(settings, "cpu")
+    refiner = Refiner(model, sampler_config(settings, wdir))
+    files = sorted(Path(folder).glob("scene_*.npz"))
+    rows = []
+    for f in tqdm(files, desc="validation clips", unit="scene", disable=not progress):
+        with np.load(f) as d:
+            cond, target = d["cond"], d["target"]  # [N, T, C, H, W] float16, [N, T, H, W, 3] uint8
+        if frames:
+            cond, target = cond[:, :frames], target[:, :frames]
+        c = torch.from_numpy(cond.astype(np.float32))
+        with torch.no_grad():
+            out = refiner.refine_video(c, seed=0)
+        refined = (out.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+        lit = (c[:, :, :3].clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+        for n in range(len(target)):
+            seqs = {"pathtraced": list(target[n]), "lit": list(lit[n]), "refined": list(refined[n])}
+            m = sequence_metrics(seqs, [np.zeros(target.shape[2:4], bool)] * target.shape[1])
+            rows.append({"clip": f"{f.stem}/{n}", **{k: v for k, v in m.items() if "objects" not in k}})
+    keys = [k for k in rows[0] if k != "clip"]
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in keys}
+    return {"rows": rows, "mean": mean, "clips": len(rows),
+            "refined_better_psnr": sum(r["psnr_refined"] > r["psnr_lit"] for r in rows),
+            "refined_better_flip": sum(r["flip_refined"] < r["flip_lit"] for r in rows)}
+
+
 def evaluate_scenario(name: str, lighting: str, frames: int, weights: str | None, hdri_strength: float = 0.6,
                       samples: int = 16, progress: bool = True, strips: Path | None = None) -> list[PTQuality]:
     from tqdm import tqdm

@@ -44,6 +44,10 @@ DEFAULTS = {
     "temporal": 0.0,  # weight of the frame-to-frame change term in phases 2 and 3 (TrainConfig.temporal_weight)
     "loss": "mse",  # per-pixel loss: mse, or charbonnier (a smooth L1; refine TrainConfig.loss)
     "noise": "fresh",  # sampler noise trained on and shipped: fresh per block, or one static field
+    # false: no clean pass after a block (its context is the K/V of its last step; a third cheaper per
+    # block). With one sigma and noise=zero, phase 2 then trains exactly what inference runs (refine
+    # train.direct_loss) instead of teacher forcing on barely noised targets
+    "clean_pass": True,
     "init": "",  # start from this saved refiner (fine-tune), e.g. init=refine/weights; '' = fresh weights
     "train_only": "",  # comma-separated parameter-name prefixes to train, e.g. pixel_head; '' = all
     "install": False, "progress": True,
@@ -54,7 +58,7 @@ def main(overrides: list[str]) -> int:
     opts = parse_options(overrides, DEFAULTS, "train-refiner")
     positive(opts, "train-refiner", "scenes", "frames", "res", "n_envs", "cameras", "batch", "clip_frames", "lr",
              "layers", "heads", "ffn")
-    _sampler(opts["sigmas"], opts["noise"])  # a bad list fails now, not after the data is made
+    _sampler(opts["sigmas"], opts["noise"], opts["clean_pass"])  # a bad list fails now, not after the data
     _elevation(opts["elevation"])
     from refine.config import PIXEL_LOSSES
     if opts["loss"] not in PIXEL_LOSSES:
@@ -104,7 +108,7 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     else:
         model = _fresh_model(opts)
     clips = ClipDataset(files, channels=model.spec.cond_channels)
-    sampler_cfg = _sampler(opts["sigmas"], opts["noise"])
+    sampler_cfg = _sampler(opts["sigmas"], opts["noise"], opts["clean_pass"])
     tcfg = TrainConfig(phase1_steps=opts["phase1"], phase2_steps=opts["phase2"], phase3_steps=opts["phase3"],
                        batch_size=opts["batch"], ssim_weight=opts["ssim"], temporal_weight=opts["temporal"],
                        clip_frames=opts["clip_frames"], lr=opts["lr"], seed=opts["seed"], device=opts["device"],
@@ -240,7 +244,7 @@ def _elevation(text: str) -> tuple[float, float]:
     return lo, hi
 
 
-def _sampler(sigmas: str, noise: str = "fresh"):
+def _sampler(sigmas: str, noise: str = "fresh", clean_pass: bool = True):
     """'' -> refine's default schedule; '0.2,0.1,0.05' -> that list (checked by SamplerConfig)."""
     from refine import RefineError, SamplerConfig
 
@@ -249,9 +253,9 @@ def _sampler(sigmas: str, noise: str = "fresh"):
     except RefineError as err:
         raise SpecError("train-refiner noise", str(err)) from None
     if not sigmas.strip():
-        return SamplerConfig(noise=noise)
+        return SamplerConfig(noise=noise, clean_pass=clean_pass)
     try:
-        return SamplerConfig(sigmas=tuple(float(x) for x in sigmas.split(",")), noise=noise)
+        return SamplerConfig(sigmas=tuple(float(x) for x in sigmas.split(",")), noise=noise, clean_pass=clean_pass)
     except (ValueError, RefineError) as err:
         raise SpecError("train-refiner sigmas", f"{sigmas!r}: {err}; give decreasing values in (0, 1], "
                         "e.g. sigmas=0.2,0.1,0.05") from None
