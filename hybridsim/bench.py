@@ -316,8 +316,6 @@ def main(overrides: list[str]) -> int:
                                              torch_threads=opts["threads"] or 1)
     if "pathtrace" in sections:
         report.pathtrace = bench_pathtrace(opts["scenario"], opts["frames"], opts["pathtrace_samples"])
-    if "pathtrace" in sections:
-        report.pathtrace = bench_pathtrace(opts["scenario"], opts["frames"], opts["pathtrace_samples"])
     if "latent" in sections:
         from hybridsim.training.latent_bench import bench_latent, compare_spaces, fit_autoencoder
 

@@ -2,6 +2,8 @@
 textured meshes and the Franka's link meshes; run folders get the new videos; the spec's material
 and lighting fields validate; the evaluation's metrics behave on analytic cases."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -125,3 +127,20 @@ def test_metrics_on_analytic_cases():
     assert m["psnr_refined"] > 100 and m["flip_refined"] < 1e-6 and m["ssim_refined"] == pytest.approx(1.0)
     assert m["psnr_objects_coarse"] == pytest.approx(m["psnr_coarse"], abs=0.5)
     assert "psnr_lit" not in m  # kinds not given are not reported
+
+
+def test_eval_refiner_on_validation_clips(tmp_path, capsys):
+    """`eval-refiner clips=DIR` streams the shipped refiner over saved path-traced clips and scores
+    it against their Cycles targets; a target equal to the lit render scores the lit render perfectly."""
+    from hybridsim.cli import main
+
+    rng = np.random.default_rng(0)
+    cond = rng.random((2, 4, 21, 128, 128)).astype(np.float16)
+    lit = (np.clip(cond[:, :, :3].astype(np.float32), 0, 1) * 255).round().astype(np.uint8).transpose(0, 1, 3, 4, 2)
+    np.savez(tmp_path / "scene_0000.npz", cond=cond, target=lit, scenario=np.array("{}"))
+    assert main(["eval-refiner", f"clips={tmp_path}", f"out={tmp_path / 'ev'}", "threads=1", "progress=false"]) == 0
+    rep = json.loads((tmp_path / "ev" / "eval.json").read_text())
+    assert rep["clips"] == 2 and rep["mean"]["psnr_lit"] > 100 and rep["mean"]["psnr_refined"] < rep["mean"]["psnr_lit"]
+    assert "refined - lit" in capsys.readouterr().out
+    assert main(["eval-refiner", f"clips={tmp_path / 'ev'}", f"out={tmp_path / 'ev2'}"]) == 2  # one line, no run
+    assert "holds no scene_*.npz clips" in capsys.readouterr().err and not (tmp_path / "ev2").exists()
