@@ -416,8 +416,11 @@ def test_train_refiner_trains_resumes_and_installs(clip_dir, tmp_path, monkeypat
     ft_out = tmp_path / "finetune"
     shutil.copytree(src, ft_out / "clips")
     ft = train_refiner(dict(opts, out=str(ft_out), init=str(dest), phase1=0, phase2=1, phase3=0, temporal=1.0,
-                            noise="static", install=False))
+                            noise="static", install=False, extra_clips=str(src)))
     assert ft["init"]["folder"] == str(dest.resolve()) and ft["init"]["training"]["command"] == saved["command"]
+    # extra_clips: another clip folder's scenes are trained on too, and recorded
+    assert ft["clips"] == 2 * rec["clips"] and [e["folder"] for e in ft["extra_clips"]] == [str(src.resolve())]
+    assert ft["extra_clips"][0]["scenes"] == 1 and "files" not in ft["extra_clips"][0]
     assert ft["steps"] == 1 and ft["sampler"]["noise"] == "static"
     start = CausalWanRefiner.from_pretrained(dest).state_dict()
     tuned = CausalWanRefiner.from_pretrained(ft_out / "train" / "model").state_dict()
@@ -466,6 +469,13 @@ def test_train_refiner_cli_rejects_bad_options(capsys, tmp_path):
     assert train_refiner("temporal=-0.5") == 2
     assert train_refiner("loss=l2") == 2
     assert "train-refiner loss" in capsys.readouterr().err  # names the choices: mse, charbonnier
+    assert train_refiner(f"extra_clips={tmp_path / 'no_clips'}") == 2
+    assert "no_clips has no clips.json" in capsys.readouterr().err
+    other = tmp_path / "other_clips"
+    other.mkdir()
+    (other / "clips.json").write_text(json.dumps({"frames": 12, "res": 64, "target": "raster"}))
+    assert train_refiner(f"extra_clips={other}") == 2
+    assert "'res': 64" in capsys.readouterr().err  # names what differs
     for bad in ("unpatchify=pixelshuffle", "unpatchify=smooth head=0"):
         assert train_refiner(*bad.split()) == 2
         assert "train-refiner unpatchify" in capsys.readouterr().err
@@ -516,7 +526,8 @@ def test_default_weights_are_shipped_and_recorded():
     from hybridsim.refining import sampler_config
 
     shipped = sampler_config(RefineSettings(), Path(DEFAULT_WEIGHTS_DIR))  # what `hybridsim run` samples with
-    assert shipped.sigmas == (0.1,) and shipped.noise == "zero"  # session 9: one deterministic step
+    assert shipped.sigmas == (0.1,) and shipped.noise == "zero"  # one deterministic step
+    assert shipped.clean_pass is False  # session 10: trained with direct_loss, so no cache-writing clean pass
 
 
 def test_warp_back_undoes_a_known_shift():

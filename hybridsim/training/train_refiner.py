@@ -48,6 +48,9 @@ DEFAULTS = {
     # block). With one sigma and noise=zero, phase 2 then trains exactly what inference runs (refine
     # train.direct_loss) instead of teacher forcing on barely noised targets
     "clean_pass": True,
+    # comma-separated folders of finished clips from other clip runs (e.g. another data seed or
+    # lighting mix) trained on together with out/clips; same frames, res and target
+    "extra_clips": "",
     "init": "",  # start from this saved refiner (fine-tune), e.g. init=refine/weights; '' = fresh weights
     "train_only": "",  # comma-separated parameter-name prefixes to train, e.g. pixel_head; '' = all
     "install": False, "progress": True,
@@ -77,6 +80,7 @@ def main(overrides: list[str]) -> int:
             raise SpecError(f"train-refiner {key}", f"must be >= 0, got {opts[key]}")
     # a missing or mismatched init folder, or a train_only prefix that names nothing, fails now,
     # not after the data is made
+    _extra_clips(opts)
     init_model = _init_model(opts)[0] if opts["init"] else None
     if opts["train_only"]:
         _check_train_only(opts, init_model)
@@ -100,6 +104,8 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     out = Path(opts["out"])
     t0 = time.perf_counter()
     files = _make_data(opts, out / "clips")
+    extra = _extra_clips(opts)
+    files = files + [f for e in extra for f in e.pop("files")]
     data_s = time.perf_counter() - t0
     torch.manual_seed(opts["seed"])
     init = None
@@ -128,6 +134,7 @@ def train_refiner(opts: dict, command: str = "") -> dict:
         "clips": len(clips),
         "code_commit": code_commit(),  # this call's code; the clips' own is clips_code_commit
         "clips_code_commit": json.loads((out / "clips" / "clips.json").read_text()).get("code_commit"),
+        "extra_clips": extra,  # folder, scene count, data seed, code commit of each extra clip folder
         "sampler": sampler,
         "init": init,  # the model fine-tuned from, with its own training record (None = fresh weights)
         "steps": res.end_step,
@@ -162,6 +169,30 @@ def _make_data(opts: dict, folder: Path) -> list[Path]:
                                           n_envs=opts["n_envs"], n_cameras=opts["cameras"], seed=opts["data_seed"],
                                           elevation=_elevation(opts["elevation"]), plain_floor=opts["plain"],
                                           default_light=opts["default_light"]), progress=opts["progress"])
+
+
+def _extra_clips(opts: dict) -> list[dict]:
+    """The extra_clips folders as [{folder, scenes, seed, hdri, code_commit, files}]; SpecError naming the
+    folder if one is missing, empty, or holds clips of another frame count, resolution or target."""
+    out = []
+    for text in _prefixes(opts["extra_clips"]):
+        folder = Path(text).expanduser()
+        meta_path = folder / "clips.json"
+        if not meta_path.is_file():
+            raise SpecError("train-refiner extra_clips", f"{folder} has no clips.json; give a clips folder "
+                            "written by train-refiner (e.g. runs/other/clips)")
+        meta = json.loads(meta_path.read_text())
+        want = {"frames": opts["frames"], "res": opts["res"], "target": opts["target"]}
+        got = {k: meta.get(k, "raster" if k == "target" else None) for k in want}
+        if got != want:
+            raise SpecError("train-refiner extra_clips", f"{folder} holds clips with {got}, this run trains on "
+                            f"{want}; make them with the same frames, res and target")
+        files = [f for f in sorted(folder.glob("scene_*.npz")) if f.stem[6:].isdigit()]  # not *.tmp.npz
+        if not files:
+            raise SpecError("train-refiner extra_clips", f"{folder} holds no finished scene_*.npz yet")
+        out.append({"folder": str(folder.resolve()), "scenes": len(files), "seed": meta.get("seed"),
+                    "hdri": meta.get("hdri"), "code_commit": meta.get("code_commit"), "files": files})
+    return out
 
 
 def _cond_channels(opts: dict) -> int:
