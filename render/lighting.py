@@ -27,8 +27,10 @@ from render.quat import quat_to_rotmat
 from render.rasterize import rasterize
 from render.types import GBuffer, Gaussians
 
-SHADOW_RES = 64  # shadow-map pixels per side (cost grows with it; 3x3 PCF softens the edges)
+SHADOW_RES = 128  # shadow-map pixels per side (cost grows with it; 3x3 PCF softens the edges)
 SHADOW_DISTANCE = 50.0  # light camera distance in scene radii (large: nearly orthographic)
+SHADOW_BIAS_TEXELS = 1.5  # depth bias in shadow-map texels (times the surface's slope towards the light)
+SHADOW_NORMAL_OFFSET = 2.0  # receivers are looked up this many texels off their surface, along the normal
 SHADOW_STRIDE = 4  # the shadow map is drawn from every 4th Gaussian, each 2x wider (same coverage, 1/4 the cost)
 
 
@@ -51,32 +53,50 @@ def splat_normals(g: Gaussians, eye: Tensor) -> Tensor:  # eye [B, 3] -> [B, N, 
     return torch.where(flip, -n, n)
 
 
-def _light_camera(g: Gaussians, sun: Tensor, res: int) -> tuple[Tensor, Tensor]:
-    """A distant camera looking along the sun direction at every env's Gaussians: ([B,1,4,4], [B,1,3,3])."""
-    lo, hi = g.means.amin(1), g.means.amax(1)  # [B, 3]
-    centre, radius = (lo + hi) / 2, ((hi - lo).norm(dim=-1) / 2).clamp(min=0.05)  # [B], metres
-    dist = SHADOW_DISTANCE * radius
-    eye = centre - sun[None] * dist[:, None]
-    fwd = sun.expand_as(eye)
+def _light_camera(g: Gaussians, sun: Tensor, res: int, receivers: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """A distant camera looking along the sun direction: ([B,1,4,4], [B,1,3,3]). Its square footprint
+    is the casters' (the Gaussians') extent across the sun direction, clipped to the receivers' (the
+    shaded points [B, M, 3], non-finite ones ignored): a caster outside the receivers' footprint cannot
+    shadow them, so objects flung far away or a large textured floor do not stretch the map's texels
+    (and with them the depth bias) over what the cameras see."""
     helper = torch.tensor([0.0, 0.0, 1.0]) if abs(float(sun[2])) < 0.99 else torch.tensor([1.0, 0.0, 0.0])
-    right = torch.nn.functional.normalize(torch.linalg.cross(fwd, helper.expand_as(fwd)), dim=-1)
-    down = torch.linalg.cross(fwd, right)
-    rot = torch.stack((right, down, fwd), 1)  # [B, 3, 3] rows = camera axes
+    right = torch.nn.functional.normalize(torch.linalg.cross(sun, helper), dim=0)
+    rot = torch.stack((right, torch.linalg.cross(sun, right), sun), 0)  # rows = light axes (right, down, sun)
+    m = g.means @ rot.T  # [B, N, 3] in light axes
+    lo, hi = m.amin(1), m.amax(1)
+    if receivers is not None:
+        r = receivers @ rot.T
+        ok = torch.isfinite(r).all(-1, keepdim=True)
+        rlo = torch.where(ok, r, torch.full_like(r, math.inf)).amin(1)[:, :2]
+        rhi = torch.where(ok, r, torch.full_like(r, -math.inf)).amax(1)[:, :2]
+        clo, chi = torch.maximum(lo[:, :2], rlo), torch.minimum(hi[:, :2], rhi)
+        overlap = (chi > clo).all(-1, keepdim=True)  # else nothing can shadow them: keep the casters' box
+        lo = torch.cat((torch.where(overlap, clo, lo[:, :2]), lo[:, 2:]), 1)
+        hi = torch.cat((torch.where(overlap, chi, hi[:, :2]), hi[:, 2:]), 1)
+    half = ((hi[:, :2] - lo[:, :2]).amax(-1) / 2).clamp(min=0.05)  # [B] half side of the footprint, metres
+    centre = (lo + hi) / 2
+    dist = SHADOW_DISTANCE * half + (centre[:, 2] - lo[:, 2])  # every caster in front of the light camera
+    eye = centre @ rot - sun[None] * dist[:, None]  # world
     view = torch.eye(4).repeat(len(eye), 1, 1)
-    view[:, :3, :3], view[:, :3, 3] = rot, -(rot @ eye[..., None])[..., 0]
-    f = (res / 2) * dist / (1.2 * radius)  # the casters' bounding sphere, with a margin of a few texels
+    view[:, :3, :3], view[:, :3, 3] = rot, -(eye @ rot.T)
+    f = (res / 2) * dist / (1.2 * half)  # the footprint with a margin of a few texels
     K = torch.zeros(len(eye), 3, 3)
     K[:, 0, 0], K[:, 1, 1], K[:, 0, 2], K[:, 1, 2], K[:, 2, 2] = f, f, res / 2, res / 2, 1.0
     return view[:, None], K[:, None]
 
 
 def sun_visibility(g: Gaussians, points: Tensor, env: Environment, backend: str = "auto",
-                   res: int = SHADOW_RES, normals: Tensor | None = None) -> Tensor:
+                   res: int | None = None, normals: Tensor | None = None) -> Tensor:
     """points [B, C, H, W, 3] world -> [B, C, H, W] visibility of the sun (3x3 percentage closer
     filtering of a splat shadow map drawn from the sun). normals [B, C, H, W, 3] (optional) scale
     the depth bias with the surface's slope towards the light, against shadow acne."""
+    res = res or SHADOW_RES
     sun = torch.as_tensor(env.sun_unit, dtype=torch.float32)
-    view, K = _light_camera(g, sun, res)
+    receivers = points.reshape(points.shape[0], -1, 3)
+    if normals is not None:  # only pixels with a surface receive (the rest show the environment)
+        drawn = normals.reshape(points.shape[0], -1, 3).abs().sum(-1, keepdim=True) > 0
+        receivers = torch.where(drawn, receivers, torch.full_like(receivers, math.nan))
+    view, K = _light_camera(g, sun, res, receivers)
     k = SHADOW_STRIDE
     scales, opac, colors, _ = g.batched()
     casters = Gaussians(g.means[:, ::k], g.quats[:, ::k], scales[:, ::k] * math.sqrt(k), opac[:, ::k],
@@ -87,17 +107,25 @@ def sun_visibility(g: Gaussians, points: Tensor, env: Environment, backend: str 
     depth = -torch.nn.functional.max_pool2d(-depth[:, None], 3, stride=1, padding=1)[:, 0]
     B = points.shape[0]
     p = points.reshape(B, -1, 3)
-    pc = torch.einsum("bij,bnj->bni", view[:, 0, :3, :3], p) + view[:, 0, None, :3, 3]  # light camera frame
-    z = pc[..., 2]
-    u = K[:, 0, None, 0, 0] * pc[..., 0] / z + K[:, 0, None, 0, 2]
-    v = K[:, 0, None, 1, 1] * pc[..., 1] / z + K[:, 0, None, 1, 2]
-    # bias: a few shadow-map texels of depth, plus the splats' own thickness
-    texel = z / K[:, 0, None, 0, 0]  # metres per shadow-map pixel at that depth
-    slope = torch.ones_like(z)
-    if normals is not None:  # depth changes by tan(angle) per texel across a surface seen at a slant
-        cos = (normals.reshape(B, -1, 3) @ -sun).abs().clamp(min=0.1)
+    f = K[:, 0, None, 0, 0]
+
+    def to_light(q):
+        return torch.einsum("bij,bnj->bni", view[:, 0, :3, :3], q) + view[:, 0, None, :3, 3]
+
+    pc = to_light(p)
+    texel = pc[..., 2] / f  # metres per shadow-map pixel at that depth
+    slope = torch.ones_like(texel)
+    if normals is not None:
+        n = normals.reshape(B, -1, 3)
+        # normal offset: look the receiver up a few texels off its surface, so the splats' own depth
+        # noise (discs, every 4th one widened) does not shadow the surface they make (acne)
+        pc = to_light(p + n * (SHADOW_NORMAL_OFFSET * texel[..., None]))
+        cos = (n @ -sun).abs().clamp(min=0.1)  # depth changes by tan(angle) per texel at a slant
         slope = 1.0 + (1.0 - cos**2).sqrt() / cos
-    bias = 3.0 * texel * slope + 0.005
+    z = pc[..., 2]
+    u = f * pc[..., 0] / z + K[:, 0, None, 0, 2]
+    v = K[:, 0, None, 1, 1] * pc[..., 1] / z + K[:, 0, None, 1, 2]
+    bias = SHADOW_BIAS_TEXELS * texel * slope + 0.005
     vis = torch.zeros_like(z)
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):

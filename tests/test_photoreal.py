@@ -137,10 +137,46 @@ def test_eval_refiner_on_validation_clips(tmp_path, capsys):
     rng = np.random.default_rng(0)
     cond = rng.random((2, 4, 21, 128, 128)).astype(np.float16)
     lit = (np.clip(cond[:, :, :3].astype(np.float32), 0, 1) * 255).round().astype(np.uint8).transpose(0, 1, 3, 4, 2)
-    np.savez(tmp_path / "scene_0000.npz", cond=cond, target=lit, scenario=np.array("{}"))
+    np.savez(tmp_path / "scene_0000.npz", cond=cond, target=lit, scenario=np.array("{}"))  # lit_version 1
+    assert main(["eval-refiner", f"clips={tmp_path}", f"out={tmp_path / 'ev'}", "progress=false"]) == 2
+    assert "recondition=true" in capsys.readouterr().err and not (tmp_path / "ev").exists()  # refused up front
+    from hybridsim.training.pathtrace_data import LIT_VERSION
+
+    np.savez(tmp_path / "scene_0000.npz", cond=cond, target=lit, scenario=np.array("{}"), lit_version=LIT_VERSION)
     assert main(["eval-refiner", f"clips={tmp_path}", f"out={tmp_path / 'ev'}", "threads=1", "progress=false"]) == 0
     rep = json.loads((tmp_path / "ev" / "eval.json").read_text())
     assert rep["clips"] == 2 and rep["mean"]["psnr_lit"] > 100 and rep["mean"]["psnr_refined"] < rep["mean"]["psnr_lit"]
     assert "refined - lit" in capsys.readouterr().out
     assert main(["eval-refiner", f"clips={tmp_path / 'ev'}", f"out={tmp_path / 'ev2'}"]) == 2  # one line, no run
     assert "holds no scene_*.npz clips" in capsys.readouterr().err and not (tmp_path / "ev2").exists()
+
+
+@pytest.mark.slow
+def test_recondition_keeps_targets_and_refuses_other_geometry(tmp_path):
+    """Clips made by an older lit render get their conditions re-rendered from the stored scenario
+    (the physics re-runs bit for bit), their Cycles targets kept; a file whose geometry no longer
+    matches is refused and left untouched."""
+    from hybridsim.training.pathtrace_data import (LIT_VERSION, DataError, _render_clip, lit_version,
+                                                   random_photo_scene, recondition_clips)
+
+    scen = random_photo_scene(5, frames=2, res=32, n_cameras=1, plain_floor=1.0, hdri=0.0)
+    cond, _ = _render_clip(scen, 1)
+    target = np.random.default_rng(0).integers(0, 256, (1, 2, 32, 32, 3), dtype=np.uint8)
+    stale = cond.copy()
+    stale[:, :, :3] = 0  # an old lit render: other lighting channels, same geometry
+    path = tmp_path / "scene_0000.npz"
+    np.savez(path, cond=stale, target=target, scenario=json.dumps(scen.to_dict()))  # no lit_version: 1
+    assert lit_version(path) == 1 and LIT_VERSION >= 2
+    assert recondition_clips([path], progress=False) == 1
+    with np.load(path) as z:
+        np.testing.assert_array_equal(z["cond"], cond)
+        np.testing.assert_array_equal(z["target"], target)
+    assert lit_version(path) == LIT_VERSION and recondition_clips([path], progress=False) == 0  # resumable
+
+    moved = stale.copy()
+    moved[:, :, 3] += 0.5  # depth: another physical state than the one Cycles drew
+    np.savez(path, cond=moved, target=target, scenario=json.dumps(scen.to_dict()))
+    before = path.read_bytes()
+    with pytest.raises(DataError, match="other geometry"):
+        recondition_clips([path], progress=False)
+    assert path.read_bytes() == before

@@ -476,6 +476,12 @@ def test_train_refiner_cli_rejects_bad_options(capsys, tmp_path):
     (other / "clips.json").write_text(json.dumps({"frames": 12, "res": 64, "target": "raster"}))
     assert train_refiner(f"extra_clips={other}") == 2
     assert "'res': 64" in capsys.readouterr().err  # names what differs
+    stale = tmp_path / "stale"
+    (stale / "clips").mkdir(parents=True)
+    np.savez(stale / "clips" / "scene_0000.npz", cond=np.zeros((1, 2, 21, 8, 8), np.float16),
+             target=np.zeros((1, 2, 8, 8, 3), np.uint8), scenario=np.array("{}"))  # made by lit render 1
+    assert main(["train-refiner", f"out={stale}", "target=pathtraced", "scenes=1", "phase1=1", "progress=false"]) == 2
+    assert "recondition=true" in capsys.readouterr().err  # refused before any clip or step is made
     for bad in ("unpatchify=pixelshuffle", "unpatchify=smooth head=0"):
         assert train_refiner(*bad.split()) == 2
         assert "train-refiner unpatchify" in capsys.readouterr().err

@@ -206,6 +206,30 @@ def test_planes_composite_their_extra_channels(scene):
     torch.testing.assert_close(lit.rgb, lit2.rgb, atol=1e-4, rtol=1e-4)  # one pass or two: the same image
 
 
+def test_far_casters_do_not_wash_out_a_near_shadow():
+    """The shadow map fits the receivers: an object flung 20 m away (a real case in random training
+    scenes) must not stretch the map's texels, and with them the depth bias, past a 0.3 m box's own
+    height, which erased its shadow before (session 11)."""
+    import trimesh
+
+    near = mesh_to_splats(*_box_mesh(trimesh, 0.3))
+    far = mesh_to_splats(*_box_mesh(trimesh, 0.2))
+    g = SplatScene([near, far], [0, 1], [1, 2]).posed(torch.tensor([[[0.0, 0.0, 0.15], [14.0, -14.0, 1.0]]]),
+                                                      torch.tensor([[[1.0, 0, 0, 0], [1.0, 0, 0, 0]]]))
+    env = Environment(sun_direction=(1.0, 0.0, -1.0))  # 45 degrees: the shadow runs 0.3 m along +x
+    ang = torch.linspace(0, 2 * math.pi, 37)[:-1]
+    ring = torch.stack((1.2 * ang.cos(), 1.2 * ang.sin(), torch.zeros_like(ang)), -1)  # what a camera sees
+    probe = torch.tensor([[0.3, 0.0, 0.0], [0.8, 0.0, 0.0], [0.3, 0.5, 0.0]])
+    vis = sun_visibility(g, torch.cat((probe, ring))[None, None, None], env)[0, 0, 0]
+    assert vis[0] < 0.05, vis[0]  # inside the box's shadow
+    assert vis[1] > 0.95 and vis[2] > 0.95  # beyond its tip, and beside it
+
+
+def _box_mesh(trimesh, side):
+    b = trimesh.creation.box((side, side, side))
+    return b.vertices, b.faces
+
+
 def test_points_beyond_the_shadow_map_are_lit():
     """A slab that spans its shadow map must not smear into endless streaks: ground points whose
     sun ray misses every caster are lit, whatever shadow-map texel they would clamp to."""

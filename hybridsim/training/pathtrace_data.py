@@ -24,6 +24,12 @@ import numpy as np
 from hybridsim.scenario.seeding import derive_seed
 from hybridsim.training.refine_data import ELEVATION, DataError, random_scene
 
+# the lit render's version that clip conditions are made with; clips made before a change hold stale
+# conditions (recondition_clips re-renders them and keeps the Cycles targets).
+# 1: shadow map fitted to all Gaussians, 64 px (sessions 9-10); 2: fitted to the receivers, 128 px,
+# normal-offset lookups (session 11: shadows of small objects and of scenes with a far caster)
+LIT_VERSION = 2
+
 TRAIN_HDRIS = ("city", "courtyard", "interior", "studio", "sunrise", "night")
 HELD_OUT_HDRIS = ("forest", "sunset")
 
@@ -122,33 +128,88 @@ def make_pathtraced_clips(out_dir: str | Path, opts: PTClipOptions, progress: bo
 
 
 def _make_scene(out: Path, opts: PTClipOptions, i: int) -> None:
+    scen = random_photo_scene(derive_seed(opts.seed, "scene", i), frames=opts.frames, res=opts.res,
+                              n_cameras=opts.n_cameras, elevation=opts.elevation, plain_floor=opts.plain_floor,
+                              hdri=opts.hdri)
+    ref_args = dict(samples=opts.samples, seed=derive_seed(opts.seed, "cycles", i) % (2**31))
+    conds, targets = _render_clip(scen, opts.n_envs, ref_args)
+    target = np.stack(targets, 1).astype(np.uint8)  # [C*B, T, H, W, 3]
+    _save(out / f"scene_{i:04d}.npz", conds, target, json.dumps(scen.to_dict()))
+
+
+def _render_clip(scen, n_envs: int, ref_args: dict | None = None):
+    """-> (cond [C*B, T, 21, H, W] float16 camera-major, Cycles frames per step or None): the lit
+    render comes from the pipeline exactly as `hybridsim run` makes it (render.lit)."""
     import torch
 
     from hybridsim.appearance import PathTracedReference, lit_condition, material_table
     from hybridsim.config import RunConfig
     from hybridsim.pipeline import Simulation
 
-    scen = random_photo_scene(derive_seed(opts.seed, "scene", i), frames=opts.frames, res=opts.res,
-                              n_cameras=opts.n_cameras, elevation=opts.elevation, plain_floor=opts.plain_floor,
-                              hdri=opts.hdri)
-    # the lit render comes from the pipeline exactly as `hybridsim run` makes it (render.lit)
-    sim = Simulation(RunConfig(scenario=scen, n_envs=opts.n_envs, reference=False, progress=False))
-    ref = PathTracedReference(sim.world, sim.scenario, sim.cameras, samples=opts.samples,
-                              seed=derive_seed(opts.seed, "cycles", i) % (2**31))
+    sim = Simulation(RunConfig(scenario=scen, n_envs=n_envs, reference=False, progress=False))
+    ref = PathTracedReference(sim.world, sim.scenario, sim.cameras, **ref_args) if ref_args is not None else None
     mats = material_table(sim.scenario)
     conds, targets = [], []
     try:
         with torch.no_grad():
             for frame in sim.frames():
-                pt = ref.render(frame)
                 conds.append(torch.cat([lit_condition(frame.gbuffer[c.name], frame.lit[c.name], frame.cameras[c.name],
                                                       mats) for c in scen.cameras], 0))
-                targets.append(np.concatenate([pt[c.name].rgb for c in scen.cameras], 0))
+                if ref is not None:
+                    pt = ref.render(frame)
+                    targets.append(np.concatenate([pt[c.name].rgb for c in scen.cameras], 0))
     finally:
-        ref.close()
-    cond = torch.cat(conds, 1).half().numpy()  # [C*B, T, 21, H, W] camera-major
-    target = np.stack(targets, 1).astype(np.uint8)  # [C*B, T, H, W, 3]
-    path = out / f"scene_{i:04d}.npz"
+        if ref is not None:
+            ref.close()
+    return torch.cat(conds, 1).half().numpy(), (targets if ref is not None else None)
+
+
+def _save(path: Path, cond: np.ndarray, target: np.ndarray, scenario: str) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, cond=cond, target=target, scenario=json.dumps(scen.to_dict()))
-    os.replace(tmp, path)
+    np.savez(tmp, cond=cond, target=target, scenario=scenario, lit_version=LIT_VERSION)
+    os.replace(tmp, path)  # atomic: a killed job leaves the old file or the new one
+
+
+def lit_version(path: str | Path) -> int:
+    """The lit-render version a clip file's conditions were made with (1 = before versions were kept)."""
+    with np.load(path) as z:
+        return int(z["lit_version"]) if "lit_version" in z.files else 1
+
+
+# channels of the lit layout that do not depend on the lighting: depth, alpha, albedo
+_GEOMETRY = [3, 4, 7, 8, 9]
+
+
+def recondition_clips(files: list[Path], progress: bool = True) -> int:
+    """Re-render the conditions of path-traced clip files made by an older lit render (lit_version <
+    LIT_VERSION), keeping their Cycles targets: the physics is re-run from the stored scenario, and
+    its geometry channels must match the stored ones (else the targets would show another state and
+    the file is left as it was, with a DataError). Resumable per file; -> files rewritten."""
+    stale = [Path(f) for f in files if lit_version(f) < LIT_VERSION]
+    if not stale:
+        return 0
+    from render.pathtrace import preload
+
+    from hybridsim.scenario.spec import Scenario
+
+    preload()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(stale), desc="re-rendering lit conditions", unit="scene", dynamic_ncols=True)
+    for f in stale:
+        with np.load(f) as z:
+            old, target, scenario = z["cond"], z["target"], str(z["scenario"])
+        scen = Scenario.from_dict(json.loads(scenario))
+        cond, _ = _render_clip(scen, old.shape[0] // len(scen.cameras))
+        gap = float(np.abs(cond[:, :, _GEOMETRY].astype(np.float32) - old[:, :, _GEOMETRY].astype(np.float32)).max())
+        if cond.shape != old.shape or gap > 0.02:
+            raise DataError(f"{f}: re-running its scenario gives other geometry (max difference {gap:.3f}); its "
+                            "Cycles targets no longer match, so it was left as it was: make these clips again")
+        _save(f, cond, target, scenario)
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return len(stale)

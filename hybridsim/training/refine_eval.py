@@ -33,7 +33,8 @@ DEFAULTS = {"out": "eval_refiner", "scenarios": "default,stack_topple,franka_pus
             # a folder of path-traced training-format clips (scene_*.npz: cond + Cycles target), e.g. a
             # validation set made with another data seed: model choices are made there, never on the
             # held-out scenarios
-            "clips": ""}
+            "clips": "",
+            "recondition": False}  # clips=: re-render conditions made by an older lit render (targets kept)
 
 
 @dataclass
@@ -148,6 +149,15 @@ def _main_clips(opts: dict) -> int:
     if not sorted(folder.glob("scene_*.npz")):
         raise SpecError("eval-refiner clips", f"{folder} holds no scene_*.npz clips; give a folder made by "
                         "train-refiner target=pathtraced (its clips/ folder)")
+    from hybridsim.training.pathtrace_data import LIT_VERSION, lit_version, recondition_clips
+
+    files = [f for f in sorted(folder.glob("scene_*.npz")) if f.stem[6:].isdigit()]
+    stale = [f for f in files if lit_version(f) < LIT_VERSION]
+    if stale and not opts["recondition"]:
+        raise SpecError("eval-refiner recondition", f"{len(stale)} of {len(files)} clips in {folder} hold conditions "
+                        f"of an older lit render (now version {LIT_VERSION}); add recondition=true to re-render them "
+                        "(Cycles targets kept, ~15 s per scene)")
+    recondition_clips(stale, progress=opts["progress"])
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -51,6 +51,9 @@ DEFAULTS = {
     # comma-separated folders of finished clips from other clip runs (e.g. another data seed or
     # lighting mix) trained on together with out/clips; same frames, res and target
     "extra_clips": "",
+    # target=pathtraced: re-render the conditions of clips made by an older lit render (their Cycles
+    # targets kept); without it such clips are refused
+    "recondition": False,
     "init": "",  # start from this saved refiner (fine-tune), e.g. init=refine/weights; '' = fresh weights
     "train_only": "",  # comma-separated parameter-name prefixes to train, e.g. pixel_head; '' = all
     "install": False, "progress": True,
@@ -80,7 +83,10 @@ def main(overrides: list[str]) -> int:
             raise SpecError(f"train-refiner {key}", f"must be >= 0, got {opts[key]}")
     # a missing or mismatched init folder, or a train_only prefix that names nothing, fails now,
     # not after the data is made
-    _extra_clips(opts)
+    extra = _extra_clips(opts)
+    if opts["target"] == "pathtraced" and not opts["recondition"]:  # stale clips fail now, not after new ones
+        made = [f for f in sorted((Path(opts["out"]) / "clips").glob("scene_*.npz")) if f.stem[6:].isdigit()]
+        _fresh_conditions(made + [f for e in extra for f in e["files"]], opts)
     init_model = _init_model(opts)[0] if opts["init"] else None
     if opts["train_only"]:
         _check_train_only(opts, init_model)
@@ -106,6 +112,8 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     files = _make_data(opts, out / "clips")
     extra = _extra_clips(opts)
     files = files + [f for e in extra for f in e.pop("files")]
+    if opts["target"] == "pathtraced":
+        _fresh_conditions(files, opts)
     data_s = time.perf_counter() - t0
     torch.manual_seed(opts["seed"])
     init = None
@@ -169,6 +177,21 @@ def _make_data(opts: dict, folder: Path) -> list[Path]:
                                           n_envs=opts["n_envs"], n_cameras=opts["cameras"], seed=opts["data_seed"],
                                           elevation=_elevation(opts["elevation"]), plain_floor=opts["plain"],
                                           default_light=opts["default_light"]), progress=opts["progress"])
+
+
+def _fresh_conditions(files: list[Path], opts: dict) -> None:
+    """Path-traced clips must hold conditions of the current lit render: re-render stale ones
+    (recondition=true) or refuse with the fix."""
+    from hybridsim.training.pathtrace_data import LIT_VERSION, lit_version, recondition_clips
+
+    stale = [f for f in files if lit_version(f) < LIT_VERSION]
+    if not stale:
+        return
+    if not opts["recondition"]:
+        raise SpecError("train-refiner recondition", f"{len(stale)} of {len(files)} clips (e.g. {stale[0]}) hold "
+                        f"conditions of an older lit render (now version {LIT_VERSION}); add recondition=true to "
+                        "re-render them from their scenarios (Cycles targets kept, ~15 s per scene)")
+    recondition_clips(stale, progress=opts["progress"])
 
 
 def _extra_clips(opts: dict) -> list[dict]:
