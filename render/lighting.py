@@ -86,16 +86,18 @@ def _light_camera(g: Gaussians, sun: Tensor, res: int, receivers: Tensor | None 
 
 
 def sun_visibility(g: Gaussians, points: Tensor, env: Environment, backend: str = "auto",
-                   res: int | None = None, normals: Tensor | None = None) -> Tensor:
+                   res: int = SHADOW_RES, normals: Tensor | None = None) -> Tensor:
     """points [B, C, H, W, 3] world -> [B, C, H, W] visibility of the sun (3x3 percentage closer
-    filtering of a splat shadow map drawn from the sun). normals [B, C, H, W, 3] (optional) scale
+    filtering of a splat shadow map drawn from the sun). normals [B, C, H, W, 3] (optional; zero
+    where nothing is drawn) mark which points receive, offset the lookups off the surface and scale
     the depth bias with the surface's slope towards the light, against shadow acne."""
-    res = res or SHADOW_RES
     sun = torch.as_tensor(env.sun_unit, dtype=torch.float32)
-    receivers = points.reshape(points.shape[0], -1, 3)
-    if normals is not None:  # only pixels with a surface receive (the rest show the environment)
-        drawn = normals.reshape(points.shape[0], -1, 3).abs().sum(-1, keepdim=True) > 0
-        receivers = torch.where(drawn, receivers, torch.full_like(receivers, math.nan))
+    B = points.shape[0]
+    p = points.reshape(B, -1, 3)
+    n = normals.reshape(B, -1, 3) if normals is not None else None
+    receivers = p  # with normals, only pixels with a surface receive (the rest show the environment)
+    if n is not None:
+        receivers = torch.where(n.abs().sum(-1, keepdim=True) > 0, p, torch.full_like(p, math.nan))
     view, K = _light_camera(g, sun, res, receivers)
     k = SHADOW_STRIDE
     scales, opac, colors, _ = g.batched()
@@ -105,8 +107,6 @@ def sun_visibility(g: Gaussians, points: Tensor, env: Environment, backend: str 
     depth = torch.where(sm.alpha[:, 0] > 0.2, sm.depth[:, 0], torch.full_like(sm.depth[:, 0], float("inf")))
     # close pin holes between splats seen edge-on from the light: nearest occluder in 3x3 texels
     depth = -torch.nn.functional.max_pool2d(-depth[:, None], 3, stride=1, padding=1)[:, 0]
-    B = points.shape[0]
-    p = points.reshape(B, -1, 3)
     f = K[:, 0, None, 0, 0]
 
     def to_light(q):
@@ -115,8 +115,7 @@ def sun_visibility(g: Gaussians, points: Tensor, env: Environment, backend: str 
     pc = to_light(p)
     texel = pc[..., 2] / f  # metres per shadow-map pixel at that depth
     slope = torch.ones_like(texel)
-    if normals is not None:
-        n = normals.reshape(B, -1, 3)
+    if n is not None:
         # normal offset: look the receiver up a few texels off its surface, so the splats' own depth
         # noise (discs, every 4th one widened) does not shadow the surface they make (acne)
         pc = to_light(p + n * (SHADOW_NORMAL_OFFSET * texel[..., None]))
@@ -130,7 +129,7 @@ def sun_visibility(g: Gaussians, points: Tensor, env: Environment, backend: str 
     for dy in (-1, 0, 1):
         for dx in (-1, 0, 1):
             iu, iv = (u - 0.5 + dx).round().long(), (v - 0.5 + dy).round().long()
-            # the map covers every caster's bounding sphere: a point whose sun ray leaves it is lit
+            # the map covers every caster over the receivers: a point whose sun ray leaves it is lit
             # (clamping to the border instead smears border casters into endless streaks)
             inside = (iu >= 0) & (iu < res) & (iv >= 0) & (iv < res)
             occ = torch.gather(depth.reshape(B, -1), 1, iv.clamp(0, res - 1) * res + iu.clamp(0, res - 1))

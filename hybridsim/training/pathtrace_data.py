@@ -176,6 +176,19 @@ def lit_version(path: str | Path) -> int:
         return int(z["lit_version"]) if "lit_version" in z.files else 1
 
 
+def require_current_conditions(files: list[Path], recondition: bool, option: str, progress: bool = True) -> None:
+    """Clips must hold conditions of the current lit render: re-render stale ones (recondition) or
+    raise SpecError(option) with the fix, before anything heavy runs."""
+    from hybridsim.scenario.spec import SpecError
+
+    stale = [f for f in files if lit_version(f) < LIT_VERSION]
+    if stale and not recondition:
+        raise SpecError(option, f"{len(stale)} of {len(files)} clips (e.g. {stale[0]}) hold conditions of an older "
+                        f"lit render (now version {LIT_VERSION}); add recondition=true to re-render them from their "
+                        "scenarios (Cycles targets kept, ~15 s per scene)")
+    recondition_clips(stale, progress=progress)
+
+
 # channels of the lit layout that do not depend on the lighting: depth, alpha, albedo
 _GEOMETRY = [3, 4, 7, 8, 9]
 
@@ -192,13 +205,10 @@ def recondition_clips(files: list[Path], progress: bool = True) -> int:
 
     from hybridsim.scenario.spec import Scenario
 
-    preload()
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    from tqdm import tqdm
 
-        bar = tqdm(total=len(stale), desc="re-rendering lit conditions", unit="scene", dynamic_ncols=True)
-    for f in stale:
+    preload()
+    for f in tqdm(stale, desc="re-rendering lit conditions", unit="scene", dynamic_ncols=True, disable=not progress):
         with np.load(f) as z:
             old, target, scenario = z["cond"], z["target"], str(z["scenario"])
         scen = Scenario.from_dict(json.loads(scenario))
@@ -208,8 +218,4 @@ def recondition_clips(files: list[Path], progress: bool = True) -> int:
             raise DataError(f"{f}: re-running its scenario gives other geometry (max difference {gap:.3f}); its "
                             "Cycles targets no longer match, so it was left as it was: make these clips again")
         _save(f, cond, target, scenario)
-        if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
     return len(stale)

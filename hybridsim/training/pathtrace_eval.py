@@ -126,11 +126,12 @@ def evaluate_clips(folder: Path, weights: str | None, frames: int = 0, progress:
 
     from hybridsim.config import RefineSettings
     from hybridsim.refining import load_model, sampler_config
+    from hybridsim.training.refine_data import clip_files
 
     settings = RefineSettings(weights=weights) if weights else RefineSettings()
     model, wdir = load_model(settings, "cpu")
     refiner = Refiner(model, sampler_config(settings, wdir))
-    files = sorted(Path(folder).glob("scene_*.npz"))
+    files = clip_files(folder)
     rows = []
     for f in tqdm(files, desc="validation clips", unit="scene", disable=not progress):
         with np.load(f) as d:

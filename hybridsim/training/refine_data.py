@@ -342,6 +342,12 @@ def _clip_worker(out_dir: str, opts: ClipOptions, todo: list[int], threads: int)
         del sim
 
 
+def clip_files(folder: str | Path) -> list[Path]:
+    """The finished scene files of a clip folder, in order (scene_0000.npz ...; an unfinished
+    scene_0003.<pid>.tmp.npz is not one)."""
+    return [f for f in sorted(Path(folder).expanduser().glob("scene_*.npz")) if f.stem[6:].isdigit()]
+
+
 class ClipDataset:
     """Map-style dataset over the scene files: item i -> (cond [T, channels, H, W], target [T, 3, H, W]).
 

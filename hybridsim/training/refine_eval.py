@@ -146,18 +146,14 @@ def _main_clips(opts: dict) -> int:
     from hybridsim.training import pathtrace_eval as pe
 
     folder = Path(opts["clips"])
-    if not sorted(folder.glob("scene_*.npz")):
+    from hybridsim.training.pathtrace_data import require_current_conditions
+    from hybridsim.training.refine_data import clip_files
+
+    files = clip_files(folder)
+    if not files:
         raise SpecError("eval-refiner clips", f"{folder} holds no scene_*.npz clips; give a folder made by "
                         "train-refiner target=pathtraced (its clips/ folder)")
-    from hybridsim.training.pathtrace_data import LIT_VERSION, lit_version, recondition_clips
-
-    files = [f for f in sorted(folder.glob("scene_*.npz")) if f.stem[6:].isdigit()]
-    stale = [f for f in files if lit_version(f) < LIT_VERSION]
-    if stale and not opts["recondition"]:
-        raise SpecError("eval-refiner recondition", f"{len(stale)} of {len(files)} clips in {folder} hold conditions "
-                        f"of an older lit render (now version {LIT_VERSION}); add recondition=true to re-render them "
-                        "(Cycles targets kept, ~15 s per scene)")
-    recondition_clips(stale, progress=opts["progress"])
+    require_current_conditions(files, opts["recondition"], "eval-refiner recondition", opts["progress"])
     out = Path(opts["out"])
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

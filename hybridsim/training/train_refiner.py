@@ -85,8 +85,11 @@ def main(overrides: list[str]) -> int:
     # not after the data is made
     extra = _extra_clips(opts)
     if opts["target"] == "pathtraced" and not opts["recondition"]:  # stale clips fail now, not after new ones
-        made = [f for f in sorted((Path(opts["out"]) / "clips").glob("scene_*.npz")) if f.stem[6:].isdigit()]
-        _fresh_conditions(made + [f for e in extra for f in e["files"]], opts)
+        from hybridsim.training.pathtrace_data import require_current_conditions
+        from hybridsim.training.refine_data import clip_files
+
+        require_current_conditions(clip_files(Path(opts["out"]) / "clips") + [f for e in extra for f in e["files"]],
+                                   False, "train-refiner recondition")
     init_model = _init_model(opts)[0] if opts["init"] else None
     if opts["train_only"]:
         _check_train_only(opts, init_model)
@@ -113,7 +116,9 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     extra = _extra_clips(opts)
     files = files + [f for e in extra for f in e.pop("files")]
     if opts["target"] == "pathtraced":
-        _fresh_conditions(files, opts)
+        from hybridsim.training.pathtrace_data import require_current_conditions
+
+        require_current_conditions(files, opts["recondition"], "train-refiner recondition", opts["progress"])
     data_s = time.perf_counter() - t0
     torch.manual_seed(opts["seed"])
     init = None
@@ -179,24 +184,11 @@ def _make_data(opts: dict, folder: Path) -> list[Path]:
                                           default_light=opts["default_light"]), progress=opts["progress"])
 
 
-def _fresh_conditions(files: list[Path], opts: dict) -> None:
-    """Path-traced clips must hold conditions of the current lit render: re-render stale ones
-    (recondition=true) or refuse with the fix."""
-    from hybridsim.training.pathtrace_data import LIT_VERSION, lit_version, recondition_clips
-
-    stale = [f for f in files if lit_version(f) < LIT_VERSION]
-    if not stale:
-        return
-    if not opts["recondition"]:
-        raise SpecError("train-refiner recondition", f"{len(stale)} of {len(files)} clips (e.g. {stale[0]}) hold "
-                        f"conditions of an older lit render (now version {LIT_VERSION}); add recondition=true to "
-                        "re-render them from their scenarios (Cycles targets kept, ~15 s per scene)")
-    recondition_clips(stale, progress=opts["progress"])
-
-
 def _extra_clips(opts: dict) -> list[dict]:
     """The extra_clips folders as [{folder, scenes, seed, hdri, code_commit, files}]; SpecError naming the
     folder if one is missing, empty, or holds clips of another frame count, resolution or target."""
+    from hybridsim.training.refine_data import clip_files
+
     out = []
     for text in _prefixes(opts["extra_clips"]):
         folder = Path(text).expanduser()
@@ -210,7 +202,7 @@ def _extra_clips(opts: dict) -> list[dict]:
         if got != want:
             raise SpecError("train-refiner extra_clips", f"{folder} holds clips with {got}, this run trains on "
                             f"{want}; make them with the same frames, res and target")
-        files = [f for f in sorted(folder.glob("scene_*.npz")) if f.stem[6:].isdigit()]  # not *.tmp.npz
+        files = clip_files(folder)
         if not files:
             raise SpecError("train-refiner extra_clips", f"{folder} holds no finished scene_*.npz yet")
         out.append({"folder": str(folder.resolve()), "scenes": len(files), "seed": meta.get("seed"),
