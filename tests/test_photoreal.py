@@ -180,3 +180,31 @@ def test_recondition_keeps_targets_and_refuses_other_geometry(tmp_path):
     with pytest.raises(DataError, match="other geometry"):
         recondition_clips([path], progress=False)
     assert path.read_bytes() == before
+
+
+def test_photo_scene_default_light_option(tmp_path):
+    """default_light keeps the spec's default sun and ambient (and a grey plain floor) without
+    moving the scenes made before the option: default_light=0 draws nothing from the main stream."""
+    import dataclasses
+
+    from hybridsim.scenario.spec import Lighting
+    from hybridsim.training.pathtrace_data import DataError, PTClipOptions, make_pathtraced_clips, random_photo_scene
+
+    for seed in range(6):
+        base = random_photo_scene(seed, plain_floor=1.0)
+        assert random_photo_scene(seed, plain_floor=1.0, default_light=0.0) == base
+        d = random_photo_scene(seed, plain_floor=1.0, default_light=1.0)
+        assert dataclasses.replace(d.lighting, environment=None) == Lighting()
+        assert d.lighting.environment == base.lighting.environment  # the HDRI draw is unchanged
+        floor = next(e for e in d.entities if e.type == "plane").appearance.color
+        assert max(floor) - min(floor) <= 0.06 and 0.27 <= min(floor) <= max(floor) <= 0.68
+        assert [e.name for e in d.entities] == [e.name for e in base.entities]
+    with pytest.raises(DataError, match="default_light=1.5"):
+        PTClipOptions(default_light=1.5).check()
+    # a folder made before the option (no default_light in clips.json) resumes with default_light=0 only
+    meta = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(PTClipOptions()).items()}
+    del meta["default_light"]
+    (tmp_path / "clips.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"'default_light': \(0.0, 0.5\)"):
+        make_pathtraced_clips(tmp_path, PTClipOptions(default_light=0.5), progress=False)
+    assert not list(tmp_path.glob("scene_*"))

@@ -35,9 +35,14 @@ HELD_OUT_HDRIS = ("forest", "sunset")
 
 
 def random_photo_scene(seed: int, *, frames: int = 12, res: int = 128, n_cameras: int = 2,
-                       elevation=ELEVATION, plain_floor: float = 0.5, hdri: float = 0.85):
-    """A refine_data random scene with randomised materials and HDRI lighting (deterministic in seed)."""
-    from hybridsim.scenario.spec import LightingEnvironment, validate
+                       elevation=ELEVATION, plain_floor: float = 0.5, hdri: float = 0.85, default_light: float = 0.0):
+    """A refine_data random scene with randomised materials and HDRI lighting (deterministic in seed).
+
+    default_light: probability that the scene keeps the scenario spec's default sun and ambient
+    (spec.Lighting(), which most user scenarios keep; the HDRI draw is unchanged) and, on a plain
+    floor, a near-neutral grey floor colour like the shipped scenarios'. It draws from its own random
+    stream, so scenes made with default_light=0 are the same as before the option existed."""
+    from hybridsim.scenario.spec import Lighting, LightingEnvironment, validate
 
     scen = random_scene(seed, frames=frames, res=res, n_cameras=n_cameras, elevation=elevation,
                         plain_floor=plain_floor, default_light=0.0)
@@ -59,6 +64,14 @@ def random_photo_scene(seed: int, *, frames: int = 12, res: int = 128, n_cameras
         env = LightingEnvironment(hdri=str(rng.choice(TRAIN_HDRIS)), rotation=float(rng.uniform(0, 360)),
                                   strength=float(np.exp(rng.uniform(np.log(0.3), np.log(1.2)))))
     lighting = dataclasses.replace(lt, direction=direction, intensity=float(rng.uniform(0.5, 5.0)), environment=env)
+    rng_default = np.random.default_rng(derive_seed(seed, "photo-default-light"))
+    if rng_default.random() < default_light:
+        lighting = dataclasses.replace(Lighting(), environment=env)
+        grey = float(rng_default.uniform(0.3, 0.65))
+        tint = rng_default.uniform(-0.03, 0.03, 3)
+        ents = [dataclasses.replace(e, appearance=dataclasses.replace(
+                    e.appearance, color=tuple(float(np.clip(grey + t, 0, 1)) for t in tint)))
+                if e.type == "plane" else e for e in ents]
     scen = dataclasses.replace(scen, entities=ents, lighting=lighting, name=f"photo_data_{seed}")
     validate(scen)
     return scen
@@ -76,6 +89,7 @@ class PTClipOptions:
     elevation: tuple[float, float] = ELEVATION
     plain_floor: float = 0.5
     hdri: float = 0.85  # probability of an HDRI world (else a uniform ambient)
+    default_light: float = 0.0  # probability of the spec's default sun + ambient and a grey plain floor
 
     def check(self) -> None:
         for name in ("scenes", "frames", "res", "n_envs", "n_cameras", "samples"):
@@ -83,7 +97,7 @@ class PTClipOptions:
                 raise DataError(f"{name}={getattr(self, name)} must be >= 1")
         if self.res % 8:
             raise DataError(f"res={self.res} must be a multiple of 8 (the refiner's patch size)")
-        for name in ("plain_floor", "hdri"):
+        for name in ("plain_floor", "hdri", "default_light"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise DataError(f"{name}={getattr(self, name)} must be a probability in [0, 1]")
 
@@ -102,6 +116,7 @@ def make_pathtraced_clips(out_dir: str | Path, opts: PTClipOptions, progress: bo
     meta_path = out / "clips.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
+        old.setdefault("default_light", 0.0)  # folders made before the option had none
         diff = {k: (old.get(k), v) for k, v in meta.items() if k != "scenes" and old.get(k) != v}
         if diff:
             raise DataError(f"{out} holds clips made with other options {diff} (old, new); use another data "
@@ -130,7 +145,7 @@ def make_pathtraced_clips(out_dir: str | Path, opts: PTClipOptions, progress: bo
 def _make_scene(out: Path, opts: PTClipOptions, i: int) -> None:
     scen = random_photo_scene(derive_seed(opts.seed, "scene", i), frames=opts.frames, res=opts.res,
                               n_cameras=opts.n_cameras, elevation=opts.elevation, plain_floor=opts.plain_floor,
-                              hdri=opts.hdri)
+                              hdri=opts.hdri, default_light=opts.default_light)
     ref_args = dict(samples=opts.samples, seed=derive_seed(opts.seed, "cycles", i) % (2**31))
     conds, targets = _render_clip(scen, opts.n_envs, ref_args)
     target = np.stack(targets, 1).astype(np.uint8)  # [C*B, T, H, W, 3]

@@ -28,7 +28,10 @@ DEFAULTS = {
     "scenes": 20, "frames": 12, "res": 128, "n_envs": 4, "cameras": 2, "data_seed": 0,
     "elevation": "18,60",  # camera elevation range of the random scenes, degrees (90 = straight down)
     "plain": 0.5,  # probability of a plain-coloured floor in a random scene (else a photo-textured slab)
-    "default_light": 0.25,  # probability that a random scene keeps the scenario's default light
+    # probability that a random scene keeps the scenario's default light (target=pathtraced: the
+    # default sun and ambient, any HDRI kept, and a grey plain floor; folders made before this option
+    # existed for pathtraced clips hold default_light=0)
+    "default_light": 0.25,
     "target": "raster",  # what the refiner learns: raster (Genesis' OpenGL render) or pathtraced (Cycles)
     "samples": 16,  # target=pathtraced: Cycles samples per pixel (OpenImageDenoise on)
     "hdri": 0.85,  # target=pathtraced: probability of an HDRI world in a random scene (else uniform ambient)
@@ -174,7 +177,8 @@ def _make_data(opts: dict, folder: Path) -> list[Path]:
         return make_pathtraced_clips(folder, PTClipOptions(
             scenes=opts["scenes"], frames=opts["frames"], res=opts["res"], n_envs=opts["n_envs"],
             n_cameras=opts["cameras"], seed=opts["data_seed"], samples=opts["samples"],
-            elevation=_elevation(opts["elevation"]), plain_floor=opts["plain"], hdri=opts["hdri"]),
+            elevation=_elevation(opts["elevation"]), plain_floor=opts["plain"], hdri=opts["hdri"],
+            default_light=opts["default_light"]),
             progress=opts["progress"])
     from hybridsim.training.refine_data import ClipOptions, make_clips
 
