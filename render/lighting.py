@@ -31,6 +31,11 @@ SHADOW_RES = 128  # shadow-map pixels per side (cost grows with it; 3x3 PCF soft
 SHADOW_DISTANCE = 50.0  # light camera distance in scene radii (large: nearly orthographic)
 SHADOW_BIAS_TEXELS = 1.5  # depth bias in shadow-map texels (times the surface's slope towards the light)
 SHADOW_NORMAL_OFFSET = 2.0  # receivers are looked up this many texels off their surface, along the normal
+# the sun in the mirror-environment cue (Lit.reflection): a lobe around the sun's mirror direction, of
+# width 1 - cos(theta) (0.15: ~32 degrees, a rough floor's glare), peak sun_strength * SUN_LOBE_SCALE, zero where the sun is
+# shadowed. The environment map has no sun disc, so without it the refiner cannot tell where a glare falls.
+SUN_LOBE_WIDTH = 0.15
+SUN_LOBE_SCALE = 0.2
 SHADOW_STRIDE = 4  # the shadow map is drawn from every 4th Gaussian, each 2x wider (same coverage, 1/4 the cost)
 
 
@@ -40,7 +45,8 @@ class Lit:
     normals: Tensor  # [B, C, H, W, 3] world-frame unit normals (0 where nothing is drawn)
     sun_visibility: Tensor  # [B, C, H, W] in [0, 1] (1 = lit, 0 = in the shadow map's shadow)
     sun_cos: Tensor  # [B, C, H, W] max(0, n . l), l = towards the sun (0 where nothing is drawn)
-    reflection: Tensor  # [B, C, H, W, 3] linear environment radiance along the mirrored view ray
+    reflection: Tensor  # [B, C, H, W, 3] linear environment radiance along the mirrored view ray, plus a lobe
+    # around the (unshadowed) sun's mirror direction (SUN_LOBE_*): where a glare can fall
 
 
 def splat_normals(g: Gaussians, eye: Tensor) -> Tensor:  # eye [B, 3] -> [B, N, 3]
@@ -187,7 +193,9 @@ def shade(g: Gaussians, gbuffer: GBuffer, planes: list[Plane], viewmats: Tensor,
     view = torch.nn.functional.normalize(rays, dim=-1)
     background = env_radiance(env, view)
     mirrored = view - 2 * (view * nrm).sum(-1, keepdim=True) * nrm
-    reflection = torch.where(covered[..., None], env_radiance(env, mirrored), torch.zeros_like(mirrored))
+    glare = torch.exp(((mirrored @ to_sun) - 1.0) / SUN_LOBE_WIDTH) * vis  # [B, C, H, W]
+    seen = env_radiance(env, mirrored) + glare[..., None] * sun * SUN_LOBE_SCALE
+    reflection = torch.where(covered[..., None], seen, torch.zeros_like(mirrored))
     a = gbuffer.alpha.clamp(0, 1)[..., None]
     return Lit(rgb=a * surface + (1 - a) * background, normals=nrm, sun_visibility=vis, sun_cos=cos,
                reflection=reflection)
