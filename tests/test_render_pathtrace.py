@@ -245,3 +245,33 @@ def test_points_beyond_the_shadow_map_are_lit():
     vis = sun_visibility(g, torch.cat((ring, below))[None, None, None], env)[0, 0, 0]
     assert (vis[:-1] > 0.99).all(), vis[:-1].min()
     assert vis[-1] < 0.05
+
+
+def test_mirror_cue_carries_the_sun_glare_and_not_in_shadow():
+    """Lit.reflection, the refiner's cue for specular light, holds the environment along the mirrored
+    view ray plus a lobe around the sun's mirror direction (the environment map has no sun disc):
+    on a floor seen so that the image centre mirrors straight onto the sun, the cue there is the
+    environment plus sun * SUN_LOBE_SCALE, it falls off away from the centre, and a caster's shadow
+    removes it."""
+    import trimesh
+
+    from render.lighting import SUN_LOBE_SCALE
+
+    plane = Plane(point=(0.0, 0.0, 0.0), normal=(0.0, 0.0, 1.0), color=(0.5, 0.5, 0.5), instance_id=2)
+    to_sun = torch.tensor([0.0, 2.0, 1.0]) / math.sqrt(5.0)  # the centre ray (0, 2, -1) mirrored off the floor
+    env = Environment(ambient=(0.1, 0.1, 0.1), sun_direction=tuple((-to_sun).tolist()), sun_strength=4.0)
+    view = look_at((0.0, -2.0, 1.0), (0.0, 0.0, 0.0)).float()[None, None]
+    K = intrinsics(40.0, 33, 33).float()[None, None]
+    b = trimesh.creation.box((0.1, 0.1, 0.1))
+    cue = []
+    for at in ((3.0, 3.0, 0.05), (0.0, 0.2, 0.1)):  # far off; between the image centre's floor point and the sun
+        g = SplatScene([mesh_to_splats(b.vertices, b.faces)], [0], [1]).posed(torch.tensor([[at]]),
+                                                                              torch.tensor([[[1.0, 0, 0, 0]]]))
+        gb = composite_planes(rasterize(g, view, K, 33, 33), [plane], view, K)
+        cue.append(shade(g, gb, [plane], view, K, env).reflection[0, 0])  # [H, W, 3]
+    open_floor = cue[0]
+    torch.testing.assert_close(open_floor[16, 16], torch.full((3,), 0.1 + 4.0 * SUN_LOBE_SCALE), atol=0.03, rtol=0)
+    row = open_floor[16, :, 0]
+    assert row[16] > row[8] + 0.05 > row[1] + 0.1 and row[1] > 0.1 + 1e-3  # a lobe, falling off from the centre
+    assert (open_floor[..., 0] >= 0.1 - 1e-5).all()  # the environment part is unchanged
+    torch.testing.assert_close(cue[1][16, 16], torch.full((3,), 0.1), atol=0.01, rtol=0)  # shadowed: no glare
