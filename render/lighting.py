@@ -31,12 +31,13 @@ SHADOW_RES = 128  # shadow-map pixels per side (cost grows with it; 3x3 PCF soft
 SHADOW_DISTANCE = 50.0  # light camera distance in scene radii (large: nearly orthographic)
 SHADOW_BIAS_TEXELS = 1.5  # depth bias in shadow-map texels (times the surface's slope towards the light)
 SHADOW_NORMAL_OFFSET = 2.0  # receivers are looked up this many texels off their surface, along the normal
-# the sun in the mirror-environment cue (Lit.reflection): a lobe around the sun's mirror direction, of
-# width 1 - cos(theta) (0.15: ~32 degrees, a rough floor's glare), peak sun_strength * SUN_LOBE_SCALE, zero where the sun is
-# shadowed. The environment map has no sun disc, so without it the refiner cannot tell where a glare falls.
+SHADOW_STRIDE = 4  # the shadow map is drawn from every 4th Gaussian, each 2x wider (same coverage, 1/4 the cost)
+# the sun in the mirror-environment cue (Lit.reflection): a lobe around the sun's mirror direction of
+# width 1 - cos(theta) = SUN_LOBE_WIDTH (~32 degrees: a rough floor's glare) and peak sun_strength *
+# SUN_LOBE_SCALE, zero where the sun is shadowed. The environment map has no sun disc; without the
+# lobe the refiner cannot tell where a glare falls.
 SUN_LOBE_WIDTH = 0.15
 SUN_LOBE_SCALE = 0.2
-SHADOW_STRIDE = 4  # the shadow map is drawn from every 4th Gaussian, each 2x wider (same coverage, 1/4 the cost)
 
 
 @dataclass

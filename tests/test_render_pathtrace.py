@@ -262,11 +262,10 @@ def test_mirror_cue_carries_the_sun_glare_and_not_in_shadow():
     env = Environment(ambient=(0.1, 0.1, 0.1), sun_direction=tuple((-to_sun).tolist()), sun_strength=4.0)
     view = look_at((0.0, -2.0, 1.0), (0.0, 0.0, 0.0)).float()[None, None]
     K = intrinsics(40.0, 33, 33).float()[None, None]
-    b = trimesh.creation.box((0.1, 0.1, 0.1))
+    box = mesh_to_splats(*_box_mesh(trimesh, 0.1))
     cue = []
     for at in ((3.0, 3.0, 0.05), (0.0, 0.2, 0.1)):  # far off; between the image centre's floor point and the sun
-        g = SplatScene([mesh_to_splats(b.vertices, b.faces)], [0], [1]).posed(torch.tensor([[at]]),
-                                                                              torch.tensor([[[1.0, 0, 0, 0]]]))
+        g = SplatScene([box], [0], [1]).posed(torch.tensor([[at]]), torch.tensor([[[1.0, 0, 0, 0]]]))
         gb = composite_planes(rasterize(g, view, K, 33, 33), [plane], view, K)
         cue.append(shade(g, gb, [plane], view, K, env).reflection[0, 0])  # [H, W, 3]
     open_floor = cue[0]
