@@ -144,6 +144,7 @@ class Simulation:
         self._last_frame = np.array([_last_frame(ep) for ep in self.episodes])
         self.frame_index, self._prev_means, self._prev_frame = 0, None, None
         self._env = None  # render.Environment of the lit render, made on first use
+        self._materials = None  # its per-instance material table (appearance.material_table), likewise
         self.done = np.zeros(self.cfg.n_envs, dtype=bool)
         self.end_frame = self._last_frame.copy()
         self.origin = np.zeros(self.cfg.n_envs, dtype=np.int64)
@@ -339,7 +340,7 @@ class Simulation:
         from render.lighting import normal_planes, splat_normals
         from render.project import camera_centers
 
-        from hybridsim.appearance import environment, lit_render
+        from hybridsim.appearance import environment, lit_render, material_table
 
         g = self.splats.posed(state.body_pos, state.body_quat)
         bg = torch.tensor(self.cfg.render.background, dtype=torch.float32)
@@ -352,6 +353,7 @@ class Simulation:
         out, lit = {}, {}
         if self.cfg.render.lit and self._env is None:  # fixed per build: made once
             self._env, self._lit_planes = environment(self.scenario), normal_planes(self.planes)
+            self._materials = material_table(self.scenario)
         for name, cam in self.cameras.items():
             view = torch.as_tensor(cam.viewmat, dtype=torch.float32)[:, None]  # [B, 1, 4, 4]
             K = torch.as_tensor(cam.K, dtype=torch.float32)[:, None]
@@ -363,7 +365,8 @@ class Simulation:
             gb = composite_planes(gb, planes, view, K, far=self.cfg.render.plane_far)  # splats over planes
             if self.cfg.render.lit:
                 t0 = time.perf_counter()
-                lit[name] = lit_render(g, gb, self.planes, cam, self.scenario, self.cfg.render.backend, self._env)
+                lit[name] = lit_render(g, gb, self.planes, cam, self.scenario, self.cfg.render.backend, self._env,
+                                       self._materials)
                 self.timings["lit_render_s"] += time.perf_counter() - t0
             gb.rgb = gb.rgb + (1.0 - gb.alpha)[..., None] * bg
             out[name] = gb

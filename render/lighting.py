@@ -32,12 +32,15 @@ SHADOW_DISTANCE = 50.0  # light camera distance in scene radii (large: nearly or
 SHADOW_BIAS_TEXELS = 1.5  # depth bias in shadow-map texels (times the surface's slope towards the light)
 SHADOW_NORMAL_OFFSET = 2.0  # receivers are looked up this many texels off their surface, along the normal
 SHADOW_STRIDE = 4  # the shadow map is drawn from every 4th Gaussian, each 2x wider (same coverage, 1/4 the cost)
-# the sun in the mirror-environment cue (Lit.reflection): a lobe around the sun's mirror direction of
-# width 1 - cos(theta) = SUN_LOBE_WIDTH (~32 degrees: a rough floor's glare) and peak sun_strength *
-# SUN_LOBE_SCALE, zero where the sun is shadowed. The environment map has no sun disc; without the
-# lobe the refiner cannot tell where a glare falls.
-SUN_LOBE_WIDTH = 0.15
-SUN_LOBE_SCALE = 0.2
+# the sun in the mirror-environment cue (Lit.reflection): the sun's specular radiance off each pixel's
+# surface, a GGX microfacet lobe (alpha = roughness^2, Smith-Schlick masking, Schlick Fresnel with F0 =
+# 0.04 for dielectrics and the albedo for metals, as the path tracer's Principled BSDF), zero where the
+# sun is shadowed, clamped at SUN_SPECULAR_MAX (display white). The environment map has no sun disc;
+# without this term the refiner cannot tell where a glare falls, nor how bright and wide it is.
+SUN_SPECULAR_MAX = 1.0
+MIN_ALPHA = 0.02  # smallest GGX alpha (roughness ~0.14): sharper glints than a pixel are not drawn
+DIELECTRIC_F0 = 0.04
+DEFAULT_MATERIAL = (0.5, 0.0, 0.0)  # roughness, metallic, transmission when no table is given
 
 
 @dataclass
@@ -46,8 +49,8 @@ class Lit:
     normals: Tensor  # [B, C, H, W, 3] world-frame unit normals (0 where nothing is drawn)
     sun_visibility: Tensor  # [B, C, H, W] in [0, 1] (1 = lit, 0 = in the shadow map's shadow)
     sun_cos: Tensor  # [B, C, H, W] max(0, n . l), l = towards the sun (0 where nothing is drawn)
-    reflection: Tensor  # [B, C, H, W, 3] linear environment radiance along the mirrored view ray, plus a lobe
-    # around the (unshadowed) sun's mirror direction (SUN_LOBE_*): where a glare can fall
+    reflection: Tensor  # [B, C, H, W, 3] linear environment radiance along the mirrored view ray, plus the
+    # sun's specular radiance (sun_specular): where a glare falls and how bright it is
 
 
 def splat_normals(g: Gaussians, eye: Tensor) -> Tensor:  # eye [B, 3] -> [B, N, 3]
@@ -164,10 +167,30 @@ def normal_planes(planes: list[Plane]) -> list[Plane]:
     return out
 
 
+def sun_specular(nrm: Tensor, view: Tensor, to_sun: Tensor, albedo: Tensor, material: Tensor) -> Tensor:
+    """The sun's GGX specular reflectance times n . l, per unit sun radiance: nrm, view (unit, camera to
+    surface) and albedo (linear) [..., 3], to_sun [3] unit, material [..., 3] (roughness, metallic,
+    transmission) -> [..., 3]; zero where the normal is zero or either direction is below the surface."""
+    v = -view
+    h = torch.nn.functional.normalize(v + to_sun, dim=-1)
+    n_l, n_v = (nrm @ to_sun).clamp(min=0), (nrm * v).sum(-1).clamp(min=0)
+    n_h, v_h = (nrm * h).sum(-1).clamp(min=0), (v * h).sum(-1).clamp(min=0)
+    a2 = (material[..., 0] ** 2).clamp(min=MIN_ALPHA) ** 2
+    d = a2 / (math.pi * (n_h ** 2 * (a2 - 1) + 1) ** 2)
+    k = a2.sqrt() / 2
+    g1 = lambda x: x / (x * (1 - k) + k).clamp(min=1e-6)  # noqa: E731
+    f0 = DIELECTRIC_F0 + (albedo - DIELECTRIC_F0) * material[..., 1:2]
+    fresnel = f0 + (1 - f0) * (1 - v_h[..., None]) ** 5
+    spec = (d * g1(n_l) * g1(n_v) / (4 * n_v).clamp(min=1e-4))[..., None] * fresnel  # x n_l / n_l
+    return torch.where(((n_l > 0) & (n_v > 0))[..., None], spec, torch.zeros_like(spec))
+
+
 def shade(g: Gaussians, gbuffer: GBuffer, planes: list[Plane], viewmats: Tensor, Ks: Tensor,
-          env: Environment, *, backend: str = "auto", far: float = math.inf) -> Lit:
+          env: Environment, *, backend: str = "auto", far: float = math.inf, materials: Tensor | None = None) -> Lit:
     """Shade a G-buffer rendered (with `planes` composited, over a black background) from these
-    Gaussians and cameras: viewmats [B, C, 4, 4], Ks [B, C, 3, 3]. Normals come from
+    Gaussians and cameras: viewmats [B, C, 4, 4], Ks [B, C, 3, 3]; materials [E + 1, 3] roughness,
+    metallic, transmission per instance id (row 0 = background; None = DEFAULT_MATERIAL everywhere),
+    for the sun's specular term of the mirror cue. Normals come from
     gbuffer.extra when it was rendered with extra=splat_normals(...) and normal_planes(planes)
     (C = 1; no extra cost), else from one more splat pass per camera. Plus one shadow-map pass."""
     B, C, H, W = gbuffer.alpha.shape
@@ -194,8 +217,12 @@ def shade(g: Gaussians, gbuffer: GBuffer, planes: list[Plane], viewmats: Tensor,
     view = torch.nn.functional.normalize(rays, dim=-1)
     background = env_radiance(env, view)
     mirrored = view - 2 * (view * nrm).sum(-1, keepdim=True) * nrm
-    glare = torch.exp(((mirrored @ to_sun) - 1.0) / SUN_LOBE_WIDTH) * vis  # [B, C, H, W]
-    seen = env_radiance(env, mirrored) + glare[..., None] * sun * SUN_LOBE_SCALE
+    if materials is None:
+        material = torch.tensor(DEFAULT_MATERIAL).expand(*covered.shape, 3)
+    else:
+        material = materials[gbuffer.instance_id.long().clamp(0, len(materials) - 1)]
+    glare = (sun_specular(nrm, view, to_sun, albedo, material) * vis[..., None] * sun).clamp(max=SUN_SPECULAR_MAX)
+    seen = env_radiance(env, mirrored) + glare
     reflection = torch.where(covered[..., None], seen, torch.zeros_like(mirrored))
     a = gbuffer.alpha.clamp(0, 1)[..., None]
     return Lit(rgb=a * surface + (1 - a) * background, normals=nrm, sun_visibility=vis, sun_cos=cos,

@@ -249,13 +249,12 @@ def test_points_beyond_the_shadow_map_are_lit():
 
 def test_mirror_cue_carries_the_sun_glare_and_not_in_shadow():
     """Lit.reflection, the refiner's cue for specular light, holds the environment along the mirrored
-    view ray plus a lobe around the sun's mirror direction (the environment map has no sun disc):
-    on a floor seen so that the image centre mirrors straight onto the sun, the cue there is the
-    environment plus sun * SUN_LOBE_SCALE, it falls off away from the centre, and a caster's shadow
+    view ray plus the sun's GGX specular radiance (the environment map has no sun disc): on a floor
+    seen so that the image centre mirrors straight onto the sun, the cue there is the environment plus
+    the analytic microfacet value (n . h = 1), it falls off away from the centre, a rougher floor's
+    glare is dimmer at the centre and wider, a metal's Fresnel is its albedo, and a caster's shadow
     removes it."""
     import trimesh
-
-    from render.lighting import SUN_LOBE_SCALE
 
     plane = Plane(point=(0.0, 0.0, 0.0), normal=(0.0, 0.0, 1.0), color=(0.5, 0.5, 0.5), instance_id=2)
     to_sun = torch.tensor([0.0, 2.0, 1.0]) / math.sqrt(5.0)  # the centre ray (0, 2, -1) mirrored off the floor
@@ -263,14 +262,26 @@ def test_mirror_cue_carries_the_sun_glare_and_not_in_shadow():
     view = look_at((0.0, -2.0, 1.0), (0.0, 0.0, 0.0)).float()[None, None]
     K = intrinsics(40.0, 33, 33).float()[None, None]
     box = mesh_to_splats(*_box_mesh(trimesh, 0.1))
-    cue = []
-    for at in ((3.0, 3.0, 0.05), (0.0, 0.2, 0.1)):  # far off; between the image centre's floor point and the sun
+
+    def cue(at, materials=None):
         g = SplatScene([box], [0], [1]).posed(torch.tensor([[at]]), torch.tensor([[[1.0, 0, 0, 0]]]))
         gb = composite_planes(rasterize(g, view, K, 33, 33), [plane], view, K)
-        cue.append(shade(g, gb, [plane], view, K, env).reflection[0, 0])  # [H, W, 3]
-    open_floor = cue[0]
-    torch.testing.assert_close(open_floor[16, 16], torch.full((3,), 0.1 + 4.0 * SUN_LOBE_SCALE), atol=0.03, rtol=0)
+        return shade(g, gb, [plane], view, K, env, materials=materials).reflection[0, 0]  # [H, W, 3]
+
+    def expected(roughness, f0):  # GGX at n . h = 1, n . l = n . v = v . h = 1 / sqrt(5)
+        c, alpha = 1 / math.sqrt(5.0), roughness ** 2
+        g1 = c / (c * (1 - alpha / 2) + alpha / 2)
+        return 0.1 + 4.0 / (math.pi * alpha ** 2) * g1 ** 2 / (4 * c) * (f0 + (1 - f0) * (1 - c) ** 5)
+
+    far = (3.0, 3.0, 0.05)
+    open_floor = cue(far)  # no table: roughness 0.5, dielectric
+    torch.testing.assert_close(open_floor[16, 16], torch.full((3,), expected(0.5, 0.04)), atol=0.03, rtol=0)
     row = open_floor[16, :, 0]
     assert row[16] > row[8] + 0.05 > row[1] + 0.1 and row[1] > 0.1 + 1e-3  # a lobe, falling off from the centre
     assert (open_floor[..., 0] >= 0.1 - 1e-5).all()  # the environment part is unchanged
-    torch.testing.assert_close(cue[1][16, 16], torch.full((3,), 0.1), atol=0.01, rtol=0)  # shadowed: no glare
+    rough = cue(far, torch.tensor([[0.0, 0, 0], [0.5, 0, 0], [0.8, 0, 0]]))[16, :, 0]  # the floor is id 2
+    assert abs(float(rough[16]) - expected(0.8, 0.04)) < 0.03 and rough[16] < row[16]
+    assert (rough[1] - 0.1) / (rough[16] - 0.1) > (row[1] - 0.1) / (row[16] - 0.1)  # wider: less fall-off
+    metal = cue(far, torch.tensor([[0.0, 0, 0], [0.5, 0, 0], [0.8, 1.0, 0]]))[16, 16, 0]
+    assert abs(float(metal) - expected(0.8, 0.5)) < 0.05  # F0 = the floor's albedo
+    torch.testing.assert_close(cue((0.0, 0.2, 0.1))[16, 16], torch.full((3,), 0.1), atol=0.01, rtol=0)  # shadowed
