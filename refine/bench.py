@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from refine.config import ModelConfig, SamplerConfig
+from refine.config import GUIDE_CHANNELS, ModelConfig, SamplerConfig
 from refine.errors import RefineError
 
 
@@ -101,8 +101,10 @@ def estimate_flops(spec: ModelConfig, sampler: SamplerConfig | None = None, heig
     if spec.head_channels:  # two 3x3 convs per pixel (+ 4 multiply-adds per value for a bilinear upsample)
         c_in, hid = spec.head_channels + spec.in_channels, spec.head_hidden
         output += 2 * spec.frames_per_block * h * w * 9 * (c_in * hid + hid * spec.out_channels)
-        if spec.unpatchify == "smooth":
+        if spec.upsamples_tokens:  # guided: + the guide distances and weights of 4 taps per pixel
             output += 2 * spec.frames_per_block * h * w * 4 * spec.head_channels
+            if spec.unpatchify == "guided":
+                output += 2 * spec.frames_per_block * h * w * 4 * (3 * GUIDE_CHANNELS + 4)
     fwd = trunk + output
     steps = sampler.num_steps if sampler.sigmas is None else len(sampler.sigmas)
     params = _param_count(spec)
@@ -112,7 +114,7 @@ def estimate_flops(spec: ModelConfig, sampler: SamplerConfig | None = None, heig
 
 def _outputs_per_token(spec: ModelConfig) -> int:
     """Values per channel that proj_out emits per token: a p x p block (linear) or one (smooth)."""
-    return 1 if spec.unpatchify == "smooth" else spec.patch_size * spec.patch_size
+    return 1 if spec.upsamples_tokens else spec.patch_size * spec.patch_size
 
 
 def _param_count(spec: ModelConfig) -> int:

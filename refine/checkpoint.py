@@ -159,7 +159,7 @@ def model_bytes(spec: ModelConfig) -> int:
     n = spec.num_layers * block
     n += spec.in_channels * p * p * D + D  # patch embedding
     n += spec.freq_dim * D + D + D * D + D + 6 * D * D + 6 * D  # time embedder and projection
-    n += D * out * (1 if spec.unpatchify == "smooth" else p * p) + 2 * D + spec.cross_attn_tokens * D
+    n += D * out * (1 if spec.upsamples_tokens else p * p) + 2 * D + spec.cross_attn_tokens * D
     if spec.head_channels:
         n += 9 * spec.head_hidden * (spec.head_channels + spec.in_channels + spec.out_channels)
     rope = 2 * spec.rope_max_seq_len * spec.attention_head_dim  # float64 cos/sin, half the dims each

@@ -19,6 +19,10 @@ SHADING_CHANNELS = 7  # shading cues after it: normal (3) | diffuse light (3) | 
 # sun n.l (1) | roughness, metallic, transmission (3) | mirrored environment sRGB (3). The lit
 # render comes first, so in residual space the model corrects the lit render.
 LIT_CHANNELS = 21
+# unpatchify="guided" weighs tokens by the first GUIDE_CHANNELS condition channels (the render's RGB,
+# 1/(1+depth) and alpha in both layouts): a Gaussian of width GUIDE_SIGMA in their Euclidean distance
+GUIDE_CHANNELS = 5
+GUIDE_SIGMA = 0.1
 
 
 def _positive(name: str, value: int | float) -> None:
@@ -72,7 +76,10 @@ class ModelConfig:
     # "smooth" (head_channels features per token, bilinearly upsampled to pixels; needs the pixel
     # head). With "smooth" the trunk can only add smooth fields, so fine detail can only come from
     # the head's full-resolution view of the condition: a flat surface in the render stays flat
-    # (the local-affine idea of bilateral-guided upsampling / HDRNet)
+    # (the local-affine idea of bilateral-guided upsampling / HDRNet), or "guided" (as smooth, but each
+    # pixel weighs its four nearest tokens by how alike the guide, i.e. the condition's first five
+    # channels, is at the pixel and over the token's patch: joint bilateral upsampling, so a token's
+    # correction does not spill across a silhouette or a shadow edge into its neighbour's surface)
     unpatchify: str = "linear"
 
     def __post_init__(self) -> None:
@@ -86,11 +93,14 @@ class ModelConfig:
         if self.head_channels < 0 or self.head_hidden <= 0:
             raise RefineError(f"head_channels={self.head_channels} must be >= 0 and head_hidden="
                               f"{self.head_hidden} > 0")
-        if self.unpatchify not in ("linear", "smooth"):
-            raise RefineError(f"unpatchify={self.unpatchify!r} must be 'linear' or 'smooth'")
-        if self.unpatchify == "smooth" and not self.head_channels:
-            raise RefineError("unpatchify='smooth' needs the pixel head (head_channels > 0): the head "
-                              "adds the detail a smooth field cannot")
+        if self.unpatchify not in ("linear", "smooth", "guided"):
+            raise RefineError(f"unpatchify={self.unpatchify!r} must be 'linear', 'smooth' or 'guided'")
+        if self.upsamples_tokens and not self.head_channels:
+            raise RefineError(f"unpatchify={self.unpatchify!r} needs the pixel head (head_channels > 0): the "
+                              "head adds the detail a smooth field cannot")
+        if self.unpatchify == "guided" and self.cond_channels < GUIDE_CHANNELS:
+            raise RefineError(f"unpatchify='guided' reads the first {GUIDE_CHANNELS} condition channels as its "
+                              f"guide, the model has cond_channels={self.cond_channels}")
         if self.cond_channels < 0 or self.cross_attn_tokens < 0 or self.sink_frames < 0:
             raise RefineError("cond_channels, cross_attn_tokens and sink_frames must be >= 0, got "
                               f"{self.cond_channels}, {self.cross_attn_tokens}, {self.sink_frames}")
@@ -129,6 +139,12 @@ class ModelConfig:
     @property
     def cache_frames(self) -> int:
         return self.sink_frames + self.window_frames
+
+    @property
+    def upsamples_tokens(self) -> bool:
+        """Tokens emit one value per channel, upsampled to pixels ("smooth", "guided"), rather than
+        a p x p block each ("linear")."""
+        return self.unpatchify in ("smooth", "guided")
 
 
 NOISE_MODES = ("fresh", "static", "zero")

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from refine.attention import CachedAttention, RotaryTables, grouped_attention, masked_attention
 from refine.cache import KVCache, WriteMode
-from refine.config import ModelConfig
+from refine.config import GUIDE_CHANNELS, GUIDE_SIGMA, ModelConfig
 from refine.errors import RefineError
 from refine.layout import FrameLayout, plan_attention
 
@@ -123,6 +123,39 @@ class TimeEmbedder(nn.Module):
 SAMPLE_MIN_SIGMA = 1e-3  # prediction="sample": sigma floor when turning x0_hat into a velocity
 
 
+def guided_upsample(x: Tensor, guide: Tensor, sigma: float) -> Tensor:
+    """Joint bilateral upsampling of token values to pixels: x [N, C, hp, wp], guide [N, G, H, W]
+    -> [N, C, H, W], with H = p * hp, W = p * wp and p even. Each pixel takes its four nearest tokens
+    with the bilinear weights of Fn.interpolate(mode="bilinear", align_corners=False), each times
+    exp(-|g - g_k|^2 / (2 sigma^2)), where g is the guide at the pixel and g_k its mean over token
+    k's patch, renormalised; a 1e-4 floor keeps the plain bilinear weights where no token is alike.
+    A constant guide gives exactly the bilinear upsample."""
+    n, c, hp, wp = x.shape
+    h, w = guide.shape[-2:]
+    p, g = h // hp, guide.shape[1]
+    if p * hp != h or p * wp != w or w // wp != p or p % 2:
+        raise RefineError(f"guided_upsample: {h}x{w} pixels from {hp}x{wp} tokens needs an even integer patch size")
+    # pixel y's upper tap is token floor((y - p/2) / p): with one replicated token of padding that is
+    # padded row floor((y + p/2) / p) of the nearest upsample, i.e. pixel row y + p/2 of it, and the
+    # lower tap is p rows further (the edge rows, where bilinear clamps, get two copies of the edge token)
+    def upsampled(t: Tensor) -> Tensor:  # [N, K, hp, wp] -> [N, K, H + 2p, W + 2p]
+        return Fn.pad(t, (1, 1, 1, 1), mode="replicate").repeat_interleave(p, 2).repeat_interleave(p, 3)
+
+    means, values = upsampled(Fn.avg_pool2d(guide, p)), upsampled(x)
+    ar = lambda size: ((torch.arange(size, device=x.device, dtype=x.dtype) + p // 2) % p + 0.5) / p  # noqa: E731
+    fy, fx = ar(h)[:, None], ar(w)[None, :]  # weight of the lower / right tap
+    num = torch.zeros(n, c, h, w, dtype=x.dtype, device=x.device)
+    den = torch.zeros(n, 1, h, w, dtype=x.dtype, device=x.device)
+    o, q = p // 2, p // 2 + p
+    for y0, wy in ((o, 1 - fy), (q, fy)):
+        for x0, wx in ((o, 1 - fx), (q, fx)):
+            d = (guide - means[:, :, y0:y0 + h, x0:x0 + w]).square_().sum(1, keepdim=True)  # [N, 1, H, W]
+            weight = d.mul_(-0.5 / (sigma * sigma)).exp_().add_(1e-4).mul_(wy * wx)
+            num.addcmul_(weight, values[:, :, y0:y0 + h, x0:x0 + w])
+            den.add_(weight)
+    return num.div_(den)
+
+
 class CausalWanRefiner(ModelMixin, ConfigMixin):
     """Block-causal Wan DiT over pixel patches; predicts the flow-matching velocity v = noise - x0.
 
@@ -164,7 +197,7 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
             CausalWanBlock(dim, cfg.ffn_dim, cfg.num_attention_heads, cfg.eps, n_ctx > 0, cfg.cross_attn_norm)
             for _ in range(cfg.num_layers)])
         self.norm_out = FP32LayerNorm(dim, cfg.eps, elementwise_affine=False)
-        per_token = 1 if cfg.unpatchify == "smooth" else p * p
+        per_token = 1 if cfg.upsamples_tokens else p * p
         self.proj_out = nn.Linear(dim, (cfg.head_channels or cfg.out_channels) * per_token)
         self.pixel_head = None
         if cfg.head_channels:
@@ -234,9 +267,13 @@ class CausalWanRefiner(ModelMixin, ConfigMixin):
         shift, scale = (self.scale_shift_table[None] + temb[:, :, None]).chunk(2, dim=2)  # [B, T, 1, D] x2
         x = _modulate(self.norm_out(x), shift, scale, t)
         x = self.proj_out(x)  # [B, N, p*p*Cs] (linear) or [B, N, Cs] (smooth)
-        if self.spec.unpatchify == "smooth":  # one value per token and channel, bilinear to pixels
+        if self.spec.upsamples_tokens:  # one value per token and channel, upsampled to pixels
             x = x.reshape(b * t, hp, wp, -1).permute(0, 3, 1, 2)  # [B*T, Cs, hp, wp]
-            out = Fn.interpolate(x, size=(h, w), mode="bilinear", align_corners=False).unflatten(0, (b, t))
+            if self.spec.unpatchify == "guided":
+                out = guided_upsample(x, cond[:, :, :GUIDE_CHANNELS].flatten(0, 1).to(x.dtype), GUIDE_SIGMA)
+            else:
+                out = Fn.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+            out = out.unflatten(0, (b, t))
         else:
             x = x.reshape(b, t, hp, wp, p, p, -1).permute(0, 1, 6, 2, 4, 3, 5)  # [B, T, Cs, hp, p, wp, p]
             out = x.reshape(b, t, -1, h, w)

@@ -63,9 +63,9 @@ def test_cached_equals_dense_forward(f, sink, window, t):
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("unpatchify", ["linear", "smooth"])
+@pytest.mark.parametrize("unpatchify", ["linear", "smooth", "guided"])
 def test_cached_equals_dense_forward_with_pixel_head(unpatchify):
-    """The pixel head (and the smooth un-patchify) is per frame, so it keeps the cache proof
+    """The pixel head (and the smooth and guided un-patchify) is per frame, so it keeps the cache proof
     (F = 3, rolled window, sink kept)."""
     model = tiny_model(seed=2, frames_per_block=3, sink_frames=1, window_frames=3, head_channels=4,
                        prediction="sample", unpatchify=unpatchify)

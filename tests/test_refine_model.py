@@ -69,6 +69,8 @@ def test_output_shape_and_validation():
     (dict(head_channels=-1), "head_channels"),
     (dict(unpatchify="pixelshuffle"), "unpatchify"),
     (dict(unpatchify="smooth"), "needs the pixel head"),
+    (dict(unpatchify="guided"), "needs the pixel head"),
+    (dict(unpatchify="guided", head_channels=4, cond_channels=4), "guide"),
 ])
 def test_config_validation(bad, match):
     with pytest.raises(RefineError, match=match):
@@ -189,6 +191,50 @@ def test_smooth_unpatchify_adds_no_detail_where_the_render_is_flat(tmp_path):
     x, cond, ts = _inputs(1, 4)
     with torch.no_grad():
         torch.testing.assert_close(back(x, cond, ts), smooth(x, cond, ts))
+
+
+def test_guided_upsample_is_bilinear_on_a_flat_guide_and_keeps_values_on_their_side_of_an_edge():
+    """unpatchify="guided" (joint bilateral upsampling): with a constant guide it is exactly torch's
+    bilinear upsample; across a sharp guide edge (left half 0, right half 1, token values 0 and 1
+    likewise) the pixels next to the edge keep their own side's value, where bilinear blends them;
+    the output is a convex combination of token values, and gradients reach the tokens."""
+    import torch.nn.functional as Fn
+
+    from refine.model import guided_upsample
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, generator=g, requires_grad=True)
+    flat = torch.full((2, 5, 32, 32), 0.4)
+    bilinear = Fn.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(guided_upsample(x, flat, 0.1), bilinear, atol=1e-6, rtol=1e-6)
+    noisy = torch.rand(2, 5, 32, 32, generator=g)
+    out = guided_upsample(x, noisy, 0.1)
+    lo, hi = x.amin((2, 3))[..., None, None], x.amax((2, 3))[..., None, None]
+    assert (out >= lo - 1e-5).all() and (out <= hi + 1e-5).all()
+    out.square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+    step = (torch.arange(32) >= 16).float()  # [W]: the edge falls on a token border (p = 8)
+    guide = step.expand(1, 5, 32, 32).clone()
+    values = (torch.arange(4) >= 2).float().expand(1, 1, 4, 4).clone()
+    guided = guided_upsample(values, guide, 0.1)[0, 0]
+    blended = Fn.interpolate(values, size=(32, 32), mode="bilinear", align_corners=False)[0, 0]
+    assert float(blended[:, 15].min()) > 0.4 and float(blended[:, 16].max()) < 0.6  # bilinear spills
+    torch.testing.assert_close(guided, step.expand(32, 32), atol=1e-3, rtol=0)  # guided does not
+
+
+def test_guided_unpatchify_runs_and_round_trips(tmp_path):
+    from refine.model import CausalWanRefiner
+
+    model = tiny_model(0, head_channels=4, prediction="sample", unpatchify="guided")
+    torch.nn.init.normal_(model.pixel_head[2].weight, std=0.1)
+    assert model.proj_out.out_features == 4
+    model.save_pretrained(tmp_path / "m")
+    back = CausalWanRefiner.from_pretrained(tmp_path / "m")
+    assert back.spec.unpatchify == "guided"
+    x, cond, ts = _inputs(1, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(back(x, cond, ts), model(x, cond, ts))
 
 
 def _plane_depth(normal, offset, K, h, w):

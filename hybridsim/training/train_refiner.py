@@ -41,7 +41,8 @@ DEFAULTS = {
     "shading": True,  # 14 condition channels: G-buffer + normals / light (refine.conditioning)
     "layers": 4, "heads": 3, "ffn": 768,  # transformer size: blocks, attention heads (x 64 dims), FFN width
     "head": 16,  # pixel head features per pixel (refine ModelConfig.head_channels); 0 = Wan's un-patchify
-    "unpatchify": "linear",  # tokens to pixels: linear (Wan's p x p blocks) or smooth (bilinear; ModelConfig)
+    "unpatchify": "linear",  # tokens to pixels: linear (Wan's p x p blocks), smooth (bilinear) or guided
+    # (bilinear weighted by the likeness of the render, depth and alpha; refine ModelConfig.unpatchify)
     "ssim": 0.0,  # weight of a (1 - SSIM) term in phases 2 and 3 (refine TrainConfig.ssim_weight)
     "sigmas": "",  # sigma list that phases 2/3 specialise on and sampler.json ships, e.g. 0.2,0.1,0.05
     "temporal": 0.0,  # weight of the frame-to-frame change term in phases 2 and 3 (TrainConfig.temporal_weight)
@@ -77,10 +78,10 @@ def main(overrides: list[str]) -> int:
     for key in ("plain", "default_light", "hdri"):
         if not 0.0 <= opts[key] <= 1.0:
             raise SpecError(f"train-refiner {key}", f"must be a probability in [0, 1], got {opts[key]}")
-    if opts["unpatchify"] not in ("linear", "smooth"):
-        raise SpecError("train-refiner unpatchify", f"must be linear or smooth, got {opts['unpatchify']!r}")
-    if opts["unpatchify"] == "smooth" and not opts["head"]:
-        raise SpecError("train-refiner unpatchify", "smooth needs the pixel head; set head=16 (or more)")
+    if opts["unpatchify"] not in ("linear", "smooth", "guided"):
+        raise SpecError("train-refiner unpatchify", f"must be linear, smooth or guided, got {opts['unpatchify']!r}")
+    if opts["unpatchify"] != "linear" and not opts["head"]:
+        raise SpecError("train-refiner unpatchify", f"{opts['unpatchify']} needs the pixel head; set head=16 (or more)")
     for key in ("head", "phase3", "ssim", "temporal"):
         if opts[key] < 0:
             raise SpecError(f"train-refiner {key}", f"must be >= 0, got {opts[key]}")
