@@ -167,7 +167,6 @@ def test_smooth_unpatchify_adds_no_detail_where_the_render_is_flat(tmp_path):
     render (a smooth ramp as condition, zero sample) the output has no patch tile and no texture: its
     second differences are those of a bilinear field through a 2-conv head, far below the linear
     un-patchify's, whose p x p blocks are independent weights. Round-trips through save/load."""
-    from refine.model import CausalWanRefiner
 
     def roughness(model):
         x = torch.zeros(1, 2, 3, 16, 16)
@@ -185,12 +184,19 @@ def test_smooth_unpatchify_adds_no_detail_where_the_render_is_flat(tmp_path):
     assert smooth.proj_out.out_features == 4 and linear.proj_out.out_features == 4 * 4 * 4
     r_smooth, r_linear = roughness(smooth), roughness(linear)
     assert r_smooth < 0.25 * r_linear, (r_smooth, r_linear)
-    smooth.save_pretrained(tmp_path / "m")
+    _assert_round_trips(smooth, tmp_path)
+
+
+def _assert_round_trips(model, tmp_path):
+    """save_pretrained -> from_pretrained keeps the un-patchify mode and the outputs."""
+    from refine.model import CausalWanRefiner
+
+    model.save_pretrained(tmp_path / "m")
     back = CausalWanRefiner.from_pretrained(tmp_path / "m")
-    assert back.spec.unpatchify == "smooth"
+    assert back.spec.unpatchify == model.spec.unpatchify
     x, cond, ts = _inputs(1, 4)
     with torch.no_grad():
-        torch.testing.assert_close(back(x, cond, ts), smooth(x, cond, ts))
+        torch.testing.assert_close(back(x, cond, ts), model(x, cond, ts))
 
 
 def test_guided_upsample_is_bilinear_on_a_flat_guide_and_keeps_values_on_their_side_of_an_edge():
@@ -224,17 +230,10 @@ def test_guided_upsample_is_bilinear_on_a_flat_guide_and_keeps_values_on_their_s
 
 
 def test_guided_unpatchify_runs_and_round_trips(tmp_path):
-    from refine.model import CausalWanRefiner
-
     model = tiny_model(0, head_channels=4, prediction="sample", unpatchify="guided")
     torch.nn.init.normal_(model.pixel_head[2].weight, std=0.1)
     assert model.proj_out.out_features == 4
-    model.save_pretrained(tmp_path / "m")
-    back = CausalWanRefiner.from_pretrained(tmp_path / "m")
-    assert back.spec.unpatchify == "guided"
-    x, cond, ts = _inputs(1, 4)
-    with torch.no_grad():
-        torch.testing.assert_close(back(x, cond, ts), model(x, cond, ts))
+    _assert_round_trips(model, tmp_path)
 
 
 def _plane_depth(normal, offset, K, h, w):
