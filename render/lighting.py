@@ -181,7 +181,7 @@ def sun_specular(nrm: Tensor, view: Tensor, to_sun: Tensor, albedo: Tensor, mate
     g1 = lambda x: x / (x * (1 - k) + k).clamp(min=1e-6)  # noqa: E731
     f0 = DIELECTRIC_F0 + (albedo - DIELECTRIC_F0) * material[..., 1:2]
     fresnel = f0 + (1 - f0) * (1 - v_h[..., None]) ** 5
-    spec = (d * g1(n_l) * g1(n_v) / (4 * n_v).clamp(min=1e-4))[..., None] * fresnel  # x n_l / n_l
+    spec = (d * g1(n_l) * g1(n_v) / (4 * n_v).clamp(min=1e-4))[..., None] * fresnel  # D F G / (4 n.l n.v) * n.l
     return torch.where(((n_l > 0) & (n_v > 0))[..., None], spec, torch.zeros_like(spec))
 
 
@@ -218,9 +218,9 @@ def shade(g: Gaussians, gbuffer: GBuffer, planes: list[Plane], viewmats: Tensor,
     background = env_radiance(env, view)
     mirrored = view - 2 * (view * nrm).sum(-1, keepdim=True) * nrm
     if materials is None:
-        material = torch.tensor(DEFAULT_MATERIAL).expand(*covered.shape, 3)
+        material = torch.tensor(DEFAULT_MATERIAL, device=nrm.device).expand(*covered.shape, 3)
     else:
-        material = materials[gbuffer.instance_id.long().clamp(0, len(materials) - 1)]
+        material = materials.to(nrm.device)[gbuffer.instance_id.long().clamp(0, len(materials) - 1)]
     glare = (sun_specular(nrm, view, to_sun, albedo, material) * vis[..., None] * sun).clamp(max=SUN_SPECULAR_MAX)
     seen = env_radiance(env, mirrored) + glare
     reflection = torch.where(covered[..., None], seen, torch.zeros_like(mirrored))

@@ -29,6 +29,7 @@ from hybridsim.training.refine_data import ELEVATION, DataError, random_scene
 # 1: shadow map fitted to all Gaussians, 64 px (sessions 9-10); 2: fitted to the receivers, 128 px,
 # normal-offset lookups (session 11: shadows of small objects and of scenes with a far caster)
 # 3: the mirror-environment channel carries a lobe around the sun's mirror direction (session 12)
+# 4: that sun term is the sun's GGX specular radiance, sized by the material (session 13)
 LIT_VERSION = 4
 
 TRAIN_HDRIS = ("city", "courtyard", "interior", "studio", "sunrise", "night")
