@@ -117,7 +117,8 @@ def lit_render(gaussians, gbuffer, planes, camera, scenario, backend: str = "aut
 
 
 def material_table(scenario):  # -> Tensor [E + 1, 3]
-    """Roughness, metallic, transmission per instance id (row 0 = background), for the refiner."""
+    """Roughness, metallic, transmission per instance id (row 0 = background), for the refiner, of a
+    concrete scenario (an episode: sampling.sample_scenario draws any distributions first)."""
     import torch
 
     rows = [(0.0, 0.0, 0.0)]
@@ -131,14 +132,14 @@ def material_table(scenario):  # -> Tensor [E + 1, 3]
 def lit_condition(gbuffer, lit, camera, materials):  # -> Tensor [B, 1, LIT_CHANNELS, H, W]
     """The refiner's lit-layout condition (refine.conditioning.encode_lit_condition) of one
     camera: gbuffer (render.GBuffer, black background), lit (render.lighting.Lit), camera
-    (pipeline.CameraParams), materials (material_table of the scenario)."""
+    (pipeline.CameraParams), materials (material_table of the episode)."""
     import torch
     from refine.conditioning import encode_lit_condition
     from render import linear_to_srgb
+    from render.lighting import pixel_materials
 
     R = torch.as_tensor(np.asarray(camera.viewmat, dtype=np.float32))[:, None, :3, :3]  # [B, 1, 3, 3]
     n_cam = torch.einsum("bcij,bchwj->bchwi", R, lit.normals)
-    ids = gbuffer.instance_id.long().clamp(0, len(materials) - 1)
     return encode_lit_condition(linear_to_srgb(lit.rgb), gbuffer.depth, gbuffer.alpha, gbuffer.flow,
                                 linear_to_srgb(gbuffer.rgb), n_cam, lit.sun_visibility, lit.sun_cos,
-                                materials[ids], linear_to_srgb(lit.reflection))
+                                pixel_materials(materials, gbuffer.instance_id), linear_to_srgb(lit.reflection))

@@ -103,6 +103,17 @@ class Simulation:
                                                   denoise=p.denoise, seed=p.seed, threads=p.threads)
             self.timings["build_pathtrace_s"] = time.perf_counter() - t0
 
+    @property
+    def materials(self):  # -> torch.Tensor [E + 1, 3]
+        """Roughness, metallic, transmission per instance id (appearance.material_table) of the
+        episodes: of env 0's, which all share (appearance is part of the layout key), not of the
+        template, whose fields may still be distributions. Remade when the episodes change."""
+        if self._lit_for is not self.episodes:
+            from hybridsim.appearance import material_table
+
+            self._materials, self._lit_for = material_table(self.episodes[0]), self.episodes
+        return self._materials
+
     # ------------------------------------------------------------ episodes
     def _set_episodes(self, episodes: list[Scenario] | None) -> None:
         from hybridsim.scenario.sampling import has_distributions, layout_key, sample_scenario
@@ -144,7 +155,7 @@ class Simulation:
         self._last_frame = np.array([_last_frame(ep) for ep in self.episodes])
         self.frame_index, self._prev_means, self._prev_frame = 0, None, None
         self._env = None  # render.Environment of the lit render, made on first use
-        self._materials = None  # its per-instance material table (appearance.material_table), likewise
+        self._lit_for = None  # the episodes list that the material tables (materials) were made for
         self.done = np.zeros(self.cfg.n_envs, dtype=bool)
         self.end_frame = self._last_frame.copy()
         self.origin = np.zeros(self.cfg.n_envs, dtype=np.int64)
@@ -340,7 +351,7 @@ class Simulation:
         from render.lighting import normal_planes, splat_normals
         from render.project import camera_centers
 
-        from hybridsim.appearance import environment, lit_render, material_table
+        from hybridsim.appearance import environment, lit_render
 
         g = self.splats.posed(state.body_pos, state.body_quat)
         bg = torch.tensor(self.cfg.render.background, dtype=torch.float32)
@@ -352,8 +363,7 @@ class Simulation:
         self._flow_reset = None
         out, lit = {}, {}
         if self.cfg.render.lit and self._env is None:  # fixed per build: made once
-            self._env, self._lit_planes = environment(self.scenario), normal_planes(self.planes)
-            self._materials = material_table(self.scenario)
+            self._env, self._lit_planes = environment(self.episodes[0]), normal_planes(self.planes)
         for name, cam in self.cameras.items():
             view = torch.as_tensor(cam.viewmat, dtype=torch.float32)[:, None]  # [B, 1, 4, 4]
             K = torch.as_tensor(cam.K, dtype=torch.float32)[:, None]
@@ -366,7 +376,7 @@ class Simulation:
             if self.cfg.render.lit:
                 t0 = time.perf_counter()
                 lit[name] = lit_render(g, gb, self.planes, cam, self.scenario, self.cfg.render.backend, self._env,
-                                       self._materials)
+                                       self.materials)
                 self.timings["lit_render_s"] += time.perf_counter() - t0
             gb.rgb = gb.rgb + (1.0 - gb.alpha)[..., None] * bg
             out[name] = gb

@@ -312,11 +312,7 @@ class StreamRefiner:
             raise SpecError("render.lit", "the refiner takes the lit splat render as input; set render.lit=true "
                             "(or use a refiner trained without it)")
         self.lighting = sim.scenario.lighting if self.layout == "shading" else None
-        self.materials = None
-        if self.layout == "lit":
-            from hybridsim.appearance import material_table
-
-            self.materials = material_table(sim.scenario)
+        self.sim = sim  # its material table (Simulation.materials) feeds the lit layout
         self.timings: dict[str, float] = defaultdict(float)
         self.reset()
 
@@ -356,7 +352,7 @@ class StreamRefiner:
         for cam in self.cameras:
             if self.layout == "lit":
                 cond = lit_condition(frame.gbuffer[cam.name], frame.lit[cam.name], frame.cameras[cam.name],
-                                     self.materials)
+                                     self.sim.materials)
             else:
                 cond = condition_from_gbuffer(frame.gbuffer[cam.name], frame.cameras[cam.name], self.lighting)
             self._conds[cam.name].append(cond)

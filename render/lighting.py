@@ -185,6 +185,12 @@ def sun_specular(nrm: Tensor, view: Tensor, to_sun: Tensor, albedo: Tensor, mate
     return torch.where(((n_l > 0) & (n_v > 0))[..., None], spec, torch.zeros_like(spec))
 
 
+def pixel_materials(materials: Tensor, instance_id: Tensor) -> Tensor:
+    """Per-pixel material from a per-instance table: materials [E + 1, C], instance_id [...] ->
+    [..., C] on instance_id's device; ids past the table read its last row."""
+    return materials.to(instance_id.device)[instance_id.long().clamp(0, materials.shape[0] - 1)]
+
+
 def shade(g: Gaussians, gbuffer: GBuffer, planes: list[Plane], viewmats: Tensor, Ks: Tensor,
           env: Environment, *, backend: str = "auto", far: float = math.inf, materials: Tensor | None = None) -> Lit:
     """Shade a G-buffer rendered (with `planes` composited, over a black background) from these
@@ -220,7 +226,7 @@ def shade(g: Gaussians, gbuffer: GBuffer, planes: list[Plane], viewmats: Tensor,
     if materials is None:
         material = torch.tensor(DEFAULT_MATERIAL, device=nrm.device).expand(*covered.shape, 3)
     else:
-        material = materials.to(nrm.device)[gbuffer.instance_id.long().clamp(0, len(materials) - 1)]
+        material = pixel_materials(materials, gbuffer.instance_id).to(nrm.device)
     glare = (sun_specular(nrm, view, to_sun, albedo, material) * vis[..., None] * sun).clamp(max=SUN_SPECULAR_MAX)
     seen = env_radiance(env, mirrored) + glare
     reflection = torch.where(covered[..., None], seen, torch.zeros_like(mirrored))

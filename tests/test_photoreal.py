@@ -208,3 +208,26 @@ def test_photo_scene_default_light_option(tmp_path):
     with pytest.raises(DataError, match=r"'default_light': \(0.0, 0.5\)"):
         make_pathtraced_clips(tmp_path, PTClipOptions(default_light=0.5), progress=False)
     assert not list(tmp_path.glob("scene_*"))
+
+
+def test_a_sampled_roughness_reaches_the_lit_render_and_the_refiner():
+    """A scenario whose appearance is a distribution runs through the lit render and the refiner:
+    their material table comes from the sampled episode, not from the template (whose roughness is
+    still a Uniform)."""
+    from hybridsim.output.runner import resolve_config
+    from hybridsim.pipeline import Simulation
+    from hybridsim.refining import frame_stream
+
+    cfg, base = resolve_config("default", ["+scenario.entities.ball.appearance.roughness={uniform: [0.1, 0.9]}"],
+                               progress=False)
+    cfg.scenario.timing.duration = 2 / cfg.scenario.timing.fps + 1e-6
+    sim = Simulation(cfg, base_dir=base)
+    try:
+        drawn = next(e for e in sim.episodes[0].entities if e.name == "ball").appearance.roughness
+        ball = 1 + [e.name for e in sim.episodes[0].entities].index("ball")
+        assert 0.1 <= drawn <= 0.9 and abs(float(sim.materials[ball, 0]) - drawn) < 1e-6
+        stream, _ = frame_stream(cfg, sim)
+        frames = list(stream)
+        assert len(frames) == 2 and all(f.refined for f in frames)
+    finally:
+        sim.close()

@@ -285,3 +285,14 @@ def test_mirror_cue_carries_the_sun_glare_and_not_in_shadow():
     metal = cue(far, torch.tensor([[0.0, 0, 0], [0.5, 0, 0], [0.8, 1.0, 0]]))[16, 16, 0]
     assert abs(float(metal) - expected(0.8, 0.5)) < 0.05  # F0 = the floor's albedo
     torch.testing.assert_close(cue((0.0, 0.2, 0.1))[16, 16], torch.full((3,), 0.1), atol=0.01, rtol=0)  # shadowed
+
+
+def test_pixel_materials_reads_the_table_by_instance_id():
+    """shade's material lookup: row id of a [E + 1, 3] table per pixel; ids past the table clamp."""
+    from render.lighting import pixel_materials
+
+    table = torch.tensor([[0.0, 0, 0], [0.2, 0, 0], [0.9, 1, 0]])
+    ids = torch.tensor([[[[0, 1], [2, 7]]]])  # [B=1, C=1, H=2, W=2]
+    out = pixel_materials(table, ids)
+    assert out.shape == (1, 1, 2, 2, 3)
+    torch.testing.assert_close(out[0, 0].reshape(4, 3), table[[0, 1, 2, 2]])
