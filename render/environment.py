@@ -54,11 +54,19 @@ class Environment:
 
 
 def _bpy_root() -> Path:
-    try:
-        import bpy
-    except ImportError as e:  # pragma: no cover - bpy is a dependency
-        raise RenderError("the path tracer and HDRI lighting need Blender as a module: pip install bpy") from e
-    return Path(bpy.utils.resource_path("LOCAL"))
+    """Blender's versioned resource folder (bpy.utils.resource_path("LOCAL")), found on disk without
+    importing bpy: after Genesis has loaded its older Embree, `import bpy` fails, and the HDRI files
+    are all the lit render needs from Blender."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("bpy")
+    if spec is None or not spec.submodule_search_locations:
+        raise RenderError("the path tracer and HDRI lighting need Blender as a module: pip install bpy")
+    package = Path(next(iter(spec.submodule_search_locations)))
+    found = sorted(d for d in package.iterdir() if d.is_dir() and (d / "datafiles").is_dir())
+    if not found:
+        raise RenderError(f"no Blender resource folder (<version>/datafiles) in {package}; reinstall bpy")
+    return found[-1]
 
 
 def hdri_path(name: str) -> Path:

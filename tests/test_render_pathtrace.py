@@ -296,3 +296,17 @@ def test_pixel_materials_reads_the_table_by_instance_id():
     out = pixel_materials(table, ids)
     assert out.shape == (1, 1, 2, 2, 3)
     torch.testing.assert_close(out[0, 0].reshape(4, 3), table[[0, 1, 2, 2]])
+
+
+def test_shipped_hdris_are_found_without_importing_bpy():
+    """hdri_path locates Blender's HDRIs on disk without `import bpy`, which fails once Genesis has
+    loaded its older Embree: a run lit by an HDRI but not path-traced needs only the files."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from render.environment import HDRI_NAMES, hdri_path; "
+            "paths = [hdri_path(n) for n in HDRI_NAMES]; assert all(p.is_file() for p in paths), paths; "
+            "assert 'bpy' not in sys.modules; print(len(paths))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert int(out.stdout.strip()) == 8
