@@ -103,17 +103,16 @@ class PathTracedReference:
         self.tracer.close()
 
 
-def lit_render(gaussians, gbuffer, planes, camera, scenario, backend: str = "auto", env=None, materials=None):
+def lit_render(gaussians, gbuffer, planes, camera, env, materials, backend: str = "auto"):
     """The lit splat render (render.lighting.shade) of one camera's G-buffer (planes composited,
-    black background); camera is a pipeline.CameraParams; env and materials default to the
-    scenario's (environment, material_table). -> render.lighting.Lit ([B, 1, ...])."""
+    black background); camera is a pipeline.CameraParams; env and materials are an episode's
+    environment and material_table. -> render.lighting.Lit ([B, 1, ...])."""
     import torch
     from render.lighting import shade
 
     view = torch.as_tensor(camera.viewmat, dtype=torch.float32)[:, None]
     K = torch.as_tensor(camera.K, dtype=torch.float32)[:, None]
-    return shade(gaussians, gbuffer, planes, view, K, env if env is not None else environment(scenario),
-                 backend=backend, materials=materials if materials is not None else material_table(scenario))
+    return shade(gaussians, gbuffer, planes, view, K, env, backend=backend, materials=materials)
 
 
 def material_table(scenario):  # -> Tensor [E + 1, 3]

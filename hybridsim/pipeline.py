@@ -106,12 +106,11 @@ class Simulation:
     @property
     def materials(self):  # -> torch.Tensor [E + 1, 3]
         """Roughness, metallic, transmission per instance id (appearance.material_table) of the
-        episodes: of env 0's, which all share (appearance is part of the layout key), not of the
-        template, whose fields may still be distributions. Remade when the episodes change."""
-        if self._lit_for is not self.episodes:
+        episodes' shared layout (self.scenario), made once per load of episodes."""
+        if self._materials is None:
             from hybridsim.appearance import material_table
 
-            self._materials, self._lit_for = material_table(self.episodes[0]), self.episodes
+            self._materials = material_table(self.scenario)
         return self._materials
 
     # ------------------------------------------------------------ episodes
@@ -130,7 +129,6 @@ class Simulation:
                 raise SpecError("episodes", f"got {len(episodes)} episodes for n_envs={cfg.n_envs}; give one per env")
             if any(has_distributions(ep) for ep in episodes):
                 raise SpecError("episodes", "episodes must be concrete; pass them through sampling.sample_scenario")
-            template = episodes[0]
             self.seeds = [getattr(ep, "_sample_seed", s) for ep, s in zip(episodes, derived)]
         keys = [layout_key(ep) for ep in episodes]
         if len(set(keys)) > 1:
@@ -142,7 +140,9 @@ class Simulation:
             raise SpecError("episodes", "these episodes need another Genesis build; make a new Simulation")
         self.key, self.episodes = keys[0], list(episodes)
         self._varied = any(ep != episodes[0] for ep in episodes)
-        self.scenario = expand_templates(template)
+        # the layout every env shares (entities, appearance, lighting, cameras, timing; layout_key), from a
+        # concrete episode: the template's fields may still be distributions
+        self.scenario = expand_templates(episodes[0])
 
     def _load(self) -> None:
         """Per-episode state on the built world: cameras, events, time limits, the initial snapshot."""
@@ -155,7 +155,7 @@ class Simulation:
         self._last_frame = np.array([_last_frame(ep) for ep in self.episodes])
         self.frame_index, self._prev_means, self._prev_frame = 0, None, None
         self._env = None  # render.Environment of the lit render, made on first use
-        self._lit_for = None  # the episodes list that the material tables (materials) were made for
+        self._materials = None  # the material table (materials), likewise
         self.done = np.zeros(self.cfg.n_envs, dtype=bool)
         self.end_frame = self._last_frame.copy()
         self.origin = np.zeros(self.cfg.n_envs, dtype=np.int64)
@@ -363,7 +363,7 @@ class Simulation:
         self._flow_reset = None
         out, lit = {}, {}
         if self.cfg.render.lit and self._env is None:  # fixed per build: made once
-            self._env, self._lit_planes = environment(self.episodes[0]), normal_planes(self.planes)
+            self._env, self._lit_planes = environment(self.scenario), normal_planes(self.planes)
         for name, cam in self.cameras.items():
             view = torch.as_tensor(cam.viewmat, dtype=torch.float32)[:, None]  # [B, 1, 4, 4]
             K = torch.as_tensor(cam.K, dtype=torch.float32)[:, None]
@@ -375,8 +375,8 @@ class Simulation:
             gb = composite_planes(gb, planes, view, K, far=self.cfg.render.plane_far)  # splats over planes
             if self.cfg.render.lit:
                 t0 = time.perf_counter()
-                lit[name] = lit_render(g, gb, self.planes, cam, self.scenario, self.cfg.render.backend, self._env,
-                                       self.materials)
+                lit[name] = lit_render(g, gb, self.planes, cam, self._env, self.materials,
+                                       self.cfg.render.backend)
                 self.timings["lit_render_s"] += time.perf_counter() - t0
             gb.rgb = gb.rgb + (1.0 - gb.alpha)[..., None] * bg
             out[name] = gb

@@ -23,6 +23,7 @@ LIT_CHANNELS = 21
 # 1/(1+depth) and alpha in both layouts): a Gaussian of width GUIDE_SIGMA in their Euclidean distance
 GUIDE_CHANNELS = 5
 GUIDE_SIGMA = 0.1
+UNPATCHIFY_MODES = ("linear", "smooth", "guided")
 
 
 def _positive(name: str, value: int | float) -> None:
@@ -93,8 +94,8 @@ class ModelConfig:
         if self.head_channels < 0 or self.head_hidden <= 0:
             raise RefineError(f"head_channels={self.head_channels} must be >= 0 and head_hidden="
                               f"{self.head_hidden} > 0")
-        if self.unpatchify not in ("linear", "smooth", "guided"):
-            raise RefineError(f"unpatchify={self.unpatchify!r} must be 'linear', 'smooth' or 'guided'")
+        if self.unpatchify not in UNPATCHIFY_MODES:
+            raise RefineError(f"unpatchify={self.unpatchify!r} must be one of {', '.join(UNPATCHIFY_MODES)}")
         if self.upsamples_tokens and not self.head_channels:
             raise RefineError(f"unpatchify={self.unpatchify!r} needs the pixel head (head_channels > 0): the "
                               "head adds the detail a smooth field cannot")
@@ -144,7 +145,7 @@ class ModelConfig:
     def upsamples_tokens(self) -> bool:
         """Tokens emit one value per channel, upsampled to pixels ("smooth", "guided"), rather than
         a p x p block each ("linear")."""
-        return self.unpatchify in ("smooth", "guided")
+        return self.unpatchify != "linear"
 
 
 NOISE_MODES = ("fresh", "static", "zero")

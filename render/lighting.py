@@ -175,9 +175,10 @@ def sun_specular(nrm: Tensor, view: Tensor, to_sun: Tensor, albedo: Tensor, mate
     h = torch.nn.functional.normalize(v + to_sun, dim=-1)
     n_l, n_v = (nrm @ to_sun).clamp(min=0), (nrm * v).sum(-1).clamp(min=0)
     n_h, v_h = (nrm * h).sum(-1).clamp(min=0), (v * h).sum(-1).clamp(min=0)
-    a2 = (material[..., 0] ** 2).clamp(min=MIN_ALPHA) ** 2
+    alpha = (material[..., 0] ** 2).clamp(min=MIN_ALPHA)
+    a2 = alpha ** 2
     d = a2 / (math.pi * (n_h ** 2 * (a2 - 1) + 1) ** 2)
-    k = a2.sqrt() / 2
+    k = alpha / 2
     g1 = lambda x: x / (x * (1 - k) + k).clamp(min=1e-6)  # noqa: E731
     f0 = DIELECTRIC_F0 + (albedo - DIELECTRIC_F0) * material[..., 1:2]
     fresnel = f0 + (1 - f0) * (1 - v_h[..., None]) ** 5
@@ -226,7 +227,7 @@ def shade(g: Gaussians, gbuffer: GBuffer, planes: list[Plane], viewmats: Tensor,
     if materials is None:
         material = torch.tensor(DEFAULT_MATERIAL, device=nrm.device).expand(*covered.shape, 3)
     else:
-        material = pixel_materials(materials, gbuffer.instance_id).to(nrm.device)
+        material = pixel_materials(materials, gbuffer.instance_id)
     glare = (sun_specular(nrm, view, to_sun, albedo, material) * vis[..., None] * sun).clamp(max=SUN_SPECULAR_MAX)
     seen = env_radiance(env, mirrored) + glare
     reflection = torch.where(covered[..., None], seen, torch.zeros_like(mirrored))

@@ -78,8 +78,11 @@ def main(overrides: list[str]) -> int:
     for key in ("plain", "default_light", "hdri"):
         if not 0.0 <= opts[key] <= 1.0:
             raise SpecError(f"train-refiner {key}", f"must be a probability in [0, 1], got {opts[key]}")
-    if opts["unpatchify"] not in ("linear", "smooth", "guided"):
-        raise SpecError("train-refiner unpatchify", f"must be linear, smooth or guided, got {opts['unpatchify']!r}")
+    from refine.config import UNPATCHIFY_MODES
+
+    if opts["unpatchify"] not in UNPATCHIFY_MODES:
+        raise SpecError("train-refiner unpatchify", f"must be one of {', '.join(UNPATCHIFY_MODES)}, "
+                        f"got {opts['unpatchify']!r}")
     if opts["unpatchify"] != "linear" and not opts["head"]:
         raise SpecError("train-refiner unpatchify", f"{opts['unpatchify']} needs the pixel head; set head=16 (or more)")
     for key in ("head", "phase3", "ssim", "temporal"):
