@@ -99,18 +99,18 @@ class Simulation:
 
             t0 = time.perf_counter()
             p = cfg.pathtrace
-            self.pathtracer = PathTracedReference(self.world, self.scenario, self.cameras, samples=p.samples,
+            self.pathtracer = PathTracedReference(self.world, self.look, self.cameras, samples=p.samples,
                                                   denoise=p.denoise, seed=p.seed, threads=p.threads)
             self.timings["build_pathtrace_s"] = time.perf_counter() - t0
 
     @property
     def materials(self):  # -> torch.Tensor [E + 1, 3]
         """Roughness, metallic, transmission per instance id (appearance.material_table) of the
-        episodes' shared layout (self.scenario), made once per load of episodes."""
+        episodes' shared look (self.look), made once per load of episodes."""
         if self._materials is None:
             from hybridsim.appearance import material_table
 
-            self._materials = material_table(self.scenario)
+            self._materials = material_table(self.look)
         return self._materials
 
     # ------------------------------------------------------------ episodes
@@ -129,6 +129,7 @@ class Simulation:
                 raise SpecError("episodes", f"got {len(episodes)} episodes for n_envs={cfg.n_envs}; give one per env")
             if any(has_distributions(ep) for ep in episodes):
                 raise SpecError("episodes", "episodes must be concrete; pass them through sampling.sample_scenario")
+            template = episodes[0]
             self.seeds = [getattr(ep, "_sample_seed", s) for ep, s in zip(episodes, derived)]
         keys = [layout_key(ep) for ep in episodes]
         if len(set(keys)) > 1:
@@ -140,9 +141,10 @@ class Simulation:
             raise SpecError("episodes", "these episodes need another Genesis build; make a new Simulation")
         self.key, self.episodes = keys[0], list(episodes)
         self._varied = any(ep != episodes[0] for ep in episodes)
-        # the layout every env shares (entities, appearance, lighting, cameras, timing; layout_key), from a
-        # concrete episode: the template's fields may still be distributions
-        self.scenario = expand_templates(episodes[0])
+        self.scenario = expand_templates(template)
+        # the look every env shares (appearance and lighting are in layout_key) from a concrete episode, for
+        # the lit render, the refiner and the path tracer: the template's fields may still be distributions
+        self.look = expand_templates(episodes[0])
 
     def _load(self) -> None:
         """Per-episode state on the built world: cameras, events, time limits, the initial snapshot."""
@@ -363,7 +365,7 @@ class Simulation:
         self._flow_reset = None
         out, lit = {}, {}
         if self.cfg.render.lit and self._env is None:  # fixed per build: made once
-            self._env, self._lit_planes = environment(self.scenario), normal_planes(self.planes)
+            self._env, self._lit_planes = environment(self.look), normal_planes(self.planes)
         for name, cam in self.cameras.items():
             view = torch.as_tensor(cam.viewmat, dtype=torch.float32)[:, None]  # [B, 1, 4, 4]
             K = torch.as_tensor(cam.K, dtype=torch.float32)[:, None]

@@ -159,13 +159,13 @@ def _render_clip(scen, n_envs: int, ref_args: dict | None = None):
     render comes from the pipeline exactly as `hybridsim run` makes it (render.lit)."""
     import torch
 
-    from hybridsim.appearance import PathTracedReference, lit_condition, material_table
+    from hybridsim.appearance import PathTracedReference, lit_condition
     from hybridsim.config import RunConfig
     from hybridsim.pipeline import Simulation
 
     sim = Simulation(RunConfig(scenario=scen, n_envs=n_envs, reference=False, progress=False))
-    ref = PathTracedReference(sim.world, sim.scenario, sim.cameras, **ref_args) if ref_args is not None else None
-    mats = material_table(sim.scenario)
+    ref = PathTracedReference(sim.world, sim.look, sim.cameras, **ref_args) if ref_args is not None else None
+    mats = sim.materials
     conds, targets = [], []
     try:
         with torch.no_grad():
