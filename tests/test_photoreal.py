@@ -1,5 +1,5 @@
 """The path-traced reference in the frame loop: Cycles sees what the labels say, for primitives,
-textured meshes and the Franka's link meshes; run folders get the new videos; the spec's material
+textured meshes and the robots' link meshes (the Franka, the UR5e of the training scenes); run folders get the new videos; the spec's material
 and lighting fields validate; the evaluation's metrics behave on analytic cases."""
 
 import json
@@ -38,7 +38,27 @@ def test_object_index_pass_matches_instance_labels(scenario):
     pixels. Splat silhouettes reach ~0.5 px beyond the surface, which alone costs a 9x9-pixel box
     ~15 % IoU, so smaller entities must instead sit where Cycles draws them (centroids within
     0.75 px) with IoU >= 0.8."""
-    sim, frames = _frames(scenario, 8)
+    _assert_labels_match_cycles(*_frames(scenario, 8))
+
+
+@pytest.mark.slow
+def test_object_index_pass_matches_instance_labels_for_a_training_robot(tmp_path):
+    """The UR5e that random training scenes may hold (refine_data.ROBOTS; the Franka is covered by
+    franka_push): its link meshes, posed and moving, are where the labels say."""
+    import yaml
+
+    from hybridsim.training.refine_data import random_scene
+
+    scen = random_scene(9, frames=8, res=64, n_cameras=2, robot=1.0)  # seed 9: a UR5e in view of both cameras
+    assert scen.entities[-1].file.endswith("ur5e.xml")
+    path = tmp_path / "robot_scene.yaml"
+    path.write_text(yaml.safe_dump(scen.to_dict()))
+    sim, frames = _frames(str(path), 8)
+    assert _assert_labels_match_cycles(sim, frames) >= {(c, "robot") for c in sim.cameras}
+
+
+def _assert_labels_match_cycles(sim, frames) -> set:
+    """The IoU check of test_object_index_pass_matches_instance_labels; -> the (camera, entity) pairs seen."""
     names = {i + 1: e.name for i, e in enumerate(sim.scenario.entities)}
     seen = {}
     for f in frames:
@@ -61,6 +81,7 @@ def test_object_index_pass_matches_instance_labels(scenario):
     f = frames[-1]
     for cam in sim.cameras:  # the lit render rides along
         assert f.lit[cam].rgb.shape[-1] == 3 and f.pathtraced[cam].rgb.dtype == np.uint8
+    return set(seen)
 
 
 @pytest.mark.slow

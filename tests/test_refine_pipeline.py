@@ -322,6 +322,45 @@ def test_random_scene_floor_and_light_probabilities():
             ClipOptions(**bad).check()
 
 
+def test_random_scene_robot_option():
+    import math
+
+    import trimesh
+
+    from hybridsim.training.refine_data import ROBOTS, ClipOptions, DataError, random_scene
+
+    # without the option (and at 0) every scene is what it was; with it, only an arm and the cameras change
+    assert [random_scene(s, robot=0.0) for s in range(6)] == [random_scene(s) for s in range(6)]
+    robots = [random_scene(s, robot=1.0) for s in range(12)]
+    assert robots[3] == random_scene(3, robot=1.0)  # deterministic
+    files = set()
+    for s, scen in enumerate(robots):
+        base = random_scene(s)
+        arm = scen.entities[-1]
+        assert scen.entities[:-1] == base.entities and scen.lighting == base.lighting
+        assert arm.type == "mjcf" and arm.semantic_class == "robot" and arm.pos[2] == 0.0
+        files.add(arm.file)
+        home, spread = next((h, d) for f, h, d in ROBOTS if f == arm.file)
+        (event,) = scen.events
+        assert event.kind == "joint_targets" and event.entity == "robot" and 0 < event.at < 4 / 20
+        for pose in (arm.joints, event.targets):
+            assert set(pose) == set(home)
+            assert all(abs(pose[j] - home[j]) <= spread.get(j, 0.0) + 1e-12 for j in home)
+        # on the floor beside the objects (and clear of any table), facing them
+        table = next((e for e in base.entities if e.name == "table"), None)
+        half = 0.0
+        if table is not None:  # a coloured box, or a textured box mesh
+            half = max(table.size[:2] if table.size else np.ptp(trimesh.load(table.file).bounds[:, :2], 0)) / 2
+        r = math.hypot(arm.pos[0], arm.pos[1])
+        assert r >= max(0.6, half + 0.25) - 1e-9
+        yaw = math.radians(arm.euler[2])
+        assert np.dot((math.cos(yaw), math.sin(yaw)), np.divide(arm.pos[:2], -r)) == pytest.approx(1.0)
+    assert files == {f for f, _, _ in ROBOTS}
+    assert sum(random_scene(s, robot=0.5).entities[-1].type == "mjcf" for s in range(40)) in range(12, 29)
+    with pytest.raises(DataError, match="robot"):
+        ClipOptions(robot=1.5).check()
+
+
 @pytest.fixture(scope="module")
 def clip_dir(tmp_path_factory):
     from hybridsim.training.refine_data import ClipOptions, make_clips
@@ -393,7 +432,7 @@ def test_train_refiner_trains_resumes_and_installs(clip_dir, tmp_path, monkeypat
     shutil.copytree(src, out / "clips")
     dest = tmp_path / "weights"
     monkeypatch.setattr(refine, "DEFAULT_WEIGHTS_DIR", dest)
-    opts = dict(DEFAULTS, out=str(out), scenes=1, frames=4, res=32, n_envs=1, cameras=1, data_seed=3,
+    opts = dict(DEFAULTS, out=str(out), scenes=1, frames=4, res=32, n_envs=1, cameras=1, data_seed=3, robot=0.0,
                 phase1=2, phase2=1, phase3=1, sigmas="0.2,0.1", ssim=0.2, batch=1, clip_frames=4, checkpoint_every=1,
                 progress=False, install=True)
     rec = train_refiner(opts, command="hybridsim train-refiner test")

@@ -37,17 +37,19 @@ HELD_OUT_HDRIS = ("forest", "sunset")
 
 
 def random_photo_scene(seed: int, *, frames: int = 12, res: int = 128, n_cameras: int = 2,
-                       elevation=ELEVATION, plain_floor: float = 0.5, hdri: float = 0.85, default_light: float = 0.0):
+                       elevation=ELEVATION, plain_floor: float = 0.5, hdri: float = 0.85, default_light: float = 0.0,
+                       robot: float = 0.0):
     """A refine_data random scene with randomised materials and HDRI lighting (deterministic in seed).
 
     default_light: probability that the scene keeps the scenario spec's default sun and ambient
     (spec.Lighting(), which most user scenarios keep; the HDRI draw is unchanged) and, on a plain
     floor, a near-neutral grey floor colour like the shipped scenarios'. It draws from its own random
-    stream, so scenes made with default_light=0 are the same as before the option existed."""
+    stream, so scenes made with default_light=0 are the same as before the option existed.
+    robot: probability of a robot arm (refine_data.random_scene); it keeps its assets' own colours."""
     from hybridsim.scenario.spec import Lighting, LightingEnvironment, validate
 
     scen = random_scene(seed, frames=frames, res=res, n_cameras=n_cameras, elevation=elevation,
-                        plain_floor=plain_floor, default_light=0.0)
+                        plain_floor=plain_floor, default_light=0.0, robot=robot)
     rng = np.random.default_rng(derive_seed(seed, "photo-looks"))
     ents = []
     for e in scen.entities:
@@ -92,6 +94,7 @@ class PTClipOptions:
     plain_floor: float = 0.5
     hdri: float = 0.85  # probability of an HDRI world (else a uniform ambient)
     default_light: float = 0.0  # probability of the spec's default sun + ambient and a grey plain floor
+    robot: float = 0.0  # probability of a robot arm beside the objects (refine_data.ROBOTS)
 
     def check(self) -> None:
         for name in ("scenes", "frames", "res", "n_envs", "n_cameras", "samples"):
@@ -99,7 +102,7 @@ class PTClipOptions:
                 raise DataError(f"{name}={getattr(self, name)} must be >= 1")
         if self.res % 8:
             raise DataError(f"res={self.res} must be a multiple of 8 (the refiner's patch size)")
-        for name in ("plain_floor", "hdri", "default_light"):
+        for name in ("plain_floor", "hdri", "default_light", "robot"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise DataError(f"{name}={getattr(self, name)} must be a probability in [0, 1]")
 
@@ -118,7 +121,8 @@ def make_pathtraced_clips(out_dir: str | Path, opts: PTClipOptions, progress: bo
     meta_path = out / "clips.json"
     if meta_path.exists():
         old = json.loads(meta_path.read_text())
-        old.setdefault("default_light", 0.0)  # folders made before the option had none
+        old.setdefault("default_light", 0.0)  # folders made before these options had none
+        old.setdefault("robot", 0.0)
         diff = {k: (old.get(k), v) for k, v in meta.items() if k != "scenes" and old.get(k) != v}
         if diff:
             raise DataError(f"{out} holds clips made with other options {diff} (old, new); use another data "
@@ -147,7 +151,7 @@ def make_pathtraced_clips(out_dir: str | Path, opts: PTClipOptions, progress: bo
 def _make_scene(out: Path, opts: PTClipOptions, i: int) -> None:
     scen = random_photo_scene(derive_seed(opts.seed, "scene", i), frames=opts.frames, res=opts.res,
                               n_cameras=opts.n_cameras, elevation=opts.elevation, plain_floor=opts.plain_floor,
-                              hdri=opts.hdri, default_light=opts.default_light)
+                              hdri=opts.hdri, default_light=opts.default_light, robot=opts.robot)
     ref_args = dict(samples=opts.samples, seed=derive_seed(opts.seed, "cycles", i) % (2**31))
     conds, targets = _render_clip(scen, opts.n_envs, ref_args)
     target = np.stack(targets, 1).astype(np.uint8)  # [C*B, T, H, W, 3]

@@ -3,7 +3,8 @@
 Scenes are procedural and randomised from one data seed: a floor (plain plane or a textured slab),
 sometimes a table, 2-4 dropped or thrown objects (boxes textured with scikit-image photographs,
 coloured boxes, spheres, cylinders), random directional light and ambient level, and random cameras
-around the objects. None of the shipped scenarios (configs/scenario/) is used, so they stay held out
+around the objects; with probability `robot`, a robot arm (a Franka Panda or a UR5e) beside them
+that moves to a second pose early in the clip. None of the shipped scenarios (configs/scenario/) is used, so they stay held out
 for evaluation (`hybridsim.training.refine_eval`).
 
 One Genesis build per scene, `n_envs` environments (position jitter per environment) and
@@ -22,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from hybridsim.scenario.seeding import derive_seed
-from hybridsim.scenario.spec import Appearance, Camera, Entity, Lighting, Scenario, Timing, validate
+from hybridsim.scenario.spec import Appearance, Camera, Entity, Event, Lighting, Scenario, Timing, validate
 from hybridsim.scenario.textures import skimage_names
 from refine.config import COND_CHANNELS, SHADING_CHANNELS
 
@@ -82,12 +83,25 @@ ELEVATION = (18.0, 60.0)  # camera elevation range, degrees above the horizontal
 PLAIN_FLOOR = 0.5  # probability of a plain-coloured infinite floor (else a photo-textured slab); the shipped data's
 DEFAULT_LIGHT = 0.25  # probability that a scene keeps the scenario's default light; the shipped data's
 
+# Robot arms a random scene may hold (Genesis' own MJCF assets): file, a home pose, and how far each
+# joint of the pose is drawn around it (radians). The arm stands beside the objects, facing them, and
+# is driven to a second random pose early in the clip, so its links move through the frames.
+ROBOTS = (
+    ("genesis:xml/franka_emika_panda/panda.xml",
+     {"joint1": 0.0, "joint2": 0.5, "joint3": 0.0, "joint4": -2.0, "joint5": 0.0, "joint6": 2.5, "joint7": 0.78,
+      "finger_joint1": 0.02, "finger_joint2": 0.02},
+     {"joint1": 0.9, "joint2": 0.4, "joint4": 0.4, "joint6": 0.3, "finger_joint1": 0.02, "finger_joint2": 0.02}),
+    ("genesis:xml/universal_robots_ur5e/ur5e.xml",
+     {"shoulder_pan": 0.0, "shoulder_lift": -1.9, "elbow": 1.9, "wrist_1": -1.57, "wrist_2": -1.57, "wrist_3": 0.0},
+     {"shoulder_pan": 0.9, "shoulder_lift": 0.4, "elbow": 0.4, "wrist_1": 0.5, "wrist_3": 1.5}),
+)
+
 
 def _look_from(rng: np.random.Generator, target: np.ndarray, res: int, name: str,
-               elevation: tuple[float, float] = ELEVATION) -> Camera:
+               elevation: tuple[float, float] = ELEVATION, reach: float = 1.0) -> Camera:
     az = rng.uniform(0, 2 * math.pi)
     el = math.radians(rng.uniform(*elevation))
-    dist = rng.uniform(1.3, 2.8)
+    dist = reach * rng.uniform(1.3, 2.8)
     pos = target + dist * np.array([math.cos(az) * math.cos(el), math.sin(az) * math.cos(el), math.sin(el)])
     look = target + rng.normal(0, 0.05, 3)
     # looking (nearly) straight down, world z is no usable up: take the horizontal away from the camera
@@ -105,9 +119,13 @@ def _color(rng: np.random.Generator) -> tuple[float, float, float]:
 
 def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int = 2,
                  fps: float = 20.0, elevation: tuple[float, float] = ELEVATION, plain_floor: float = PLAIN_FLOOR,
-                 default_light: float = DEFAULT_LIGHT) -> Scenario:
+                 default_light: float = DEFAULT_LIGHT, robot: float = 0.0) -> Scenario:
     """A randomised training scene (see the module docstring). Deterministic in `seed` and the
-    options; the default probabilities are the thresholds the shipped data was made with."""
+    options; the default probabilities are the thresholds the shipped data was made with.
+
+    robot: probability that a robot arm (one of ROBOTS) stands beside the objects and moves. It
+    draws from its own random stream and is appended last, so scenes without one are the same as
+    before the option existed."""
     rng = np.random.default_rng(derive_seed(seed, "refine-data-scene"))
     ents: list[Entity] = []
     if rng.random() < plain_floor:
@@ -118,9 +136,10 @@ def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int 
         ents.append(Entity(name="ground", type="mesh", file=str(textured_box_obj((4.0, 4.0, 0.1), tile=0.6)),
                            pos=(0.0, 0.0, -0.05), fixed=True, semantic_class="floor",
                            appearance=Appearance(texture=f"skimage:{tex}")))
-    top = 0.0
+    top, table_half = 0.0, 0.0
     if rng.random() < 0.5:  # a table
         w, d, h = rng.uniform(0.7, 1.2), rng.uniform(0.5, 0.9), rng.uniform(0.35, 0.7)
+        table_half = max(w, d) / 2
         app = (Appearance(texture=f"skimage:{rng.choice(TRAIN_TEXTURES)}") if rng.random() < 0.5
                else Appearance(color=_color(rng)))
         kind = "mesh" if app.texture else "box"
@@ -154,7 +173,17 @@ def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int 
             ents.append(Entity(type="cylinder", radius=float(s / 3), height=float(s),
                                appearance=Appearance(color=_color(rng)), semantic_class="can", **common))
     target = np.array([0.0, 0.0, top + 0.1])
-    cams = [_look_from(rng, target, res, f"cam{i}", elevation) for i in range(n_cameras)]
+    reach = 1.0
+    rng_robot = np.random.default_rng(derive_seed(seed, "refine-data-robot"))
+    if rng_robot.random() < robot:
+        arm, events = _robot_arm(rng_robot, table_half, fps)
+        ents.append(arm)
+        # aim between the objects and the arm's shoulder, from further away, so both are in view
+        target = 0.5 * (target + np.array([arm.pos[0], arm.pos[1], 0.45]))
+        reach = 1.15
+    else:
+        events = []
+    cams = [_look_from(rng, target, res, f"cam{i}", elevation, reach) for i in range(n_cameras)]
     el, az = math.radians(rng.uniform(25, 80)), rng.uniform(0, 2 * math.pi)
     direction = (-math.cos(az) * math.cos(el), -math.sin(az) * math.cos(el), -math.sin(el))
     tint = 1.0 - rng.uniform(0, 0.25, 3) * (rng.random(3) < 0.5)
@@ -165,9 +194,27 @@ def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int 
         lighting = Lighting()
     scen = Scenario(name=f"refine_data_{seed}", seed=int(seed) % (2**31), entities=ents, cameras=cams,
                     timing=Timing(duration=frames / fps, fps=fps, dt=1.0 / (fps * 5), substeps=2),
-                    lighting=lighting)
+                    lighting=lighting, events=events)
     validate(scen)
     return scen
+
+
+def _robot_arm(rng: np.random.Generator, table_half: float, fps: float) -> tuple[Entity, list[Event]]:
+    """A ROBOTS arm on the floor beside the objects (and the table, if any), facing them, with a
+    joint_targets event early in the clip that drives it to a second random pose."""
+    file, home, spread = ROBOTS[int(rng.integers(len(ROBOTS)))]
+    az = rng.uniform(0, 2 * math.pi)
+    r = max(0.6, table_half + 0.25) + rng.uniform(0.0, 0.2)
+    x, y = r * math.cos(az), r * math.sin(az)
+
+    def pose() -> dict[str, float]:
+        return {j: float(q + rng.uniform(-spread.get(j, 0.0), spread.get(j, 0.0))) for j, q in home.items()}
+
+    arm = Entity(name="robot", type="mjcf", file=file, pos=(float(x), float(y), 0.0),
+                 euler=(0.0, 0.0, float(math.degrees(math.atan2(-y, -x)))), semantic_class="robot", joints=pose())
+    event = Event(name="robot_move", at=float(rng.uniform(1.0, 3.0) / fps), kind="joint_targets", entity="robot",
+                  targets=pose())
+    return arm, [event]
 
 
 # ---------------------------------------------------------------------------- clip generation
@@ -184,6 +231,7 @@ class ClipOptions:
     elevation: tuple[float, float] = ELEVATION  # degrees; 90 = looking straight down
     plain_floor: float = PLAIN_FLOOR  # probability of a plain floor (else a photo-textured slab)
     default_light: float = DEFAULT_LIGHT  # probability of the scenario's default light (else random)
+    robot: float = 0.0  # probability of a robot arm beside the objects (ROBOTS)
 
     def check(self) -> None:
         for name in ("scenes", "frames", "res", "n_envs", "n_cameras"):
@@ -192,7 +240,7 @@ class ClipOptions:
         lo, hi = self.elevation
         if not 0.0 <= lo <= hi <= 90.0:
             raise DataError(f"elevation={lo},{hi} must satisfy 0 <= low <= high <= 90 (degrees)")
-        for name in ("plain_floor", "default_light"):
+        for name in ("plain_floor", "default_light", "robot"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise DataError(f"{name}={getattr(self, name)} must be a probability in [0, 1]")
         if self.res % 8:
@@ -221,6 +269,7 @@ def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True,
     meta = {k: getattr(opts, k) for k in ("scenes", "frames", "res", "n_envs", "n_cameras", "seed")}
     meta["elevation"] = [float(v) for v in opts.elevation]
     meta["plain_floor"], meta["default_light"] = float(opts.plain_floor), float(opts.default_light)
+    meta["robot"] = float(opts.robot)
     meta["cond_channels"] = CLIP_COND_CHANNELS  # clips made before the shading cues have 7
     meta_path = out / "clips.json"
     skipped: list[int] = []
@@ -230,6 +279,7 @@ def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True,
         old.setdefault("elevation", list(ELEVATION))  # folders made before these options existed
         old.setdefault("plain_floor", PLAIN_FLOOR)
         old.setdefault("default_light", DEFAULT_LIGHT)
+        old.setdefault("robot", 0.0)
         diff = {k: (old.get(k), v) for k, v in meta.items() if k != "scenes" and old.get(k) != v}
         if diff:
             raise DataError(f"{out} holds clips made with other options {diff} (old, new); use another "
@@ -323,7 +373,7 @@ def _clip_worker(out_dir: str, opts: ClipOptions, todo: list[int], threads: int)
         path = out / f"scene_{i:04d}.npz"
         scen = random_scene(derive_seed(opts.seed, "scene", i), frames=opts.frames, res=opts.res,
                             n_cameras=opts.n_cameras, elevation=opts.elevation, plain_floor=opts.plain_floor,
-                            default_light=opts.default_light)
+                            default_light=opts.default_light, robot=opts.robot)
         cfg = RunConfig(scenario=scen, n_envs=opts.n_envs, reference=True, progress=False,
                         render=RenderConfig())
         sim = Simulation(cfg)

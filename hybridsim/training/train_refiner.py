@@ -32,6 +32,9 @@ DEFAULTS = {
     # default sun and ambient, any HDRI kept, and a grey plain floor; folders made before this option
     # existed for pathtraced clips hold default_light=0)
     "default_light": 0.25,
+    # probability of a robot arm (a Franka Panda or a UR5e, Genesis' MJCF assets) beside the objects of
+    # a random scene, moving to a second pose early in the clip (refine_data.ROBOTS)
+    "robot": 0.25,
     "target": "raster",  # what the refiner learns: raster (Genesis' OpenGL render) or pathtraced (Cycles)
     "samples": 16,  # target=pathtraced: Cycles samples per pixel (OpenImageDenoise on)
     "hdri": 0.85,  # target=pathtraced: probability of an HDRI world in a random scene (else uniform ambient)
@@ -75,7 +78,7 @@ def main(overrides: list[str]) -> int:
         raise SpecError("train-refiner loss", f"must be one of {', '.join(PIXEL_LOSSES)}, got {opts['loss']!r}")
     if opts["target"] not in ("raster", "pathtraced"):
         raise SpecError("train-refiner target", f"must be raster or pathtraced, got {opts['target']!r}")
-    for key in ("plain", "default_light", "hdri"):
+    for key in ("plain", "default_light", "hdri", "robot"):
         if not 0.0 <= opts[key] <= 1.0:
             raise SpecError(f"train-refiner {key}", f"must be a probability in [0, 1], got {opts[key]}")
     from refine.config import UNPATCHIFY_MODES
@@ -182,14 +185,15 @@ def _make_data(opts: dict, folder: Path) -> list[Path]:
             scenes=opts["scenes"], frames=opts["frames"], res=opts["res"], n_envs=opts["n_envs"],
             n_cameras=opts["cameras"], seed=opts["data_seed"], samples=opts["samples"],
             elevation=_elevation(opts["elevation"]), plain_floor=opts["plain"], hdri=opts["hdri"],
-            default_light=opts["default_light"]),
+            default_light=opts["default_light"], robot=opts["robot"]),
             progress=opts["progress"])
     from hybridsim.training.refine_data import ClipOptions, make_clips
 
     return make_clips(folder, ClipOptions(scenes=opts["scenes"], frames=opts["frames"], res=opts["res"],
                                           n_envs=opts["n_envs"], n_cameras=opts["cameras"], seed=opts["data_seed"],
                                           elevation=_elevation(opts["elevation"]), plain_floor=opts["plain"],
-                                          default_light=opts["default_light"]), progress=opts["progress"])
+                                          default_light=opts["default_light"], robot=opts["robot"]),
+                      progress=opts["progress"])
 
 
 def _extra_clips(opts: dict) -> list[dict]:
