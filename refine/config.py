@@ -225,6 +225,9 @@ class TrainConfig:
     # and the target frame-to-frame change, (x0_t - x0_{t-1}) - (y_t - y_{t-1}); penalises flicker
     # that a per-frame loss cannot see
     temporal_weight: float = 0.0
+    # weight of an edge term in phases 2 and 3: mean |neighbour differences of the prediction - those
+    # of the target| (train.gradient_loss); a soft or shifted edge, which MSE forgives, costs its contrast
+    grad_weight: float = 0.0
     # per-pixel loss on x0 (or v): "mse", or "charbonnier" (sqrt(d^2 + eps^2) - eps, eps =
     # CHARBONNIER_EPS, an L1 that stays smooth at 0). MSE's gradient vanishes with the error, so a
     # faint (1 grey level) texture costs almost nothing; L1's does not (NOTES.md, session 7)
@@ -247,7 +250,7 @@ class TrainConfig:
             raise RefineError("phase1_steps + phase2_steps + phase3_steps is 0; train at least one step")
         for name in ("batch_size", "lr", "checkpoint_every", "keep_checkpoints"):
             _positive(name, getattr(self, name))
-        for name in ("ssim_weight", "temporal_weight"):
+        for name in ("ssim_weight", "temporal_weight", "grad_weight"):
             if not 0.0 <= getattr(self, name) < 1e3:
                 raise RefineError(f"{name}={getattr(self, name)} must be in [0, 1000) (0 = off)")
         if not 0.0 <= self.context_noise < 1.0 or not math.isfinite(self.grad_clip):

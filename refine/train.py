@@ -131,6 +131,25 @@ def temporal_loss(pred: Tensor, target: Tensor) -> Tensor:
     return Fn.mse_loss(pred[:, 1:] - pred[:, :-1], target[:, 1:] - target[:, :-1])
 
 
+def gradient_loss(pred: Tensor, target: Tensor) -> Tensor:
+    """Mean absolute difference of the horizontal and vertical neighbour differences of two image
+    stacks [..., C, H, W]. An edge that is softer, shifted or missing (a blurred shadow border or
+    silhouette) costs its full contrast here, where MSE forgives a soft edge; it is what FLIP sees."""
+    dx = (pred[..., :, 1:] - pred[..., :, :-1]) - (target[..., :, 1:] - target[..., :, :-1])
+    dy = (pred[..., 1:, :] - pred[..., :-1, :]) - (target[..., 1:, :] - target[..., :-1, :])
+    return 0.5 * (dx.abs().mean() + dy.abs().mean())
+
+
+def _image_terms(model, x0_hat: Tensor, cond: Tensor, target: Tensor, ssim_weight: float,
+                 grad_weight: float) -> Tensor | float:
+    """ssim_weight * (1 - SSIM) + grad_weight * gradient_loss of the predicted frames in RGB."""
+    if not (ssim_weight or grad_weight):
+        return 0.0
+    rgb = model.from_diffusion(x0_hat, cond, clamp=False)
+    out = ssim_weight * ssim_loss(rgb, target) if ssim_weight else 0.0
+    return out + grad_weight * gradient_loss(rgb, target) if grad_weight else out
+
+
 def _noise(shape: tuple[int, ...], gen: torch.Generator, static: bool) -> Tensor:
     """Standard normal [B, T, C, H, W]; static: one field per env shared by all T frames."""
     if static:
@@ -140,9 +159,9 @@ def _noise(shape: tuple[int, ...], gen: torch.Generator, static: bool) -> Tensor
 
 def teacher_forcing_loss(model, cond: Tensor, target: Tensor, sigma_blocks: Tensor, ctx_sigma: Tensor,
                          gen: torch.Generator, ssim_weight: float = 0.0, temporal_weight: float = 0.0,
-                         static_noise: bool = False, kind: str = "mse") -> Tensor:
+                         static_noise: bool = False, kind: str = "mse", grad_weight: float = 0.0) -> Tensor:
     """Flow-matching loss (pixel_loss `kind`) of one teacher-forcing forward (+ ssim_weight * (1 - SSIM) of x0_hat
-    + temporal_weight * temporal_loss of x0_hat).
+    + grad_weight * gradient_loss of x0_hat + temporal_weight * temporal_loss of x0_hat).
 
     cond [B, T, C, H, W]; target [B, T, 3, H, W]; sigma_blocks, ctx_sigma [B, T/F]. static_noise:
     the noisy frames share one noise field per env, as the sampler's noise="static" draws it.
@@ -166,15 +185,14 @@ def teacher_forcing_loss(model, cond: Tensor, target: Tensor, sigma_blocks: Tens
     else:
         x0_hat = noisy - s5 * v
         loss = pixel_loss(v, noise - x0, kind)
-    if ssim_weight:
-        loss = loss + ssim_weight * ssim_loss(model.from_diffusion(x0_hat, cond, clamp=False), target)
+    loss = loss + _image_terms(model, x0_hat, cond, target, ssim_weight, grad_weight)
     if temporal_weight and t > 1:
         loss = loss + temporal_weight * temporal_loss(x0_hat, x0)
     return loss
 
 
 def direct_loss(model, cond: Tensor, target: Tensor, sigma: float, ssim_weight: float = 0.0,
-                temporal_weight: float = 0.0, kind: str = "mse") -> Tensor:
+                temporal_weight: float = 0.0, kind: str = "mse", grad_weight: float = 0.0) -> Tensor:
     """The loss of exactly what a one-step, noise-free sampler without a clean pass computes.
 
     With sampler sigmas (s,), noise="zero" and clean_pass=False every block enters the model as the
@@ -193,8 +211,7 @@ def direct_loss(model, cond: Tensor, target: Tensor, sigma: float, ssim_weight: 
     v = model(x, cond, ts)
     x0_hat = x - max(sigma, SAMPLE_MIN_SIGMA) * v if model.spec.prediction == "sample" else x - sigma * v
     loss = pixel_loss(x0_hat, x0, kind)
-    if ssim_weight:
-        loss = loss + ssim_weight * ssim_loss(model.from_diffusion(x0_hat, cond, clamp=False), target)
+    loss = loss + _image_terms(model, x0_hat, cond, target, ssim_weight, grad_weight)
     if temporal_weight and t > 1:
         loss = loss + temporal_weight * temporal_loss(x0_hat, x0)
     return loss
@@ -207,10 +224,11 @@ def direct_training(sampler) -> bool:
 
 def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen: torch.Generator,
                  ssim_weight: float = 0.0, temporal_weight: float = 0.0, static_noise: bool = False,
-                 zero_noise: bool = False, kind: str = "mse", clean_pass: bool = True) -> Tensor:
+                 zero_noise: bool = False, kind: str = "mse", clean_pass: bool = True,
+                 grad_weight: float = 0.0) -> Tensor:
     """Self-rollout through the KV cache; supervised x0 loss (pixel_loss `kind`) at one random exit step per block
-    (+ the SSIM term, + the temporal term within the block and against the previous block's
-    last refined frame).
+    (+ the SSIM and gradient terms, + the temporal term within the block and against the previous
+    block's last refined frame).
 
     Gradients flow through the exit step's forward only (earlier steps, the clean passes and
     the cached context are computed without gradient), and are accumulated block by block.
@@ -246,9 +264,7 @@ def rollout_loss(model, cond: Tensor, target: Tensor, sig_list: list[float], gen
                 cache.detach_()
                 x0 = x - s * model.forward_cached(x, c, tt, cache, mode)
                 loss = pixel_loss(x0, tgt, kind)
-                if ssim_weight:
-                    loss = loss + ssim_weight * ssim_loss(model.from_diffusion(x0, c, clamp=False),
-                                                          target[:, i * f:(i + 1) * f])
+                loss = loss + _image_terms(model, x0, c, target[:, i * f:(i + 1) * f], ssim_weight, grad_weight)
                 if temporal_weight:
                     seq, ref = (x0, tgt) if prev is None else (torch.cat([prev[0], x0], 1), torch.cat([prev[1], tgt], 1))
                     if seq.shape[1] > 1:
@@ -392,12 +408,12 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
                 cond, target = cond.to(dev), target.to(dev)
                 if phase == 2 and direct:
                     loss = direct_loss(model, cond, target, sig_list[0], cfg.ssim_weight, cfg.temporal_weight,
-                                       kind=cfg.loss)
+                                       kind=cfg.loss, grad_weight=cfg.grad_weight)
                     loss.backward()
                 elif phase == 3:
                     loss = rollout_loss(model, cond, target, sig_list, gen, cfg.ssim_weight, cfg.temporal_weight,
                                         static_noise=static, zero_noise=zero, kind=cfg.loss,
-                                        clean_pass=cfg.sampler.clean_pass)
+                                        clean_pass=cfg.sampler.clean_pass, grad_weight=cfg.grad_weight)
                 else:
                     n_blocks = target.shape[1] // f
                     sig = _block_sigmas(target.shape[0], n_blocks, phase, cfg, sig_list, gen)
@@ -405,7 +421,8 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
                     late = phase == 2
                     loss = teacher_forcing_loss(model, cond, target, sig, ctx, gen,
                                                 cfg.ssim_weight if late else 0.0, cfg.temporal_weight if late else 0.0,
-                                                static_noise=static, kind=cfg.loss)
+                                                static_noise=static, kind=cfg.loss,
+                                                grad_weight=cfg.grad_weight if late else 0.0)
                     loss.backward()
                 loss_val = float(loss.detach())
                 if not math.isfinite(loss_val):

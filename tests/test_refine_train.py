@@ -175,6 +175,35 @@ def test_temporal_term_and_static_noise_change_training_as_documented(clips, tmp
         _cfg(temporal_weight=-1.0)
 
 
+def test_gradient_loss_sees_soft_edges_not_offsets():
+    from refine.train import gradient_loss
+
+    x = torch.arange(16.0)
+    step = (x >= 8).float().expand(2, 3, 16, 16)  # [B, C, H, W]: a vertical edge of contrast 1
+    assert float(gradient_loss(step + 0.3, step)) == pytest.approx(0.0, abs=1e-7)  # a flat offset: no cost
+    # the edge softened to a two-pixel ramp: |0.5 - 1| + |0.5 - 0| in one row of 15 differences, no dy
+    soft = step.clone()
+    soft[..., 8] = 0.5
+    assert float(gradient_loss(soft, step)) == pytest.approx(0.5 * (1.0 / 15), rel=1e-6)
+    # moved by one pixel: two differences of 1 per row (and the same for a horizontal edge)
+    moved = (x >= 9).float().expand(2, 3, 16, 16)
+    assert float(gradient_loss(moved, step)) == pytest.approx(0.5 * (2.0 / 15), rel=1e-6)
+    assert float(gradient_loss(moved.transpose(-1, -2), step.transpose(-1, -2))) == \
+        pytest.approx(0.5 * (2.0 / 15), rel=1e-6)
+
+
+def test_grad_term_leaves_phase_1_alone_and_adds_to_phase_2(clips, tmp_path):
+    runs = {"plain": {}, "grad": {"grad_weight": 2.0}}
+    losses = {}
+    for name, kw in runs.items():
+        train(tiny_model(0, prediction="sample"), clips, _cfg(checkpoint_every=100, **kw), tmp_path / name)
+        losses[name] = _losses(tmp_path / name)
+    a, b = losses["plain"], losses["grad"]
+    assert a[:8] == b[:8] and b[8] > a[8] and a[8:] != b[8:]
+    with pytest.raises(RefineError, match="grad_weight"):
+        _cfg(grad_weight=-1.0)
+
+
 def test_zero_noise_trains_teacher_forcing_with_noise_and_rolls_out_without(clips, tmp_path):
     """noise="zero" is a sampling mode: phases 1-2 (teacher forcing) are the fresh-noise run's,
     step for step; only the self-rollout phase (3) changes, since it runs the sampler's steps."""

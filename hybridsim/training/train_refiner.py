@@ -49,6 +49,7 @@ DEFAULTS = {
     "ssim": 0.0,  # weight of a (1 - SSIM) term in phases 2 and 3 (refine TrainConfig.ssim_weight)
     "sigmas": "",  # sigma list that phases 2/3 specialise on and sampler.json ships, e.g. 0.2,0.1,0.05
     "temporal": 0.0,  # weight of the frame-to-frame change term in phases 2 and 3 (TrainConfig.temporal_weight)
+    "grad": 0.0,  # weight of an edge term (neighbour differences) in phases 2 and 3 (TrainConfig.grad_weight)
     "loss": "mse",  # per-pixel loss: mse, or charbonnier (a smooth L1; refine TrainConfig.loss)
     "noise": "fresh",  # sampler noise trained on and shipped: fresh per block, or one static field
     # false: no clean pass after a block (its context is the K/V of its last step; a third cheaper per
@@ -88,7 +89,7 @@ def main(overrides: list[str]) -> int:
                         f"got {opts['unpatchify']!r}")
     if opts["unpatchify"] != "linear" and not opts["head"]:
         raise SpecError("train-refiner unpatchify", f"{opts['unpatchify']} needs the pixel head; set head=16 (or more)")
-    for key in ("head", "phase3", "ssim", "temporal"):
+    for key in ("head", "phase3", "ssim", "temporal", "grad"):
         if opts[key] < 0:
             raise SpecError(f"train-refiner {key}", f"must be >= 0, got {opts[key]}")
     # a missing or mismatched init folder, or a train_only prefix that names nothing, fails now,
@@ -140,6 +141,7 @@ def train_refiner(opts: dict, command: str = "") -> dict:
     sampler_cfg = _sampler(opts["sigmas"], opts["noise"], opts["clean_pass"])
     tcfg = TrainConfig(phase1_steps=opts["phase1"], phase2_steps=opts["phase2"], phase3_steps=opts["phase3"],
                        batch_size=opts["batch"], ssim_weight=opts["ssim"], temporal_weight=opts["temporal"],
+                       grad_weight=opts["grad"],
                        clip_frames=opts["clip_frames"], lr=opts["lr"], seed=opts["seed"], device=opts["device"],
                        checkpoint_every=opts["checkpoint_every"], progress=opts["progress"],
                        sampler=sampler_cfg, train_only=_prefixes(opts["train_only"]), loss=opts["loss"])
