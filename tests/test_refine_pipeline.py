@@ -327,11 +327,17 @@ def test_random_scene_robot_option():
 
     import trimesh
 
-    from hybridsim.training.refine_data import ROBOTS, ClipOptions, DataError, random_scene
+    from hybridsim.training.refine_data import ROBOT_MIMIC, ROBOTS, ClipOptions, DataError, _ArmKinematics, random_scene
 
-    # without the option (and at 0) every scene is what it was; with it, only an arm and the cameras change
-    assert [random_scene(s, robot=0.0) for s in range(6)] == [random_scene(s) for s in range(6)]
-    robots = [random_scene(s, robot=1.0) for s in range(12)]
+    # scenes without an arm are the ones made before the option existed (values pinned then: the
+    # main random stream is untouched), and with one only the arm, its event and the cameras change
+    base4 = random_scene(4)
+    assert random_scene(4, robot=0.0) == base4
+    assert base4.lighting.intensity == pytest.approx(4.127036743209127, abs=1e-12)
+    assert base4.entities[-1].pos[0] == pytest.approx(-0.14347612454097655, abs=1e-12)
+    assert base4.cameras[0].pos == pytest.approx((0.7735416116320537, -0.9935034736213151, 1.9421640571691308),
+                                                 abs=1e-12)
+    robots = [random_scene(s, robot=1.0) for s in range(16)]
     assert robots[3] == random_scene(3, robot=1.0)  # deterministic
     files = set()
     for s, scen in enumerate(robots):
@@ -343,22 +349,40 @@ def test_random_scene_robot_option():
         home, spread = next((h, d) for f, h, d in ROBOTS if f == arm.file)
         (event,) = scen.events
         assert event.kind == "joint_targets" and event.entity == "robot" and 0 < event.at < 4 / 20
+        kin = _ArmKinematics.of(arm.file)
+        yaw = math.radians(arm.euler[2])
+        rot = np.array([[math.cos(yaw), -math.sin(yaw)], [math.sin(yaw), math.cos(yaw)]])
         for pose in (arm.joints, event.targets):
             assert set(pose) == set(home)
-            assert all(abs(pose[j] - home[j]) <= spread.get(j, 0.0) + 1e-12 for j in home)
-        # on the floor beside the objects (and clear of any table), facing them
+            assert all(abs(pose[j] - home[j]) <= spread.get(ROBOT_MIMIC.get(j, j), 0.0) + 1e-12 for j in home)
+            assert all(pose[j] == pose[k] for j, k in ROBOT_MIMIC.items() if j in pose)
+            # the hand (last link) is nearer the objects than the base: the arm reaches toward them
+            hand = rot @ kin._bodies(pose)[-1][:2] + np.asarray(arm.pos[:2])
+            assert np.linalg.norm(hand) < np.linalg.norm(arm.pos[:2]) - 0.1
+        # beside the objects and clear of any table's corners
         table = next((e for e in base.entities if e.name == "table"), None)
-        half = 0.0
-        if table is not None:  # a coloured box, or a textured box mesh
-            half = max(table.size[:2] if table.size else np.ptp(trimesh.load(table.file).bounds[:, :2], 0)) / 2
         r = math.hypot(arm.pos[0], arm.pos[1])
-        assert r >= max(0.6, half + 0.25) - 1e-9
-        yaw = math.radians(arm.euler[2])
-        assert np.dot((math.cos(yaw), math.sin(yaw)), np.divide(arm.pos[:2], -r)) == pytest.approx(1.0)
+        if table is not None:
+            extent = table.size[:2] if table.size else np.ptp(trimesh.load(table.file).bounds[:, :2], 0)
+            assert r >= math.hypot(*extent) / 2 + 0.25 - 1e-9
+        assert r >= 0.6
     assert files == {f for f, _, _ in ROBOTS}
     assert sum(random_scene(s, robot=0.5).entities[-1].type == "mjcf" for s in range(40)) in range(12, 29)
     with pytest.raises(DataError, match="robot"):
         ClipOptions(robot=1.5).check()
+
+
+def test_arm_kinematics_rejects_poses_through_the_floor_and_the_table():
+    from hybridsim.training.refine_data import ROBOTS, _ArmKinematics
+
+    file, home, _ = ROBOTS[0]  # the Panda: home is upright enough to clear the floor
+    kin = _ArmKinematics.of(file)
+    assert kin.clear(home, (1.0, 0.0, 0.0), 0.0, None)
+    assert not kin.clear(home, (0.0, 0.0, -0.5), 0.0, None)  # sunk half a metre into the floor
+    # a table in the way of the arm, at hand height, and the same table out of reach
+    assert not kin.clear(home, (-0.6, 0.0, 0.0), 0.0, (0.8, 0.8, 0.45))
+    assert kin.clear(home, (-2.0, 0.0, 0.0), 0.0, (0.8, 0.8, 0.45))
+    assert abs(kin.reach_azimuth(home)) < 0.2  # the Panda reaches along its base's +x
 
 
 @pytest.fixture(scope="module")

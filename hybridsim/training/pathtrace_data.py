@@ -45,7 +45,9 @@ def random_photo_scene(seed: int, *, frames: int = 12, res: int = 128, n_cameras
     (spec.Lighting(), which most user scenarios keep; the HDRI draw is unchanged) and, on a plain
     floor, a near-neutral grey floor colour like the shipped scenarios'. It draws from its own random
     stream, so scenes made with default_light=0 are the same as before the option existed.
-    robot: probability of a robot arm (refine_data.random_scene); it keeps its assets' own colours."""
+    robot: probability of a robot arm (refine_data.random_scene). It keeps its asset's colours and
+    gets one random roughness; its looks are drawn before the light's, so a scene with an arm is lit
+    differently from the same seed without one."""
     from hybridsim.scenario.spec import Lighting, LightingEnvironment, validate
 
     scen = random_scene(seed, frames=frames, res=res, n_cameras=n_cameras, elevation=elevation,

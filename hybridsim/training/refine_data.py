@@ -84,17 +84,21 @@ PLAIN_FLOOR = 0.5  # probability of a plain-coloured infinite floor (else a phot
 DEFAULT_LIGHT = 0.25  # probability that a scene keeps the scenario's default light; the shipped data's
 
 # Robot arms a random scene may hold (Genesis' own MJCF assets): file, a home pose, and how far each
-# joint of the pose is drawn around it (radians). The arm stands beside the objects, facing them, and
-# is driven to a second random pose early in the clip, so its links move through the frames.
+# joint of the pose is drawn around it (radians). Joints listed in ROBOT_MIMIC follow another (the
+# Panda's fingers are tied by an equality constraint). The arm stands beside the objects, turned so
+# that its hand reaches toward them, and is driven to a second random pose early in the clip; every
+# pose is checked by forward kinematics to keep the links above the floor and out of the table.
 ROBOTS = (
     ("genesis:xml/franka_emika_panda/panda.xml",
-     {"joint1": 0.0, "joint2": 0.5, "joint3": 0.0, "joint4": -2.0, "joint5": 0.0, "joint6": 2.5, "joint7": 0.78,
+     {"joint1": 0.0, "joint2": 0.1, "joint3": 0.0, "joint4": -2.3, "joint5": 0.0, "joint6": 2.5, "joint7": 0.78,
       "finger_joint1": 0.02, "finger_joint2": 0.02},
-     {"joint1": 0.9, "joint2": 0.4, "joint4": 0.4, "joint6": 0.3, "finger_joint1": 0.02, "finger_joint2": 0.02}),
+     {"joint1": 0.9, "joint2": 0.3, "joint4": 0.3, "joint6": 0.3, "finger_joint1": 0.02}),
     ("genesis:xml/universal_robots_ur5e/ur5e.xml",
      {"shoulder_pan": 0.0, "shoulder_lift": -1.9, "elbow": 1.9, "wrist_1": -1.57, "wrist_2": -1.57, "wrist_3": 0.0},
      {"shoulder_pan": 0.9, "shoulder_lift": 0.4, "elbow": 0.4, "wrist_1": 0.5, "wrist_3": 1.5}),
 )
+ROBOT_MIMIC = {"finger_joint2": "finger_joint1"}
+ROBOT_CLEARANCE = 0.05  # metres kept between the arm's link axes and the floor or the table (a link's radius)
 
 
 def _look_from(rng: np.random.Generator, target: np.ndarray, res: int, name: str,
@@ -136,10 +140,10 @@ def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int 
         ents.append(Entity(name="ground", type="mesh", file=str(textured_box_obj((4.0, 4.0, 0.1), tile=0.6)),
                            pos=(0.0, 0.0, -0.05), fixed=True, semantic_class="floor",
                            appearance=Appearance(texture=f"skimage:{tex}")))
-    top, table_half = 0.0, 0.0
+    top, table = 0.0, None
     if rng.random() < 0.5:  # a table
         w, d, h = rng.uniform(0.7, 1.2), rng.uniform(0.5, 0.9), rng.uniform(0.35, 0.7)
-        table_half = max(w, d) / 2
+        table = (float(w), float(d), float(h))
         app = (Appearance(texture=f"skimage:{rng.choice(TRAIN_TEXTURES)}") if rng.random() < 0.5
                else Appearance(color=_color(rng)))
         kind = "mesh" if app.texture else "box"
@@ -176,7 +180,7 @@ def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int 
     reach = 1.0
     rng_robot = np.random.default_rng(derive_seed(seed, "refine-data-robot"))
     if rng_robot.random() < robot:
-        arm, events = _robot_arm(rng_robot, table_half, fps)
+        arm, events = _robot_arm(rng_robot, table, fps)
         ents.append(arm)
         # aim between the objects and the arm's shoulder, from further away, so both are in view
         target = 0.5 * (target + np.array([arm.pos[0], arm.pos[1], 0.45]))
@@ -199,22 +203,90 @@ def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int 
     return scen
 
 
-def _robot_arm(rng: np.random.Generator, table_half: float, fps: float) -> tuple[Entity, list[Event]]:
-    """A ROBOTS arm on the floor beside the objects (and the table, if any), facing them, with a
-    joint_targets event early in the clip that drives it to a second random pose."""
+def _robot_arm(rng: np.random.Generator, table: tuple[float, float, float] | None,
+               fps: float) -> tuple[Entity, list[Event]]:
+    """A ROBOTS arm on the floor beside the objects (and the table of full extents `table`, if any),
+    turned so that its hand reaches toward them, with a joint_targets event early in the clip that
+    drives it to a second random pose. Poses whose links would dip into the floor or the table are
+    drawn again; after 20 misses the arm steps 0.1 m further out."""
     file, home, spread = ROBOTS[int(rng.integers(len(ROBOTS)))]
     az = rng.uniform(0, 2 * math.pi)
-    r = max(0.6, table_half + 0.25) + rng.uniform(0.0, 0.2)
-    x, y = r * math.cos(az), r * math.sin(az)
+    r = max(0.6, math.hypot(*table[:2]) / 2 + 0.25 if table else 0.0) + rng.uniform(0.0, 0.2)
 
     def pose() -> dict[str, float]:
-        return {j: float(q + rng.uniform(-spread.get(j, 0.0), spread.get(j, 0.0))) for j, q in home.items()}
+        q = {j: float(v + rng.uniform(-spread.get(j, 0.0), spread.get(j, 0.0))) for j, v in home.items()
+             if j not in ROBOT_MIMIC}
+        return {j: q[ROBOT_MIMIC.get(j, j)] for j in home}
 
-    arm = Entity(name="robot", type="mjcf", file=file, pos=(float(x), float(y), 0.0),
-                 euler=(0.0, 0.0, float(math.degrees(math.atan2(-y, -x)))), semantic_class="robot", joints=pose())
+    kin = _ArmKinematics.of(file)
+    yaw = math.atan2(-math.sin(az), -math.cos(az)) - kin.reach_azimuth(home)  # hand toward the origin
+    for attempt in range(100):
+        dist = r + 0.1 * (attempt // 20)
+        pos = (dist * math.cos(az), dist * math.sin(az), 0.0)
+        start, goal = pose(), pose()
+        if kin.clear(start, pos, yaw, table) and kin.clear(goal, pos, yaw, table):
+            break
+    else:
+        raise DataError(f"no clear pose for {file} beside a table of {table} (a bug in ROBOTS)")
+    arm = Entity(name="robot", type="mjcf", file=file, pos=tuple(float(v) for v in pos),
+                 euler=(0.0, 0.0, float(math.degrees(yaw))), semantic_class="robot", joints=start)
     event = Event(name="robot_move", at=float(rng.uniform(1.0, 3.0) / fps), kind="joint_targets", entity="robot",
-                  targets=pose())
+                  targets=goal)
     return arm, [event]
+
+
+class _ArmKinematics:
+    """MuJoCo forward kinematics of a ROBOTS asset (the same MJCF Genesis loads): where its links are
+    for a joint pose, to aim the arm and to reject poses through the floor or the table."""
+
+    _cache: dict[str, "_ArmKinematics"] = {}
+
+    def __init__(self, file: str) -> None:
+        import mujoco
+
+        from hybridsim.scenario.files import resolve_file
+
+        self._mj = mujoco
+        self.model = mujoco.MjModel.from_xml_path(str(resolve_file(file)))
+        self.data = mujoco.MjData(self.model)
+
+    @classmethod
+    def of(cls, file: str) -> "_ArmKinematics":
+        if file not in cls._cache:
+            cls._cache[file] = cls(file)
+        return cls._cache[file]
+
+    def _bodies(self, joints: dict[str, float]) -> np.ndarray:
+        """-> [nbody - 1, 3] body origins in the asset's frame (world body dropped)."""
+        m, d = self.model, self.data
+        d.qpos[:] = 0.0
+        for name, q in joints.items():
+            d.qpos[m.jnt_qposadr[m.joint(name).id]] = q
+        self._mj.mj_kinematics(m, d)
+        return d.xpos[1:].copy()
+
+    def reach_azimuth(self, joints: dict[str, float]) -> float:
+        """Azimuth (radians, asset frame) of the last link, the hand, in this pose."""
+        x, y, _ = self._bodies(joints)[-1]
+        return math.atan2(y, x)
+
+    def clear(self, joints: dict[str, float], pos, yaw: float, table: tuple[float, float, float] | None) -> bool:
+        """Every point along the link axes (parent to child origin, 5 per link, from the second link on) of the arm placed at
+        `pos` turned by `yaw` stays ROBOT_CLEARANCE above the floor and outside the table box
+        (full extents, centred on the origin, standing on the floor) grown by it."""
+        b = self._bodies(joints)
+        parent = self.model.body_parentid[3:] - 1  # each link's parent, as a row of b; the base
+        t = np.linspace(0.0, 1.0, 5)[:, None, None]  # (row 0, on the floor) and its first joint are skipped
+        pts = (b[None, parent] * (1 - t) + b[None, 2:] * t).reshape(-1, 3)
+        c, s = math.cos(yaw), math.sin(yaw)
+        world = pts @ np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]]) + np.asarray(pos)
+        if (world[:, 2] < ROBOT_CLEARANCE).any():
+            return False
+        if table is None:
+            return True
+        half = np.array([table[0] / 2, table[1] / 2, table[2] / 2]) + ROBOT_CLEARANCE
+        inside = (np.abs(world - np.array([0.0, 0.0, table[2] / 2])) < half).all(axis=1)
+        return not inside.any()
 
 
 # ---------------------------------------------------------------------------- clip generation
