@@ -271,3 +271,27 @@ def test_clean_pass_false_is_saved_and_read_back(tmp_path):
     assert sampler_config(RefineSettings(sigmas=[0.2, 0.1]), tmp_path).clean_pass is False
     with pytest.raises(RefineError, match="clean_pass"):
         SamplerConfig(clean_pass="no")
+
+
+def test_grad_weight_reaches_the_direct_and_rollout_losses():
+    """The edge term is added exactly (direct loss: the shipped recipe's phase 2) and linearly in its
+    weight (self-rollout, phase 3)."""
+    from refine.model import SAMPLE_MIN_SIGMA
+    from refine.train import direct_loss, gradient_loss, rollout_loss
+
+    model = tiny_model(seed=3, prediction="sample")
+    pairs = synthetic_clips(2, 4, seed=1)
+    cond, target = torch.stack([c for c, _ in pairs]), torch.stack([t for _, t in pairs])
+    with torch.no_grad():
+        x = 0.9 * model.coarse_x0(cond)
+        x0 = x - max(0.1, SAMPLE_MIN_SIGMA) * model(x, cond, torch.full((2, 4), 100.0))
+        edge = float(gradient_loss(model.from_diffusion(x0, cond, clamp=False), target))
+        plain = float(direct_loss(model, cond, target, 0.1))
+        both = float(direct_loss(model, cond, target, 0.1, grad_weight=2.0))
+    assert edge > 0 and both - plain == pytest.approx(2.0 * edge, rel=1e-4)
+
+    def rollout(w: float) -> float:
+        return float(rollout_loss(model, cond, target, [0.2, 0.1], torch.Generator().manual_seed(0), grad_weight=w))
+
+    r0, r1, r2 = rollout(0.0), rollout(1.0), rollout(2.0)
+    assert r1 > r0 and r2 - r0 == pytest.approx(2 * (r1 - r0), rel=1e-4)
