@@ -228,6 +228,13 @@ def test_photo_scene_default_light_option(tmp_path):
     (tmp_path / "clips.json").write_text(json.dumps(meta))
     with pytest.raises(DataError, match=r"'default_light': \(0.0, 0.5\)"):
         make_pathtraced_clips(tmp_path, PTClipOptions(default_light=0.5), progress=False)
+    # likewise robot (none in clips.json: made before the option)
+    del meta["robot"]
+    (tmp_path / "clips.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"'robot': \(0.0, 0.5\)"):
+        make_pathtraced_clips(tmp_path, PTClipOptions(robot=0.5), progress=False)
+    with pytest.raises(DataError, match="robot=1.5"):
+        PTClipOptions(robot=1.5).check()
     assert not list(tmp_path.glob("scene_*"))
 
 

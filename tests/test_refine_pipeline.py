@@ -527,6 +527,10 @@ def test_train_refiner_cli_rejects_bad_options(capsys, tmp_path):
     assert train_refiner("sigmas=0.1,0.2") == 2
     assert "strictly decreasing" in capsys.readouterr().err
     assert train_refiner("head=-1") == 2
+    assert train_refiner("grad=-1") == 2
+    assert "train-refiner grad" in capsys.readouterr().err
+    assert train_refiner("robot=1.5") == 2
+    assert "train-refiner robot" in capsys.readouterr().err
     assert train_refiner("noise=warped") == 2
     assert "train-refiner noise" in capsys.readouterr().err
     assert train_refiner("temporal=-0.5") == 2
