@@ -33,9 +33,9 @@ DEFAULTS = {
     # existed for pathtraced clips hold default_light=0)
     "default_light": 0.25,
     # probability of a robot arm (a Franka Panda or a UR5e, Genesis' MJCF assets) beside the objects of
-    # a random scene, moving to a second pose early in the clip (refine_data.ROBOTS); clip folders
-    # made before this option existed hold robot=0, so resume them with robot=0
-    "robot": 0.25,
+    # a random scene, moving to a second pose early in the clip (refine_data.ROBOTS); 0 keeps clip
+    # folders made before this option resumable; the shipped model's last stage used 0.6
+    "robot": 0.0,
     "target": "raster",  # what the refiner learns: raster (Genesis' OpenGL render) or pathtraced (Cycles)
     "samples": 16,  # target=pathtraced: Cycles samples per pixel (OpenImageDenoise on)
     "hdri": 0.85,  # target=pathtraced: probability of an HDRI world in a random scene (else uniform ambient)
