@@ -15,6 +15,7 @@ atomically, so an interrupted `make_clips` resumes by skipping finished scenes.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -237,9 +238,8 @@ def _robot_arm(rng: np.random.Generator, table: tuple[float, float, float] | Non
 
 class _ArmKinematics:
     """MuJoCo forward kinematics of a ROBOTS asset (the same MJCF Genesis loads): where its links are
-    for a joint pose, to aim the arm and to reject poses through the floor or the table."""
-
-    _cache: dict[str, "_ArmKinematics"] = {}
+    for a joint pose, to aim the arm and to reject poses through the floor or the table. `of(file)`
+    loads each asset once per process."""
 
     def __init__(self, file: str) -> None:
         import mujoco
@@ -251,10 +251,9 @@ class _ArmKinematics:
         self.data = mujoco.MjData(self.model)
 
     @classmethod
+    @functools.cache
     def of(cls, file: str) -> "_ArmKinematics":
-        if file not in cls._cache:
-            cls._cache[file] = cls(file)
-        return cls._cache[file]
+        return cls(file)
 
     def _bodies(self, joints: dict[str, float]) -> np.ndarray:
         """-> [nbody - 1, 3] body origins in the asset's frame (world body dropped)."""
