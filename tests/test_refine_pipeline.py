@@ -383,6 +383,28 @@ def test_arm_kinematics_rejects_poses_through_the_floor_and_the_table():
     assert not kin.clear(home, (-0.6, 0.0, 0.0), 0.0, (0.8, 0.8, 0.45))
     assert kin.clear(home, (-2.0, 0.0, 0.0), 0.0, (0.8, 0.8, 0.45))
     assert abs(kin.reach_azimuth(home)) < 0.2  # the Panda reaches along its base's +x
+    # an object's spawn sphere where the upright arm stands, and the same sphere a metre away
+    assert not kin.clear(home, (1.0, 0.0, 0.0), 0.0, None, [((1.0, 0.0, 0.5), 0.1)])
+    assert kin.clear(home, (1.0, 0.0, 0.0), 0.0, None, [((-0.5, 0.0, 0.5), 0.1)])
+
+
+def test_random_robot_scenes_keep_the_arm_clear_of_the_dropped_objects():
+    import math
+
+    from hybridsim.training.refine_data import ROBOT_CLEARANCE, _ArmKinematics, random_scene
+    for seed in range(12):
+        scen = random_scene(seed, robot=1.0)
+        arm = next(e for e in scen.entities if e.name == "robot")
+        kin = _ArmKinematics.of(arm.file)
+        goal = next(ev for ev in scen.events if ev.entity == "robot").targets
+        yaw = math.radians(arm.euler[2])
+        for e in (e for e in scen.entities if e.name.startswith("obj")):
+            # a sphere of just the object's own bounding radius, without the jitter margin
+            r = e.radius if e.type == "sphere" else (math.hypot(e.radius, e.height / 2) if e.type == "cylinder" else None)
+            if r is None:
+                continue  # boxes: their size is in the mesh file or `size`; spheres and cans suffice here
+            for joints in (arm.joints, goal):
+                assert kin.clear(joints, arm.pos, yaw, None, [(e.pos, r - ROBOT_CLEARANCE)]), (seed, e.name)
 
 
 @pytest.fixture(scope="module")

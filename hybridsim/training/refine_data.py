@@ -154,6 +154,7 @@ def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int 
                            semantic_class="table"))
         top = h
     n_obj = int(rng.integers(2, 5))
+    spawns = []  # (centre, bounding radius + pos_jitter) of each dropped object, for the arm's clearance
     for i in range(n_obj):
         kind = rng.choice(["tex_box", "box", "sphere", "cylinder"], p=[0.35, 0.2, 0.25, 0.2])
         s = rng.uniform(0.06, 0.22)
@@ -177,11 +178,13 @@ def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int 
         else:
             ents.append(Entity(type="cylinder", radius=float(s / 3), height=float(s),
                                appearance=Appearance(color=_color(rng)), semantic_class="can", **common))
+        bound = {"sphere": 0.5, "cylinder": math.hypot(1 / 3, 1 / 2)}.get(kind, 0.7 * math.sqrt(3)) * s
+        spawns.append((pos, bound + 0.05))
     target = np.array([0.0, 0.0, top + 0.1])
     reach = 1.0
     rng_robot = np.random.default_rng(derive_seed(seed, "refine-data-robot"))
     if rng_robot.random() < robot:
-        arm, events = _robot_arm(rng_robot, table, fps)
+        arm, events = _robot_arm(rng_robot, table, fps, spawns)
         ents.append(arm)
         # aim between the objects and the arm's shoulder, from further away, so both are in view
         target = 0.5 * (target + np.array([arm.pos[0], arm.pos[1], 0.45]))
@@ -204,12 +207,13 @@ def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int 
     return scen
 
 
-def _robot_arm(rng: np.random.Generator, table: tuple[float, float, float] | None,
-               fps: float) -> tuple[Entity, list[Event]]:
+def _robot_arm(rng: np.random.Generator, table: tuple[float, float, float] | None, fps: float,
+               objects=()) -> tuple[Entity, list[Event]]:
     """A ROBOTS arm on the floor beside the objects (and the table of full extents `table`, if any),
     turned so that its hand reaches toward them, with a joint_targets event early in the clip that
-    drives it to a second random pose. Poses whose links would dip into the floor or the table are
-    drawn again; after 20 misses the arm steps 0.1 m further out."""
+    drives it to a second random pose. Poses whose links would dip into the floor or the table, or
+    pass through an object's spawn sphere (`objects`: (centre, radius) pairs), are drawn again; after
+    20 misses the arm steps 0.1 m further out."""
     file, home, spread = ROBOTS[int(rng.integers(len(ROBOTS)))]
     az = rng.uniform(0, 2 * math.pi)
     r = max(0.6, math.hypot(*table[:2]) / 2 + 0.25 if table else 0.0) + rng.uniform(0.0, 0.2)
@@ -225,7 +229,7 @@ def _robot_arm(rng: np.random.Generator, table: tuple[float, float, float] | Non
         dist = r + 0.1 * (attempt // 20)
         pos = (dist * math.cos(az), dist * math.sin(az), 0.0)
         start, goal = pose(), pose()
-        if kin.clear(start, pos, yaw, table) and kin.clear(goal, pos, yaw, table):
+        if kin.clear(start, pos, yaw, table, objects) and kin.clear(goal, pos, yaw, table, objects):
             break
     else:
         raise DataError(f"no clear pose for {file} beside a table of {table} (a bug in ROBOTS)")
@@ -269,10 +273,12 @@ class _ArmKinematics:
         x, y, _ = self._bodies(joints)[-1]
         return math.atan2(y, x)
 
-    def clear(self, joints: dict[str, float], pos, yaw: float, table: tuple[float, float, float] | None) -> bool:
+    def clear(self, joints: dict[str, float], pos, yaw: float, table: tuple[float, float, float] | None,
+              objects=()) -> bool:
         """Every point along the link axes (parent to child origin, 5 per link, from the second link on) of the arm placed at
-        `pos` turned by `yaw` stays ROBOT_CLEARANCE above the floor and outside the table box
-        (full extents, centred on the origin, standing on the floor) grown by it."""
+        `pos` turned by `yaw` stays ROBOT_CLEARANCE above the floor, outside the table box (full
+        extents, centred on the origin, standing on the floor) grown by it, and ROBOT_CLEARANCE
+        outside each (centre, radius) sphere in `objects`."""
         b = self._bodies(joints)
         parent = self.model.body_parentid[3:] - 1  # each link's parent, as a row of b; the base
         t = np.linspace(0.0, 1.0, 5)[:, None, None]  # (row 0, on the floor) and its first joint are skipped
@@ -281,6 +287,9 @@ class _ArmKinematics:
         world = pts @ np.array([[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]]) + np.asarray(pos)
         if (world[:, 2] < ROBOT_CLEARANCE).any():
             return False
+        for centre, radius in objects:
+            if (np.linalg.norm(world - np.asarray(centre), axis=1) < radius + ROBOT_CLEARANCE).any():
+                return False
         if table is None:
             return True
         half = np.array([table[0] / 2, table[1] / 2, table[2] / 2]) + ROBOT_CLEARANCE
