@@ -36,7 +36,9 @@ def texture_file(name: str) -> str:
     """A PNG path for a texture (Genesis' raster camera takes files); photographs are cached."""
     if not name.startswith("skimage:"):
         return name
-    cache = Path(os.environ.get("HYBRIDSIM_CACHE", Path.home() / ".cache" / "hybridsim")) / "textures"
+    from hybridsim.scenario.files import cache_dir
+
+    cache = cache_dir("textures")
     path = cache / f"{name.split(':', 1)[1]}.png"
     if not path.exists():
         import skimage.io

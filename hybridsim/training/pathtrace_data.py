@@ -3,9 +3,11 @@ Cycles' frame of the same physics state and camera as the target.
 
 Scenes are refine_data's random scenes with randomised looks on top: every object gets a
 roughness, some are metallic or glass; the world is lit by one of the training HDRIs (rotated,
-scaled) or a uniform ambient, plus a sun of random direction and strength. The HDRIs in
-HELD_OUT_HDRIS never appear in training data, so evaluations under them are held out in lighting
-as well as in scene. Each scene is `<out>/scene_XXXX.npz` in ClipDataset's format, written
+scaled) or a uniform ambient, plus a sun of random direction and strength; with option
+`procedural`, some HDRI worlds are procedural maps instead (render.skies: random skies with
+skylines and grounds, or graded variants of the training HDRIs), made once per seed under
+$HYBRIDSIM_CACHE/environments. The HDRIs in HELD_OUT_HDRIS never appear in training data, not even
+graded, so evaluations under them are held out in lighting as well as in scene. Each scene is `<out>/scene_XXXX.npz` in ClipDataset's format, written
 atomically; Cycles is the slow part (~0.8 s per 128^2 frame at 16 samples + denoising on one
 core), so a killed `make_pathtraced_clips` resumes at the first missing scene.
 """
@@ -16,11 +18,13 @@ import dataclasses
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from hybridsim.scenario.files import cache_dir
 from hybridsim.scenario.seeding import derive_seed
 from hybridsim.training.refine_data import ELEVATION, DataError, random_scene
 
@@ -34,11 +38,44 @@ LIT_VERSION = 4
 
 TRAIN_HDRIS = ("city", "courtyard", "interior", "studio", "sunrise", "night")
 HELD_OUT_HDRIS = ("forest", "sunset")
+PROCEDURAL_SKY_SHARE = 0.6  # of the procedural environments, skies (the rest graded TRAIN_HDRIS maps)
+
+
+def procedural_environment(seed: int) -> str:
+    """The .exr path of `seed`'s procedural environment map: a render.skies sky, or a graded
+    variant of one of TRAIN_HDRIS. Made on first use under $HYBRIDSIM_CACHE/environments."""
+    from render.skies import SKY_VERSION
+
+    rng = np.random.default_rng(derive_seed(seed, "procedural-env"))
+    name = (f"sky{SKY_VERSION}_{seed}" if rng.random() < PROCEDURAL_SKY_SHARE
+            else f"graded{SKY_VERSION}_{rng.choice(TRAIN_HDRIS)}_{seed}")
+    return str(ensure_environment(cache_dir("environments") / f"{name}.exr"))
+
+
+_PROCEDURAL_NAME = re.compile(r"(sky|graded)(\d+)_(?:([a-z]+)_)?(\d+)")
+
+
+def ensure_environment(path: str | Path) -> Path:
+    """A procedural map's file, made from its name (kind, generator version, base map, seed) when it
+    is missing: clips name their maps by path, and another machine or a cleared cache rebuilds them."""
+    from render.environment import load_hdri
+    from render.skies import SKY_VERSION, graded_map, procedural_sky, save_environment
+
+    path = Path(path)
+    if path.exists():
+        return path
+    m = _PROCEDURAL_NAME.fullmatch(path.stem)
+    if m is None or int(m[2]) != SKY_VERSION or (m[1] == "graded") != (m[3] in TRAIN_HDRIS):
+        raise DataError(f"{path} is missing and its name is no procedural environment of version {SKY_VERSION}")
+    seed = int(m[4])
+    img = (procedural_sky(derive_seed(seed, "sky")) if m[1] == "sky"
+           else graded_map(load_hdri(m[3], max_width=1024), derive_seed(seed, "graded")))
+    return save_environment(path, img)
 
 
 def random_photo_scene(seed: int, *, frames: int = 12, res: int = 128, n_cameras: int = 2,
                        elevation=ELEVATION, plain_floor: float = 0.5, hdri: float = 0.85, default_light: float = 0.0,
-                       robot: float = 0.0):
+                       robot: float = 0.0, procedural: float = 0.0):
     """A refine_data random scene with randomised materials and HDRI lighting (deterministic in seed).
 
     default_light: probability that the scene keeps the scenario spec's default sun and ambient
@@ -47,7 +84,10 @@ def random_photo_scene(seed: int, *, frames: int = 12, res: int = 128, n_cameras
     stream, so scenes made with default_light=0 are the same as before the option existed.
     robot: probability of a robot arm (refine_data.random_scene). It keeps its asset's colours and
     gets one random roughness; its looks are drawn before the light's, so a scene with an arm is lit
-    differently from the same seed without one."""
+    differently from the same seed without one.
+    procedural: probability that an HDRI world's map is a procedural one (procedural_environment)
+    instead of the shipped map drawn; rotation and strength are kept. Its own random stream: scenes
+    made with procedural=0 are the same as before the option existed."""
     from hybridsim.scenario.spec import Lighting, LightingEnvironment, validate
 
     scen = random_scene(seed, frames=frames, res=res, n_cameras=n_cameras, elevation=elevation,
@@ -69,6 +109,8 @@ def random_photo_scene(seed: int, *, frames: int = 12, res: int = 128, n_cameras
     if rng.random() < hdri:
         env = LightingEnvironment(hdri=str(rng.choice(TRAIN_HDRIS)), rotation=float(rng.uniform(0, 360)),
                                   strength=float(np.exp(rng.uniform(np.log(0.3), np.log(1.2)))))
+    if env is not None and np.random.default_rng(derive_seed(seed, "photo-procedural")).random() < procedural:
+        env = dataclasses.replace(env, hdri=procedural_environment(seed))
     lighting = dataclasses.replace(lt, direction=direction, intensity=float(rng.uniform(0.5, 5.0)), environment=env)
     rng_default = np.random.default_rng(derive_seed(seed, "photo-default-light"))
     if rng_default.random() < default_light:
@@ -97,6 +139,7 @@ class PTClipOptions:
     hdri: float = 0.85  # probability of an HDRI world (else a uniform ambient)
     default_light: float = 0.0  # probability of the spec's default sun + ambient and a grey plain floor
     robot: float = 0.0  # probability of a robot arm beside the objects (refine_data.ROBOTS)
+    procedural: float = 0.0  # probability that an HDRI world is a procedural map (procedural_environment)
 
     def check(self) -> None:
         for name in ("scenes", "frames", "res", "n_envs", "n_cameras", "samples"):
@@ -104,7 +147,7 @@ class PTClipOptions:
                 raise DataError(f"{name}={getattr(self, name)} must be >= 1")
         if self.res % 8:
             raise DataError(f"res={self.res} must be a multiple of 8 (the refiner's patch size)")
-        for name in ("plain_floor", "hdri", "default_light", "robot"):
+        for name in ("plain_floor", "hdri", "default_light", "robot", "procedural"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise DataError(f"{name}={getattr(self, name)} must be a probability in [0, 1]")
 
@@ -125,6 +168,7 @@ def make_pathtraced_clips(out_dir: str | Path, opts: PTClipOptions, progress: bo
         old = json.loads(meta_path.read_text())
         old.setdefault("default_light", 0.0)  # folders made before these options had none
         old.setdefault("robot", 0.0)
+        old.setdefault("procedural", 0.0)
         diff = {k: (old.get(k), v) for k, v in meta.items() if k != "scenes" and old.get(k) != v}
         if diff:
             raise DataError(f"{out} holds clips made with other options {diff} (old, new); use another data "
@@ -153,7 +197,8 @@ def make_pathtraced_clips(out_dir: str | Path, opts: PTClipOptions, progress: bo
 def _make_scene(out: Path, opts: PTClipOptions, i: int) -> None:
     scen = random_photo_scene(derive_seed(opts.seed, "scene", i), frames=opts.frames, res=opts.res,
                               n_cameras=opts.n_cameras, elevation=opts.elevation, plain_floor=opts.plain_floor,
-                              hdri=opts.hdri, default_light=opts.default_light, robot=opts.robot)
+                              hdri=opts.hdri, default_light=opts.default_light, robot=opts.robot,
+                              procedural=opts.procedural)
     ref_args = dict(samples=opts.samples, seed=derive_seed(opts.seed, "cycles", i) % (2**31))
     conds, targets = _render_clip(scen, opts.n_envs, ref_args)
     target = np.stack(targets, 1).astype(np.uint8)  # [C*B, T, H, W, 3]
@@ -234,7 +279,11 @@ def recondition_clips(files: list[Path], progress: bool = True) -> int:
     for f in tqdm(stale, desc="re-rendering lit conditions", unit="scene", dynamic_ncols=True, disable=not progress):
         with np.load(f) as z:
             old, target, scenario = z["cond"], z["target"], str(z["scenario"])
-        scen = Scenario.from_dict(json.loads(scenario))
+        spec = json.loads(scenario)
+        env = (spec.get("lighting") or {}).get("environment") or {}
+        if env.get("hdri") and _PROCEDURAL_NAME.fullmatch(Path(env["hdri"]).stem) and not Path(env["hdri"]).exists():
+            env["hdri"] = str(ensure_environment(cache_dir("environments") / Path(env["hdri"]).name))
+        scen = Scenario.from_dict(spec)
         cond, _ = _render_clip(scen, old.shape[0] // len(scen.cameras))
         gap = float(np.abs(cond[:, :, _GEOMETRY].astype(np.float32) - old[:, :, _GEOMETRY].astype(np.float32)).max())
         if cond.shape != old.shape or gap > 0.02:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hybridsim.scenario.files import cache_dir
 from hybridsim.scenario.seeding import derive_seed
 from hybridsim.scenario.spec import Appearance, Camera, Entity, Event, Lighting, Scenario, Timing, validate
 from hybridsim.scenario.textures import skimage_names
@@ -50,7 +51,7 @@ def textured_box_obj(size: tuple[float, float, float], tile: float = 0.25) -> Pa
     under $HYBRIDSIM_CACHE (default ~/.cache/hybridsim)/meshes, keyed by size and tile.
     """
     sx, sy, sz = (float(s) for s in size)
-    cache = Path(os.environ.get("HYBRIDSIM_CACHE", Path.home() / ".cache" / "hybridsim")) / "meshes"
+    cache = cache_dir("meshes")
     path = cache / f"box2_{sx:.4f}_{sy:.4f}_{sz:.4f}_t{tile:.3f}.obj"  # box2: outward winding
     if path.exists():
         return path

@@ -39,6 +39,9 @@ DEFAULTS = {
     "target": "raster",  # what the refiner learns: raster (Genesis' OpenGL render) or pathtraced (Cycles)
     "samples": 16,  # target=pathtraced: Cycles samples per pixel (OpenImageDenoise on)
     "hdri": 0.85,  # target=pathtraced: probability of an HDRI world in a random scene (else uniform ambient)
+    # target=pathtraced: probability that an HDRI world is a procedural map (a random sky with a skyline
+    # and ground, or a graded variant of a training HDRI; render.skies) instead of a shipped one
+    "procedural": 0.0,
     # training
     "phase1": 700, "phase2": 300, "phase3": 0, "batch": 2, "clip_frames": 6, "lr": 3e-4, "seed": 0,
     "checkpoint_every": 50, "threads": 0, "device": "cpu", "prediction": "sample",
@@ -80,7 +83,7 @@ def main(overrides: list[str]) -> int:
         raise SpecError("train-refiner loss", f"must be one of {', '.join(PIXEL_LOSSES)}, got {opts['loss']!r}")
     if opts["target"] not in ("raster", "pathtraced"):
         raise SpecError("train-refiner target", f"must be raster or pathtraced, got {opts['target']!r}")
-    for key in ("plain", "default_light", "hdri", "robot"):
+    for key in ("plain", "default_light", "hdri", "robot", "procedural"):
         if not 0.0 <= opts[key] <= 1.0:
             raise SpecError(f"train-refiner {key}", f"must be a probability in [0, 1], got {opts[key]}")
     from refine.config import UNPATCHIFY_MODES
@@ -188,7 +191,7 @@ def _make_data(opts: dict, folder: Path) -> list[Path]:
             scenes=opts["scenes"], frames=opts["frames"], res=opts["res"], n_envs=opts["n_envs"],
             n_cameras=opts["cameras"], seed=opts["data_seed"], samples=opts["samples"],
             elevation=_elevation(opts["elevation"]), plain_floor=opts["plain"], hdri=opts["hdri"],
-            default_light=opts["default_light"], robot=opts["robot"]),
+            default_light=opts["default_light"], robot=opts["robot"], procedural=opts["procedural"]),
             progress=opts["progress"])
     from hybridsim.training.refine_data import ClipOptions, make_clips
 
