@@ -1,0 +1,135 @@
+"""Procedural environment maps (render/skies.py) and their use as training worlds."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+pytest.importorskip("bpy")  # the EXR reader and writer are OpenImageIO from the bpy wheel
+
+LUMA = np.array([0.2126, 0.7152, 0.0722])
+
+
+def _upper_mean(img):
+    h = img.shape[0]
+    elev = ((1.0 - (np.arange(h) + 0.5) / h) - 0.5) * math.pi
+    w = (np.cos(elev) * (elev > 0))[:, None]
+    return float(((img @ LUMA) * w).sum() / (w.sum() * img.shape[1])), elev
+
+
+def test_procedural_sky_is_deterministic_normalised_and_has_a_darker_ground():
+    from render.skies import procedural_sky
+
+    a = procedural_sky(3, height=64)
+    assert a.shape == (64, 128, 3) and a.dtype == np.float32
+    assert np.isfinite(a).all() and a.min() >= 0
+    np.testing.assert_array_equal(a, procedural_sky(3, height=64))
+    assert not np.array_equal(a, procedural_sky(4, height=64))
+    for seed in range(8):
+        img = procedural_sky(seed, height=64)
+        mean, elev = _upper_mean(img)
+        assert abs(mean - 1.0) < 1e-4
+        ground = float((img[elev < math.radians(-10)] @ LUMA).mean())
+        assert 0.0 < ground < 1.0, (seed, ground)  # lit by the sky, never brighter than it
+
+
+def test_graded_map_of_a_uniform_world_is_analytic():
+    """A uniform grey world stays uniform in each hemisphere: mirroring and saturation do nothing,
+    the white balance and contrast give one colour, and only the ground's level changes."""
+    from render.skies import graded_map
+
+    flat = np.full((32, 64, 3), 0.7, np.float32)
+    for seed in range(5):
+        g = graded_map(flat, seed)
+        mean, elev = _upper_mean(g)
+        assert abs(mean - 1.0) < 1e-5
+        sky, ground = g[elev > 0].reshape(-1, 3), g[elev < 0].reshape(-1, 3)
+        np.testing.assert_allclose(sky, np.broadcast_to(sky[0], sky.shape), rtol=1e-5)
+        np.testing.assert_allclose(ground, np.broadcast_to(ground[0], ground.shape), rtol=1e-5)
+        ratio = ground[0] / sky[0]
+        assert np.allclose(ratio, ratio[0], rtol=1e-5) and 0.3 - 1e-6 <= ratio[0] <= 2.0 + 1e-6
+
+
+def test_saved_map_reads_back_and_lights_like_any_hdri(tmp_path):
+    from render.environment import Environment, env_radiance, irradiance, load_hdri, read_exr
+    from render.skies import procedural_sky, save_environment
+
+    img = procedural_sky(1, height=64)
+    path = save_environment(tmp_path / "sky.exr", img)
+    ch = read_exr(path)
+    back = np.stack([ch["R"], ch["G"], ch["B"]], -1)
+    np.testing.assert_allclose(back, img, rtol=2e-3, atol=1e-4)  # half floats
+    assert not list(tmp_path.glob(".*"))  # no temp file left
+    np.testing.assert_allclose(load_hdri(str(path)), back, rtol=1e-6)
+    import torch
+
+    env = Environment(hdri=str(path), strength=2.0)
+    up = torch.tensor([[0.0, 0.0, 1.0]])
+    # radiance straight up is the map's top row (times strength); irradiance of an upward normal is
+    # about pi times the mean upper radiance (cosine-weighted, here 1 by normalisation, before strength)
+    top = float(torch.from_numpy(back[0].mean(0)) @ torch.tensor(LUMA, dtype=torch.float32))
+    assert abs(float(env_radiance(env, up)[0] @ torch.tensor(LUMA, dtype=torch.float32)) - 2 * top) < 0.1 * 2 * top
+    e_up = float(irradiance(env, up)[0] @ torch.tensor(LUMA, dtype=torch.float32))
+    assert 0.5 * 2 * math.pi < e_up < 1.5 * 2 * math.pi
+
+
+def test_procedural_environment_files_are_cached_and_rebuilt_from_their_names(tmp_path, monkeypatch):
+    from hybridsim.training.pathtrace_data import DataError, ensure_environment, procedural_environment
+    from render.environment import read_exr
+
+    monkeypatch.setenv("HYBRIDSIM_CACHE", str(tmp_path))
+    paths = [procedural_environment(s) for s in (0, 1, 6, 7)]
+    assert all(p.startswith(str(tmp_path / "environments")) for p in paths)
+    kinds = {p.split("/")[-1].split("1_")[0] for p in paths}
+    assert kinds == {"sky", "graded"}  # seeds 0, 1 draw skies, 6, 7 graded maps
+    assert not any("forest" in p or "sunset" in p for p in paths)  # held-out maps are never graded
+    first = read_exr(paths[0])
+    assert procedural_environment(0) == paths[0]
+    (tmp_path / "environments" / paths[0].split("/")[-1]).unlink()
+    again = read_exr(ensure_environment(paths[0]))  # rebuilt bit for bit (the header holds a date)
+    assert sorted(again) == sorted(first) and all(np.array_equal(again[k], first[k]) for k in first)
+    with pytest.raises(DataError, match="no procedural environment"):
+        ensure_environment(tmp_path / "environments" / "graded1_forest_3.exr")
+    with pytest.raises(DataError, match="no procedural environment"):
+        ensure_environment(tmp_path / "environments" / "holiday.exr")
+
+
+def test_photo_scene_procedural_option(tmp_path, monkeypatch):
+    """procedural=0 moves no scene made before the option; procedural=1 swaps every HDRI world's map
+    for a procedural one (rotation and strength kept) and leaves ambient worlds alone."""
+    import dataclasses
+
+    from hybridsim.training.pathtrace_data import DataError, PTClipOptions, make_pathtraced_clips, random_photo_scene
+
+    monkeypatch.setenv("HYBRIDSIM_CACHE", str(tmp_path / "cache"))
+    swapped = 0
+    for seed in range(8):
+        base = random_photo_scene(seed, robot=0.5)
+        assert random_photo_scene(seed, robot=0.5, procedural=0.0) == base
+        p = random_photo_scene(seed, robot=0.5, procedural=1.0)
+        if base.lighting.environment is None:
+            assert p == base
+            continue
+        swapped += 1
+        assert "/environments/" in p.lighting.environment.hdri
+        assert dataclasses.replace(p.lighting.environment, hdri=base.lighting.environment.hdri) == \
+            base.lighting.environment
+        assert p.entities == base.entities and p.cameras == base.cameras
+    assert swapped >= 4
+    with pytest.raises(DataError, match="procedural=1.5"):
+        PTClipOptions(procedural=1.5).check()
+    # a folder made before the option resumes with procedural=0 only
+    meta = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(PTClipOptions()).items()}
+    del meta["procedural"]
+    (tmp_path / "clips.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=r"'procedural': \(0.0, 0.5\)"):
+        make_pathtraced_clips(tmp_path, PTClipOptions(procedural=0.5), progress=False)
+    assert not list(tmp_path.glob("scene_*"))
+
+
+def test_train_refiner_refuses_a_bad_procedural_probability(tmp_path, capsys):
+    from hybridsim.cli import main
+
+    assert main(["train-refiner", f"out={tmp_path / 't'}", "target=pathtraced", "procedural=2"]) == 2
+    assert "procedural" in capsys.readouterr().err and not (tmp_path / "t").exists()
