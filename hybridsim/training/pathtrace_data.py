@@ -156,7 +156,7 @@ def make_pathtraced_clips(out_dir: str | Path, opts: PTClipOptions, progress: bo
     """Generate (or resume) the path-traced clips; returns the finished scene files in order."""
     from render.pathtrace import preload
 
-    from hybridsim.training.refine_data import code_commit
+    from hybridsim.training.refine_data import code_commit, folder_options
 
     preload()  # before Genesis (see preload)
     opts.check()
@@ -164,18 +164,8 @@ def make_pathtraced_clips(out_dir: str | Path, opts: PTClipOptions, progress: bo
     out.mkdir(parents=True, exist_ok=True)
     meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(opts).items()}
     meta_path = out / "clips.json"
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        old.setdefault("default_light", 0.0)  # folders made before these options had none
-        old.setdefault("robot", 0.0)
-        old.setdefault("procedural", 0.0)
-        diff = {k: (old.get(k), v) for k, v in meta.items() if k != "scenes" and old.get(k) != v}
-        if diff:
-            raise DataError(f"{out} holds clips made with other options {diff} (old, new); use another data "
-                            "folder or the same options")
-        made_by = old.get("code_commit")
-    else:
-        made_by = code_commit()
+    old = folder_options(meta_path, meta, {"default_light": 0.0, "robot": 0.0, "procedural": 0.0})
+    made_by = old.get("code_commit") if old is not None else code_commit()
     meta_path.write_text(json.dumps({**meta, "target": "pathtraced", "code_commit": made_by}, indent=1))
     files = [out / f"scene_{i:04d}.npz" for i in range(opts.scenes)]
     todo = [i for i, f in enumerate(files) if not f.exists()]

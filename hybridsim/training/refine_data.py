@@ -16,6 +16,7 @@ atomically, so an interrupted `make_clips` resumes by skipping finished scenes.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -301,6 +302,20 @@ class _ArmKinematics:
 # ---------------------------------------------------------------------------- clip generation
 
 
+def folder_options(meta_path: Path, meta: dict, added: dict) -> dict | None:
+    """The clips.json of an existing clip folder (None for a new one), checked against this run's
+    options `meta` (all but `scenes` must match). `added` maps options introduced after folders were
+    first made to the value such a folder was made with. DataError naming every difference."""
+    if not meta_path.exists():
+        return None
+    old = {**added, **json.loads(meta_path.read_text())}
+    diff = {k: (old.get(k), v) for k, v in meta.items() if k != "scenes" and old.get(k) != v}
+    if diff:
+        raise DataError(f"{meta_path.parent} holds clips made with other options {diff} (old, new); use another "
+                        "data folder or the same options")
+    return old
+
+
 @dataclass(frozen=True)
 class ClipOptions:
     scenes: int = 12
@@ -340,7 +355,6 @@ def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True,
     software rasteriser (llvmpipe through pyrender) was seen to spin forever on one frame of one
     random scene, and a data job should lose that scene, not the night.
     """
-    import json
     import multiprocessing as mp
     import time
 
@@ -355,16 +369,9 @@ def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True,
     meta_path = out / "clips.json"
     skipped: list[int] = []
     made_by = None
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        old.setdefault("elevation", list(ELEVATION))  # folders made before these options existed
-        old.setdefault("plain_floor", PLAIN_FLOOR)
-        old.setdefault("default_light", DEFAULT_LIGHT)
-        old.setdefault("robot", 0.0)
-        diff = {k: (old.get(k), v) for k, v in meta.items() if k != "scenes" and old.get(k) != v}
-        if diff:
-            raise DataError(f"{out} holds clips made with other options {diff} (old, new); use another "
-                            "data folder or the same options")
+    old = folder_options(meta_path, meta, {"elevation": list(ELEVATION), "plain_floor": PLAIN_FLOOR,
+                                           "default_light": DEFAULT_LIGHT, "robot": 0.0})
+    if old is not None:
         skipped = [int(i) for i in old.get("skipped", [])]
         made_by = old.get("code_commit")
     else:
@@ -440,8 +447,6 @@ def code_commit() -> str | None:
 
 def _clip_worker(out_dir: str, opts: ClipOptions, todo: list[int], threads: int) -> None:
     """Child process of make_clips: build and record the scenes in `todo`, in order."""
-    import json
-
     import torch
 
     from hybridsim.config import RunConfig, RenderConfig
