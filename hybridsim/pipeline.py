@@ -113,6 +113,18 @@ class Simulation:
             self._materials = material_table(self.look)
         return self._materials
 
+    @property
+    def lit_scene(self):  # -> (render.Environment, planes carrying their normals)
+        """The lit render's world lighting (appearance.environment of self.look) and the planes with
+        their normals (render.lighting.normal_planes), made once per load of episodes like materials."""
+        if self._lit_scene is None:
+            from render.lighting import normal_planes
+
+            from hybridsim.appearance import environment
+
+            self._lit_scene = (environment(self.look), normal_planes(self.planes))
+        return self._lit_scene
+
     # ------------------------------------------------------------ episodes
     def _set_episodes(self, episodes: list[Scenario] | None) -> None:
         from hybridsim.scenario.sampling import has_distributions, layout_key, sample_scenario
@@ -156,7 +168,7 @@ class Simulation:
         self._events = schedule(self.episodes[0])  # v1 view of the timed events
         self._last_frame = np.array([_last_frame(ep) for ep in self.episodes])
         self.frame_index, self._prev_means, self._prev_frame = 0, None, None
-        self._env = None  # render.Environment of the lit render, made on first use
+        self._lit_scene = None  # the lit render's environment and planes (lit_scene), made on first use
         self._materials = None  # the material table (materials), likewise
         self.done = np.zeros(self.cfg.n_envs, dtype=bool)
         self.end_frame = self._last_frame.copy()
@@ -350,10 +362,10 @@ class Simulation:
         import torch
         from render import composite_planes, rasterize
 
-        from render.lighting import normal_planes, splat_normals
+        from render.lighting import splat_normals
         from render.project import camera_centers
 
-        from hybridsim.appearance import environment, lit_render
+        from hybridsim.appearance import lit_render
 
         g = self.splats.posed(state.body_pos, state.body_quat)
         bg = torch.tensor(self.cfg.render.background, dtype=torch.float32)
@@ -364,20 +376,18 @@ class Simulation:
             prev[torch.as_tensor(self._flow_reset)] = g.means[torch.as_tensor(self._flow_reset)]
         self._flow_reset = None
         out, lit = {}, {}
-        if self.cfg.render.lit and self._env is None:  # fixed per build: made once
-            self._env, self._lit_planes = environment(self.look), normal_planes(self.planes)
         for name, cam in self.cameras.items():
             view = torch.as_tensor(cam.viewmat, dtype=torch.float32)[:, None]  # [B, 1, 4, 4]
             K = torch.as_tensor(cam.K, dtype=torch.float32)[:, None]
             normals, planes = None, self.planes
             if self.cfg.render.lit:  # normals ride along in the same pass (GBuffer.extra) for the lit render
-                normals, planes = splat_normals(g, camera_centers(view)[:, 0]), self._lit_planes
+                normals, planes = splat_normals(g, camera_centers(view)[:, 0]), self.lit_scene[1]
             gb = rasterize(g, view, K, cam.width, cam.height, prev_means=prev,
                            background=(0.0, 0.0, 0.0), backend=self.cfg.render.backend, extra=normals)
             gb = composite_planes(gb, planes, view, K, far=self.cfg.render.plane_far)  # splats over planes
             if self.cfg.render.lit:
                 t0 = time.perf_counter()
-                lit[name] = lit_render(g, gb, self.planes, cam, self._env, self.materials,
+                lit[name] = lit_render(g, gb, self.planes, cam, self.lit_scene[0], self.materials,
                                        self.cfg.render.backend)
                 self.timings["lit_render_s"] += time.perf_counter() - t0
             gb.rgb = gb.rgb + (1.0 - gb.alpha)[..., None] * bg
