@@ -14,12 +14,18 @@ PLANE_EXTENT = 500.0  # metres: half-size of the quad that stands in for an infi
 
 def environment(scenario):
     """render.Environment of a scenario: lighting.environment's HDRI (or the uniform ambient) plus
-    the scenario's directional light as the sun (its intensity is the sun's irradiance, W/m^2)."""
+    the scenario's directional light as the sun (its intensity is the sun's irradiance, W/m^2).
+    A procedural map name (sky:<seed>, ...) becomes its cached file, made on first use."""
     from render.environment import Environment
+
+    from hybridsim.scenario.environments import is_procedural, procedural_file
 
     lt = scenario.lighting
     env = getattr(lt, "environment", None)
-    return Environment(hdri=None if env is None else env.hdri,
+    hdri = None if env is None else env.hdri
+    if is_procedural(hdri):
+        hdri = str(procedural_file(hdri))
+    return Environment(hdri=hdri,
                        rotation=0.0 if env is None else float(env.rotation),
                        strength=1.0 if env is None else float(env.strength),
                        ambient=tuple(float(a) for a in lt.ambient), sun_direction=tuple(lt.direction),

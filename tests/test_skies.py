@@ -75,7 +75,9 @@ def test_saved_map_reads_back_and_lights_like_any_hdri(tmp_path):
 
 
 def test_procedural_environment_files_are_cached_and_rebuilt_from_their_names(tmp_path, monkeypatch):
-    from hybridsim.training.pathtrace_data import DataError, ensure_environment, procedural_environment
+    from hybridsim.scenario.environments import procedural_file, rebuild
+    from hybridsim.scenario.spec import SpecError
+    from hybridsim.training.pathtrace_data import procedural_environment
     from render.environment import read_exr
 
     monkeypatch.setenv("HYBRIDSIM_CACHE", str(tmp_path))
@@ -84,15 +86,45 @@ def test_procedural_environment_files_are_cached_and_rebuilt_from_their_names(tm
     kinds = {p.split("/")[-1].split("1_")[0] for p in paths}
     assert kinds == {"sky", "graded"}  # seeds 0, 1 draw skies, 6, 7 graded maps
     assert not any("forest" in p or "sunset" in p for p in paths)  # held-out maps are never graded
+    assert paths[0] == str(procedural_file("sky:0"))  # the training draw and the scenario name share a file
     first = read_exr(paths[0])
-    assert procedural_environment(0) == paths[0]
-    (tmp_path / "environments" / paths[0].split("/")[-1]).unlink()
-    again = read_exr(ensure_environment(paths[0]))  # rebuilt bit for bit (the header holds a date)
+    name = paths[0].split("/")[-1]
+    (tmp_path / "environments" / name).unlink()
+    # a clip made on another machine names its map by that machine's path: rebuilt here, bit for bit
+    again = read_exr(rebuild(f"/elsewhere/.cache/hybridsim/environments/{name}"))  # (the header holds a date)
     assert sorted(again) == sorted(first) and all(np.array_equal(again[k], first[k]) for k in first)
-    with pytest.raises(DataError, match="no procedural environment"):
-        ensure_environment(tmp_path / "environments" / "graded1_forest_3.exr")
-    with pytest.raises(DataError, match="no procedural environment"):
-        ensure_environment(tmp_path / "environments" / "holiday.exr")
+    assert rebuild("/elsewhere/holiday.exr") is None and rebuild("/x/graded1_mars_3.exr") is None
+    with pytest.raises(SpecError, match="unknown map 'mars'"):
+        procedural_file("graded:mars:3")
+    with pytest.raises(SpecError, match="sky:<seed>"):
+        procedural_file("sky:five")
+
+
+def test_a_scenario_names_a_procedural_environment(tmp_path, monkeypatch):
+    """lighting.environment.hdri takes sky:<seed> / graded:<map>:<seed>, also as a distribution;
+    bad names fail validation with one line; both renderers get the cached file."""
+    import dataclasses
+
+    from hybridsim.appearance import environment
+    from hybridsim.scenario.distributions import Choice
+    from hybridsim.scenario.spec import LightingEnvironment, SpecError, validate
+    from hybridsim.training.pathtrace_data import random_photo_scene
+
+    monkeypatch.setenv("HYBRIDSIM_CACHE", str(tmp_path))
+    base = random_photo_scene(1, hdri=1.0)
+
+    def lit_by(hdri):
+        return dataclasses.replace(base, lighting=dataclasses.replace(
+            base.lighting, environment=LightingEnvironment(hdri=hdri, rotation=30.0, strength=0.8)))
+
+    validate(lit_by("sky:5"))
+    validate(lit_by(Choice(options=("sky:5", "graded:forest:2", "city"))))
+    env = environment(lit_by("graded:city:2"))
+    assert env.hdri == str(tmp_path / "environments" / "graded1_city_2.exr") and env.rotation == 30.0
+    for bad, msg in (("sky:five", "sky:<seed>"), ("graded:mars:2", "unknown map"), ("skies", "procedural map")):
+        with pytest.raises(SpecError, match=msg):
+            validate(lit_by(bad))
+    assert not (tmp_path / "environments" / "sky1_5.exr").exists()  # validation makes nothing
 
 
 def test_photo_scene_procedural_option(tmp_path, monkeypatch):

@@ -104,7 +104,7 @@ def absolute_files(scenario, base_dir=None):
 def _absolute(name: str, base_dir) -> str:
     from hybridsim.scenario.parts import HDRI_NAMES
 
-    if name.startswith(("genesis:", "skimage:")) or name in HDRI_NAMES:
+    if name.startswith(("genesis:", "skimage:", "sky:", "graded:")) or name in HDRI_NAMES:
         return name
     p = Path(name).expanduser()
     if p.is_absolute():

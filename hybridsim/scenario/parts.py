@@ -224,7 +224,9 @@ class Terminate:
 class LightingEnvironment:
     """An HDRI environment map lighting the scene (and seen behind it) in the path-traced and lit renders."""
 
-    hdri: str = "courtyard"  # a map shipped with Blender (HDRI_NAMES) or an .exr file
+    # a map shipped with Blender (HDRI_NAMES), a procedural map (sky:<seed>, graded:<map>:<seed>;
+    # scenario.environments) or an .exr file
+    hdri: str = "courtyard"
     rotation: float = 0.0  # degrees about +z
     strength: float = 1.0  # radiance scale, >= 0
 

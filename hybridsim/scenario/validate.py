@@ -18,6 +18,7 @@ from typing import Any
 from hybridsim.scenario.convert import _convert, _key, hints
 from hybridsim.scenario.distributions import (_PARAMS, Choice, Distribution, LogUniform, Normal, Param, RandInt,
                                               Uniform, _strip_optional, check, components, shown, values)
+from hybridsim.scenario.environments import is_procedural, name_problem
 from hybridsim.scenario.errors import SpecError
 from hybridsim.scenario.files import check_content, resolve_file, resolve_texture
 from hybridsim.scenario.parts import HDRI_NAMES, MESH_SUFFIXES, Camera, Entity, Lighting
@@ -140,9 +141,15 @@ def _validate_lighting(lt: Lighting, path: str, base_dir=None) -> None:
         for name in values(env.hdri):
             if name in HDRI_NAMES:
                 continue
+            if is_procedural(name):
+                problem = name_problem(name)
+                if problem:
+                    raise SpecError(f"{path}.environment.hdri", problem)
+                continue
             if not str(name).lower().endswith(".exr"):
                 raise SpecError(f"{path}.environment.hdri", f"{name!r} is neither a shipped HDRI "
-                                f"({', '.join(HDRI_NAMES)}) nor an .exr file")
+                                f"({', '.join(HDRI_NAMES)}), a procedural map (sky:<seed>, graded:<map>:<seed>) "
+                                "nor an .exr file")
             check_content(resolve_file(name, f"{path}.environment.hdri", base_dir), "exr", f"{path}.environment.hdri")
         check(env.strength, lambda v: 0.0 <= v <= 100.0, f"{path}.environment.strength", "must be in [0, 100]")
         check(env.rotation, lambda v: math.isfinite(v), f"{path}.environment.rotation", "must be a finite angle in degrees")

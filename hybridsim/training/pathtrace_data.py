@@ -18,13 +18,11 @@ import dataclasses
 import json
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hybridsim.scenario.files import cache_dir
 from hybridsim.scenario.seeding import derive_seed
 from hybridsim.training.refine_data import ELEVATION, DataError, random_scene
 
@@ -42,35 +40,14 @@ PROCEDURAL_SKY_SHARE = 0.6  # of the procedural environments, skies (the rest gr
 
 
 def procedural_environment(seed: int) -> str:
-    """The .exr path of `seed`'s procedural environment map: a render.skies sky, or a graded
-    variant of one of TRAIN_HDRIS. Made on first use under $HYBRIDSIM_CACHE/environments."""
-    from render.skies import SKY_VERSION
+    """The .exr path of `seed`'s procedural environment map: a sky (`sky:<seed>`) or a graded
+    variant of one of TRAIN_HDRIS (`graded:<map>:<seed>`), made on first use
+    (hybridsim.scenario.environments)."""
+    from hybridsim.scenario.environments import procedural_file
 
     rng = np.random.default_rng(derive_seed(seed, "procedural-env"))
-    name = (f"sky{SKY_VERSION}_{seed}" if rng.random() < PROCEDURAL_SKY_SHARE
-            else f"graded{SKY_VERSION}_{rng.choice(TRAIN_HDRIS)}_{seed}")
-    return str(ensure_environment(cache_dir("environments") / f"{name}.exr"))
-
-
-_PROCEDURAL_NAME = re.compile(r"(sky|graded)(\d+)_(?:([a-z]+)_)?(\d+)")
-
-
-def ensure_environment(path: str | Path) -> Path:
-    """A procedural map's file, made from its name (kind, generator version, base map, seed) when it
-    is missing: clips name their maps by path, and another machine or a cleared cache rebuilds them."""
-    from render.environment import load_hdri
-    from render.skies import SKY_VERSION, graded_map, procedural_sky, save_environment
-
-    path = Path(path)
-    if path.exists():
-        return path
-    m = _PROCEDURAL_NAME.fullmatch(path.stem)
-    if m is None or int(m[2]) != SKY_VERSION or (m[1] == "graded") != (m[3] in TRAIN_HDRIS):
-        raise DataError(f"{path} is missing and its name is no procedural environment of version {SKY_VERSION}")
-    seed = int(m[4])
-    img = (procedural_sky(derive_seed(seed, "sky")) if m[1] == "sky"
-           else graded_map(load_hdri(m[3], max_width=1024), derive_seed(seed, "graded")))
-    return save_environment(path, img)
+    name = f"sky:{seed}" if rng.random() < PROCEDURAL_SKY_SHARE else f"graded:{rng.choice(TRAIN_HDRIS)}:{seed}"
+    return str(procedural_file(name))
 
 
 def random_photo_scene(seed: int, *, frames: int = 12, res: int = 128, n_cameras: int = 2,
@@ -261,6 +238,7 @@ def recondition_clips(files: list[Path], progress: bool = True) -> int:
         return 0
     from render.pathtrace import preload
 
+    from hybridsim.scenario.environments import is_procedural, rebuild
     from hybridsim.scenario.spec import Scenario
 
     from tqdm import tqdm
@@ -271,8 +249,8 @@ def recondition_clips(files: list[Path], progress: bool = True) -> int:
             old, target, scenario = z["cond"], z["target"], str(z["scenario"])
         spec = json.loads(scenario)
         env = (spec.get("lighting") or {}).get("environment") or {}
-        if env.get("hdri") and _PROCEDURAL_NAME.fullmatch(Path(env["hdri"]).stem) and not Path(env["hdri"]).exists():
-            env["hdri"] = str(ensure_environment(cache_dir("environments") / Path(env["hdri"]).name))
+        if env.get("hdri") and not is_procedural(env["hdri"]) and not Path(env["hdri"]).exists():
+            env["hdri"] = str(rebuild(env["hdri"]) or env["hdri"])  # a procedural map made on another machine
         scen = Scenario.from_dict(spec)
         cond, _ = _render_clip(scen, old.shape[0] // len(scen.cameras))
         gap = float(np.abs(cond[:, :, _GEOMETRY].astype(np.float32) - old[:, :, _GEOMETRY].astype(np.float32)).max())
