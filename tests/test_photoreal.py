@@ -203,13 +203,13 @@ def test_recondition_keeps_targets_and_refuses_other_geometry(tmp_path):
     assert path.read_bytes() == before
 
 
-def test_photo_scene_default_light_option(tmp_path):
+def test_photo_scene_default_light_option():
     """default_light keeps the spec's default sun and ambient (and a grey plain floor) without
     moving the scenes made before the option: default_light=0 draws nothing from the main stream."""
     import dataclasses
 
     from hybridsim.scenario.spec import Lighting
-    from hybridsim.training.pathtrace_data import DataError, PTClipOptions, make_pathtraced_clips, random_photo_scene
+    from hybridsim.training.pathtrace_data import DataError, PTClipOptions, random_photo_scene
 
     for seed in range(6):
         base = random_photo_scene(seed, plain_floor=1.0)
@@ -222,19 +222,23 @@ def test_photo_scene_default_light_option(tmp_path):
         assert [e.name for e in d.entities] == [e.name for e in base.entities]
     with pytest.raises(DataError, match="default_light=1.5"):
         PTClipOptions(default_light=1.5).check()
-    # a folder made before the option (no default_light in clips.json) resumes with default_light=0 only
-    meta = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(PTClipOptions()).items()}
-    del meta["default_light"]
-    (tmp_path / "clips.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match=r"'default_light': \(0.0, 0.5\)"):
-        make_pathtraced_clips(tmp_path, PTClipOptions(default_light=0.5), progress=False)
-    # likewise robot (none in clips.json: made before the option)
-    del meta["robot"]
-    (tmp_path / "clips.json").write_text(json.dumps(meta))
-    with pytest.raises(DataError, match=r"'robot': \(0.0, 0.5\)"):
-        make_pathtraced_clips(tmp_path, PTClipOptions(robot=0.5), progress=False)
     with pytest.raises(DataError, match="robot=1.5"):
         PTClipOptions(robot=1.5).check()
+
+
+@pytest.mark.parametrize("option", ["default_light", "robot", "procedural"])
+def test_a_clip_folder_made_before_an_option_resumes_only_without_it(tmp_path, option):
+    """A folder whose clips.json lacks an option (made before it existed) was made with its neutral
+    value 0: it resumes with that, and any other value is refused before a scene is made."""
+    import dataclasses
+
+    from hybridsim.training.pathtrace_data import DataError, PTClipOptions, make_pathtraced_clips
+
+    meta = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(PTClipOptions()).items()}
+    del meta[option]
+    (tmp_path / "clips.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=rf"'{option}': \(0.0, 0.5\)"):
+        make_pathtraced_clips(tmp_path, PTClipOptions(**{option: 0.5}), progress=False)
     assert not list(tmp_path.glob("scene_*"))
 
 
