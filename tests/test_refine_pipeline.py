@@ -416,6 +416,29 @@ def clip_dir(tmp_path_factory):
     return out, opts, make_clips(out, opts, progress=False)
 
 
+def test_npz_array_maps_stored_arrays_and_reads_compressed_ones(tmp_path):
+    """Clip arrays are memory-mapped from uncompressed .npz members (the same values as np.load,
+    read-only, any dtype/order/size header), and read into memory from compressed files."""
+    from hybridsim.training.refine_data import npz_array
+
+    rng = np.random.default_rng(0)
+    arrays = {"cond": rng.normal(size=(2, 3, 5, 4)).astype(np.float16),
+              "target": rng.integers(0, 256, (2, 3, 4, 4, 3), dtype=np.uint8),
+              "fortran": np.asfortranarray(rng.normal(size=(7, 9))), "scalar": np.array(4)}
+    np.savez(tmp_path / "a.npz", scenario="{}", **arrays)
+    np.savez_compressed(tmp_path / "b.npz", **arrays)
+    for name, mapped in (("a.npz", True), ("b.npz", False)):
+        for key, want in arrays.items():
+            got = npz_array(tmp_path / name, key)
+            assert isinstance(got, np.memmap) == mapped, (name, key)
+            assert got.dtype == want.dtype and got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError):
+        npz_array(tmp_path / "a.npz", "cond")[0, 0, 0, 0] = 1.0  # read-only: clips are never changed in place
+    with pytest.raises(KeyError):
+        npz_array(tmp_path / "a.npz", "missing")
+
+
 def test_paired_clips_hold_srgb_condition_and_reference_target(clip_dir):
     from hybridsim.training.refine_data import ClipDataset
 

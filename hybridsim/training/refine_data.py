@@ -484,11 +484,40 @@ def clip_files(folder: str | Path) -> list[Path]:
     return [f for f in sorted(Path(folder).expanduser().glob("scene_*.npz")) if f.stem[6:].isdigit()]
 
 
+def npz_array(path: str | Path, key: str) -> np.ndarray:
+    """Array `key` of an .npz file: a read-only memory map when it is stored uncompressed (np.savez,
+    as clip files are), else read into memory. Mapped clips cost page cache, which the kernel can
+    drop and which two trainings on the same files share, instead of a private copy each."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(f"{key}.npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        with np.load(path) as z:
+            return z[key]
+    with open(path, "rb") as fh:
+        fh.seek(info.header_offset)
+        local = fh.read(30)  # the member's local header: its name and extra field come next
+        if local[:4] != b"PK\x03\x04":
+            raise DataError(f"{path}: broken zip member {key}.npy; make the clips again")
+        name_len, extra_len = struct.unpack("<HH", local[26:30])
+        fh.seek(info.header_offset + 30 + name_len + extra_len)
+        version = np.lib.format.read_magic(fh)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read(fh)
+        offset = fh.tell()
+    if dtype.hasobject:
+        raise DataError(f"{path}: {key} holds Python objects; clip files hold plain arrays")
+    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset, order="F" if fortran else "C")
+
+
 class ClipDataset:
     """Map-style dataset over the scene files: item i -> (cond [T, channels, H, W], target [T, 3, H, W]).
 
     channels: the model's cond_channels; clips store all 14 and the first `channels` are used
-    (7 = without the shading cues).
+    (7 = without the shading cues). The arrays are memory-mapped (npz_array), so a data set larger
+    than the memory trains, and parallel trainings share one page cache.
     """
 
     def __init__(self, files: list[Path], channels: int = CLIP_COND_CHANNELS):
@@ -497,9 +526,8 @@ class ClipDataset:
         self.channels = int(channels)
         self.cond, self.target = [], []
         for f in files:
-            with np.load(f) as z:
-                self.cond.append(z["cond"])
-                self.target.append(z["target"])
+            self.cond.append(npz_array(f, "cond"))
+            self.target.append(npz_array(f, "target"))
             if self.cond[-1].shape[2] < self.channels:
                 raise DataError(f"{f} has {self.cond[-1].shape[2]} condition channels, the model takes "
                                 f"{self.channels}; make the clips again in a new folder")
