@@ -28,6 +28,7 @@ from render.environment import _oiio
 from render.errors import RenderError
 
 SKY_VERSION = 1  # bump when a generator's output changes: the cached file names carry it
+HALF_MAX = 65000.0  # below float16's largest finite value, 65504
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 
 
@@ -157,12 +158,15 @@ def _normalised(img: np.ndarray, elev: np.ndarray) -> np.ndarray:
 
 
 def save_environment(path: str | Path, img: np.ndarray) -> Path:
-    """Write [H, W, 3] linear radiance as a half-float RGB EXR (atomically: temp file, rename)."""
+    """Write [H, W, 3] linear radiance as a half-float RGB EXR (atomically: temp file, rename).
+    Radiance above HALF_MAX (a graded sun can reach it) is clipped there instead of becoming inf."""
     oiio = _oiio()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.exr")
-    img = np.ascontiguousarray(img, dtype=np.float32)
+    if not np.isfinite(img).all():
+        raise RenderError(f"{path}: the environment map holds non-finite values")
+    img = np.ascontiguousarray(np.minimum(img, HALF_MAX), dtype=np.float32)  # bright suns: no inf in half floats
     spec = oiio.ImageSpec(img.shape[1], img.shape[0], 3, "half")
     spec.channelnames = ("R", "G", "B")
     spec.attribute("compression", "zip")

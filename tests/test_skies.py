@@ -53,6 +53,7 @@ def test_graded_map_of_a_uniform_world_is_analytic():
 
 def test_saved_map_reads_back_and_lights_like_any_hdri(tmp_path):
     from render.environment import Environment, env_radiance, irradiance, load_hdri, read_exr
+    from render.errors import RenderError
     from render.skies import procedural_sky, save_environment
 
     img = procedural_sky(1, height=64)
@@ -62,6 +63,14 @@ def test_saved_map_reads_back_and_lights_like_any_hdri(tmp_path):
     np.testing.assert_allclose(back, img, rtol=2e-3, atol=1e-4)  # half floats
     assert not list(tmp_path.glob(".*"))  # no temp file left
     np.testing.assert_allclose(load_hdri(str(path)), back, rtol=1e-6)
+    # a sun brighter than half floats hold is clipped, not written as inf; non-finite input is refused
+    sun = img.copy()
+    sun[3, 5] = 1e6
+    ch = read_exr(save_environment(tmp_path / "sun.exr", sun))
+    assert all(np.isfinite(ch[k]).all() for k in "RGB") and 6.4e4 < ch["R"][3, 5] <= 65504
+    sun[3, 5] = np.inf
+    with pytest.raises(RenderError, match="non-finite"):
+        save_environment(tmp_path / "inf.exr", sun)
     import torch
 
     env = Environment(hdri=str(path), strength=2.0)
@@ -158,3 +167,17 @@ def test_train_refiner_refuses_a_bad_procedural_probability(tmp_path, capsys):
 
     assert main(["train-refiner", f"out={tmp_path / 't'}", "target=pathtraced", "procedural=2"]) == 2
     assert "procedural" in capsys.readouterr().err and not (tmp_path / "t").exists()
+
+
+def test_a_scene_whose_lit_condition_is_not_finite_is_never_written(tmp_path, monkeypatch):
+    from hybridsim.training import pathtrace_data as pd
+
+    def broken(scen, n_envs, ref_args=None):  # what an environment map holding inf gave (session 15)
+        cond = np.zeros((2, 4, 21, 8, 8), np.float16)
+        cond[:, :, 0] = np.nan
+        return cond, [np.zeros((2, 8, 8, 3), np.uint8)] * 4
+
+    monkeypatch.setattr(pd, "_render_clip", broken)
+    with pytest.raises(pd.DataError, match="scene 0 of .* non-finite"):
+        pd._make_scene(tmp_path, pd.PTClipOptions(scenes=1, frames=4, res=8, n_envs=1, n_cameras=2, hdri=0.0), 0)
+    assert not list(tmp_path.iterdir())

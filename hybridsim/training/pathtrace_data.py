@@ -168,6 +168,9 @@ def _make_scene(out: Path, opts: PTClipOptions, i: int) -> None:
                               procedural=opts.procedural)
     ref_args = dict(samples=opts.samples, seed=derive_seed(opts.seed, "cycles", i) % (2**31))
     conds, targets = _render_clip(scen, opts.n_envs, ref_args)
+    if not np.isfinite(conds).all():  # a bug upstream (an environment map with inf, say): never train on it
+        raise DataError(f"scene {i} of {out}: its lit condition holds non-finite values (lighting "
+                        f"{scen.lighting.environment}); nothing was written")
     target = np.stack(targets, 1).astype(np.uint8)  # [C*B, T, H, W, 3]
     _save(out / f"scene_{i:04d}.npz", conds, target, json.dumps(scen.to_dict()))
 
