@@ -426,6 +426,9 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
                     loss.backward()
                 loss_val = float(loss.detach())
                 if not math.isfinite(loss_val):
+                    if not (torch.isfinite(cond).all() and torch.isfinite(target).all()):
+                        raise RefineError(f"the training clips of step {step} hold non-finite values (a broken "
+                                          f"clip file); the loss became {loss_val}; remake or remove that clip")
                     raise RefineError(f"loss became {loss_val} at step {step}; lower TrainConfig.lr={cfg.lr}")
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()

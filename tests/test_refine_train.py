@@ -58,6 +58,17 @@ def test_resume_continues_identically(clips, tmp_path):
         assert torch.equal(a, b)
 
 
+def test_a_non_finite_clip_is_named_as_such_not_blamed_on_the_learning_rate(clips, tmp_path):
+    broken = [(c.clone(), t) for c, t in clips]
+    for c, _ in broken:
+        c[0, 0, 0, 0] = float("nan")
+    with pytest.raises(RefineError, match="non-finite values"):
+        train(tiny_model(seed=0), broken, _cfg(phase1_steps=2, phase2_steps=0, phase3_steps=0), tmp_path / "a")
+    with pytest.raises(RefineError, match="lower TrainConfig.lr"):  # finite clips, a diverging step
+        train(tiny_model(seed=0), clips, _cfg(phase1_steps=2, phase2_steps=0, phase3_steps=0, lr=1e30),
+              tmp_path / "b")
+
+
 def test_checkpoint_contents_and_corruption(clips, tmp_path):
     model = tiny_model(seed=0)
     train(model, clips, _cfg(phase1_steps=5, phase2_steps=0, phase3_steps=0), tmp_path)
