@@ -416,27 +416,45 @@ def clip_dir(tmp_path_factory):
     return out, opts, make_clips(out, opts, progress=False)
 
 
-def test_npz_array_maps_stored_arrays_and_reads_compressed_ones(tmp_path):
-    """Clip arrays are memory-mapped from uncompressed .npz members (the same values as np.load,
-    read-only, any dtype/order/size header), and read into memory from compressed files."""
-    from hybridsim.training.refine_data import npz_array
+def test_npz_array_reads_slices_of_stored_and_compressed_members(tmp_path):
+    """Clip arrays are read one first-axis slice at a time: the same values as np.load for stored
+    (np.savez) and compressed files, in C and Fortran order; fresh writable arrays;
+    no file left open; a file cut short is a DataError, not garbage."""
+    import os
+
+    from hybridsim.training.refine_data import DataError, NpzArray
 
     rng = np.random.default_rng(0)
     arrays = {"cond": rng.normal(size=(2, 3, 5, 4)).astype(np.float16),
               "target": rng.integers(0, 256, (2, 3, 4, 4, 3), dtype=np.uint8),
-              "fortran": np.asfortranarray(rng.normal(size=(7, 9))), "scalar": np.array(4)}
+              "fortran": np.asfortranarray(rng.normal(size=(7, 9)))}
     np.savez(tmp_path / "a.npz", scenario="{}", **arrays)
     np.savez_compressed(tmp_path / "b.npz", **arrays)
-    for name, mapped in (("a.npz", True), ("b.npz", False)):
-        for key, want in arrays.items():
-            got = npz_array(tmp_path / name, key)
-            assert isinstance(got, np.memmap) == mapped, (name, key)
-            assert got.dtype == want.dtype and got.shape == want.shape
-            np.testing.assert_array_equal(got, want)
-    with pytest.raises(ValueError):
-        npz_array(tmp_path / "a.npz", "cond")[0, 0, 0, 0] = 1.0  # read-only: clips are never changed in place
-    with pytest.raises(KeyError):
-        npz_array(tmp_path / "a.npz", "missing")
+    fds = len(os.listdir("/proc/self/fd"))
+    members = [NpzArray(tmp_path / n, k) for n in ("a.npz", "b.npz") for k in arrays]
+    assert len(os.listdir("/proc/self/fd")) == fds  # nothing kept open
+    for m in members:
+        want = arrays[m.key]
+        assert m.shape == want.shape and m.dtype == want.dtype and len(m) == want.shape[0]
+        for k in (0, 1, -1):
+            got = m[k]
+            np.testing.assert_array_equal(got, want[k])
+            assert got.flags.writeable
+        np.testing.assert_array_equal(m.read(), want)
+    with pytest.raises(IndexError):
+        members[0][2]
+    with pytest.raises(DataError, match="array 'missing'"):
+        NpzArray(tmp_path / "a.npz", "missing")
+    cut = tmp_path / "cut.npz"
+    cut.write_bytes((tmp_path / "a.npz").read_bytes()[:200])
+    with pytest.raises(DataError, match="no clip file"):
+        NpzArray(cut, "cond")
+    # a file replaced by a shorter one after it was opened (not by this project's atomic writers)
+    np.savez(cut, cond=arrays["cond"])
+    m = NpzArray(cut, "cond")
+    np.savez(cut, cond=arrays["cond"][:1])
+    with pytest.raises(DataError, match="cut short"):
+        m[1]
 
 
 def test_paired_clips_hold_srgb_condition_and_reference_target(clip_dir):

@@ -484,40 +484,69 @@ def clip_files(folder: str | Path) -> list[Path]:
     return [f for f in sorted(Path(folder).expanduser().glob("scene_*.npz")) if f.stem[6:].isdigit()]
 
 
-def npz_array(path: str | Path, key: str) -> np.ndarray:
-    """Array `key` of an .npz file: a read-only memory map when it is stored uncompressed (np.savez,
-    as clip files are), else read into memory. Mapped clips cost page cache, which the kernel can
-    drop and which two trainings on the same files share, instead of a private copy each."""
-    import struct
-    import zipfile
+class NpzArray:
+    """Array `key` of an .npz file, read one slice along its first axis at a time (`arr[k]`, a fresh
+    writable array). Stored uncompressed in C order (np.savez, as clip files are), each slice is read
+    from disk when asked for: the data costs page cache, which the kernel can drop and which
+    parallel trainings on the same files share, and no file stays open (a data set of thousands of
+    scenes needs no file handles). Any other member is read into memory once."""
 
-    with zipfile.ZipFile(path) as zf:
-        info = zf.getinfo(f"{key}.npy")
-    if info.compress_type != zipfile.ZIP_STORED:
-        with np.load(path) as z:
-            return z[key]
-    with open(path, "rb") as fh:
-        fh.seek(info.header_offset)
-        local = fh.read(30)  # the member's local header: its name and extra field come next
-        if local[:4] != b"PK\x03\x04":
-            raise DataError(f"{path}: broken zip member {key}.npy; make the clips again")
-        name_len, extra_len = struct.unpack("<HH", local[26:30])
-        fh.seek(info.header_offset + 30 + name_len + extra_len)
-        version = np.lib.format.read_magic(fh)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran, dtype = read(fh)
-        offset = fh.tell()
-    if dtype.hasobject:
-        raise DataError(f"{path}: {key} holds Python objects; clip files hold plain arrays")
-    return np.memmap(path, dtype=dtype, mode="r", shape=shape, offset=offset, order="F" if fortran else "C")
+    def __init__(self, path: str | Path, key: str):
+        import struct
+        import zipfile
+
+        self.path, self.key, self._data = Path(path), key, None
+        try:
+            with zipfile.ZipFile(path) as zf:
+                info = zf.getinfo(f"{key}.npy")
+        except (zipfile.BadZipFile, KeyError) as e:
+            raise DataError(f"{path} is no clip file with an array {key!r} ({e}); make the clips again") from None
+        with open(path, "rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)  # the member's local header: its name and extra field come next
+            if local[:4] != b"PK\x03\x04":
+                raise DataError(f"{path}: broken zip member {key}.npy; make the clips again")
+            name_len, extra_len = struct.unpack("<HH", local[26:30])
+            fh.seek(info.header_offset + 30 + name_len + extra_len)
+            if info.compress_type == zipfile.ZIP_STORED:
+                version = np.lib.format.read_magic(fh)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                self.shape, fortran, self.dtype = read(fh)
+                self._offset = fh.tell()
+        if info.compress_type != zipfile.ZIP_STORED or fortran or self.dtype.hasobject or not self.shape:
+            with np.load(path) as z:  # compressed, Fortran order or a scalar: in memory (objects refused)
+                self._data = z[key]
+            self.shape, self.dtype = self._data.shape, self._data.dtype
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, k: int) -> np.ndarray:
+        if self._data is not None:
+            return np.array(self._data[k])
+        k = range(self.shape[0])[k]  # IndexError out of range; negative indices count from the end
+        n = int(np.prod(self.shape[1:], dtype=np.int64))
+        with open(self.path, "rb") as fh:
+            fh.seek(self._offset + k * n * self.dtype.itemsize)
+            out = np.fromfile(fh, dtype=self.dtype, count=n)
+        if out.size != n:
+            raise DataError(f"{self.path}: {self.key} is cut short (slice {k}); make the clips again")
+        return out.reshape(self.shape[1:])
+
+    def read(self) -> np.ndarray:
+        """The whole array."""
+        if self._data is not None:
+            return np.array(self._data)
+        return np.stack([self[k] for k in range(len(self))]) if self.shape[0] else np.empty(self.shape, self.dtype)
 
 
 class ClipDataset:
     """Map-style dataset over the scene files: item i -> (cond [T, channels, H, W], target [T, 3, H, W]).
 
     channels: the model's cond_channels; clips store all 14 and the first `channels` are used
-    (7 = without the shading cues). The arrays are memory-mapped (npz_array), so a data set larger
-    than the memory trains, and parallel trainings share one page cache.
+    (7 = without the shading cues). Clips are read from disk per item (NpzArray), so a data set
+    larger than the memory trains, and parallel trainings share one page cache.
     """
 
     def __init__(self, files: list[Path], channels: int = CLIP_COND_CHANNELS):
@@ -526,8 +555,8 @@ class ClipDataset:
         self.channels = int(channels)
         self.cond, self.target = [], []
         for f in files:
-            self.cond.append(npz_array(f, "cond"))
-            self.target.append(npz_array(f, "target"))
+            self.cond.append(NpzArray(f, "cond"))
+            self.target.append(NpzArray(f, "target"))
             if self.cond[-1].shape[2] < self.channels:
                 raise DataError(f"{f} has {self.cond[-1].shape[2]} condition channels, the model takes "
                                 f"{self.channels}; make the clips again in a new folder")
@@ -541,5 +570,5 @@ class ClipDataset:
 
         s, k = self.index[i]
         cond = torch.from_numpy(self.cond[s][k][:, :self.channels].astype(np.float32))
-        target = torch.from_numpy(self.target[s][k]).permute(0, 3, 1, 2).float() / 255.0
+        target = torch.from_numpy(self.target[s][k]).permute(0, 3, 1, 2).float() / 255.0  # a fresh array
         return cond, target
