@@ -64,8 +64,8 @@ def _check_clips(clips: Sequence, model) -> None:
                           f"[T, {spec.cond_channels}, H, W] / [T, {spec.out_channels}, H, W]")
 
 
-def _batch(clips: Sequence, cfg: TrainConfig, f: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """-> cond [B, T, C, H, W], target [B, T, 3, H, W], T a multiple of F."""
+def _batch(clips: Sequence, cfg: TrainConfig, f: int, gen: torch.Generator) -> tuple[Tensor, Tensor, list[int]]:
+    """-> cond [B, T, C, H, W], target [B, T, 3, H, W], T a multiple of F; the clips' indices."""
     idx = torch.randint(len(clips), (cfg.batch_size,), generator=gen).tolist()
     conds, targets = [], []
     for i in idx:
@@ -80,7 +80,14 @@ def _batch(clips: Sequence, cfg: TrainConfig, f: int, gen: torch.Generator) -> t
         targets.append(target[start:start + n].float())
     if len({c.shape for c in conds}) != 1:
         raise RefineError("clips in a batch differ in shape; set TrainConfig.clip_frames to crop them equally")
-    return torch.stack(conds), torch.stack(targets)
+    return torch.stack(conds), torch.stack(targets), idx
+
+
+def _non_finite_clips(clips: Sequence, idx: list[int]) -> list[str]:
+    """The clips among idx holding NaN or inf, named by the data set's `describe(i)` if it has one."""
+    name = getattr(clips, "describe", lambda i: f"clip {i}")
+    return [name(i) for i in dict.fromkeys(idx) if not all(bool(torch.isfinite(torch.as_tensor(t)).all())
+                                                          for t in clips[i])]
 
 
 def _block_sigmas(b: int, n_blocks: int, phase: int, cfg: TrainConfig, sig_list: list[float],
@@ -404,7 +411,7 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
                 phase = _phase(step, cfg)
                 for group in opt.param_groups:
                     group["lr"] = _lr(step, cfg)
-                cond, target = _batch(clips, cfg, f, gen)
+                cond, target, idx = _batch(clips, cfg, f, gen)
                 cond, target = cond.to(dev), target.to(dev)
                 if phase == 2 and direct:
                     loss = direct_loss(model, cond, target, sig_list[0], cfg.ssim_weight, cfg.temporal_weight,
@@ -426,9 +433,10 @@ def train(model, clips: Sequence, cfg: TrainConfig, out_dir: str | Path, stop_af
                     loss.backward()
                 loss_val = float(loss.detach())
                 if not math.isfinite(loss_val):
-                    if not (torch.isfinite(cond).all() and torch.isfinite(target).all()):
-                        raise RefineError(f"the training clips of step {step} hold non-finite values (a broken "
-                                          f"clip file); the loss became {loss_val}; remake or remove that clip")
+                    bad = _non_finite_clips(clips, idx)
+                    if bad:
+                        raise RefineError(f"loss became {loss_val} at step {step}: {', '.join(bad)} hold(s) NaN or "
+                                          "inf; remake or remove that clip")
                     raise RefineError(f"loss became {loss_val} at step {step}; lower TrainConfig.lr={cfg.lr}")
                 torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()

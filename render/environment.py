@@ -121,6 +121,8 @@ def load_hdri(name: str, max_width: int = 512) -> np.ndarray:
     if len(keys) < 3:
         raise RenderError(f"{name}: an HDRI needs R, G and B channels, found {sorted(ch)}")
     img = np.stack([ch[k] for k in sorted(keys, key=lambda k: "RGB".index(k.split(".")[-1]))[:3]], -1)
+    if not np.isfinite(img).all():
+        raise RenderError(f"{name}: the environment map holds non-finite radiance (inf or NaN); fix or replace it")
     while img.shape[1] > max_width and img.shape[0] % 2 == 0 and img.shape[1] % 2 == 0:
         img = img.reshape(img.shape[0] // 2, 2, img.shape[1] // 2, 2, 3).mean((1, 3))
     return np.ascontiguousarray(img, dtype=np.float32)

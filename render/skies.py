@@ -11,8 +11,8 @@ linear-radiance maps in environment.py's convention (row 0 = top, z up):
 - `graded_map(img, seed)`: a shipped map mirrored, white-balanced, re-saturated, with its contrast
   and its ground-to-sky balance changed.
 
-Both are deterministic in `seed` and normalised so the upper hemisphere's mean luminance is 1 (the
-scene's `strength` sets the level). `save_environment` writes one as a half-float EXR that Cycles
+Both are deterministic in `seed` and normalised so the upper hemisphere's mean luminance, weighted
+by solid angle, is 1 (the scene's `strength` sets the level). `save_environment` writes one as a half-float EXR that Cycles
 and the lit render read like any other map.
 """
 
@@ -171,8 +171,12 @@ def save_environment(path: str | Path, img: np.ndarray) -> Path:
     spec.channelnames = ("R", "G", "B")
     spec.attribute("compression", "zip")
     out = oiio.ImageOutput.create(str(tmp))
-    if out is None or not out.open(str(tmp), spec) or not out.write_image(img):
-        raise RenderError(f"cannot write {path}: {oiio.geterror()}")
-    out.close()
-    os.replace(tmp, path)
+    try:
+        ok = out is not None and out.open(str(tmp), spec) and out.write_image(img)
+        ok = out.close() and ok if out is not None else False
+        if not ok:
+            raise RenderError(f"cannot write {path}: {oiio.geterror()}")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path

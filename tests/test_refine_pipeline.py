@@ -462,7 +462,7 @@ def test_paired_clips_hold_srgb_condition_and_reference_target(clip_dir):
 
     _, _, files = clip_dir
     ds = ClipDataset(files)
-    assert len(ds) == 1
+    assert len(ds) == 1 and ds.describe(0) == f"{files[0]} clip 0"
     cond, target = ds[0]
     assert cond.shape == (4, 14, 32, 32) and target.shape == (4, 3, 32, 32)
     torch.testing.assert_close(ClipDataset(files, channels=7)[0][0], cond[:, :7])

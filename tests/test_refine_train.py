@@ -60,9 +60,9 @@ def test_resume_continues_identically(clips, tmp_path):
 
 def test_a_non_finite_clip_is_named_as_such_not_blamed_on_the_learning_rate(clips, tmp_path):
     broken = [(c.clone(), t) for c, t in clips]
-    for c, _ in broken:
+    for c, _ in broken[1:]:  # every clip but the first
         c[0, 0, 0, 0] = float("nan")
-    with pytest.raises(RefineError, match="non-finite values"):
+    with pytest.raises(RefineError, match=r"clip [1-7](, clip [1-7])? hold\(s\) NaN or inf"):
         train(tiny_model(seed=0), broken, _cfg(phase1_steps=2, phase2_steps=0, phase3_steps=0), tmp_path / "a")
     with pytest.raises(RefineError, match="lower TrainConfig.lr"):  # finite clips, a diverging step
         train(tiny_model(seed=0), clips, _cfg(phase1_steps=2, phase2_steps=0, phase3_steps=0, lr=1e30),

@@ -75,8 +75,9 @@ def test_saved_map_reads_back_and_lights_like_any_hdri(tmp_path):
 
     env = Environment(hdri=str(path), strength=2.0)
     up = torch.tensor([[0.0, 0.0, 1.0]])
-    # radiance straight up is the map's top row (times strength); irradiance of an upward normal is
-    # about pi times the mean upper radiance (cosine-weighted, here 1 by normalisation, before strength)
+    # radiance straight up is the map's top row (times strength); the irradiance of an upward normal,
+    # the integral of L cos(theta), is near pi times the upper hemisphere's mean radiance (1 by the
+    # map's normalisation, before strength) unless the sky is very uneven
     top = float(torch.from_numpy(back[0].mean(0)) @ torch.tensor(LUMA, dtype=torch.float32))
     assert abs(float(env_radiance(env, up)[0] @ torch.tensor(LUMA, dtype=torch.float32)) - 2 * top) < 0.1 * 2 * top
     e_up = float(irradiance(env, up)[0] @ torch.tensor(LUMA, dtype=torch.float32))
@@ -86,27 +87,47 @@ def test_saved_map_reads_back_and_lights_like_any_hdri(tmp_path):
 def test_procedural_environment_files_are_cached_and_rebuilt_from_their_names(tmp_path, monkeypatch):
     from hybridsim.scenario.environments import procedural_file, rebuild
     from hybridsim.scenario.spec import SpecError
-    from hybridsim.training.pathtrace_data import procedural_environment
+    from hybridsim.training.pathtrace_data import HELD_OUT_HDRIS, TRAIN_HDRIS, procedural_environment
     from render.environment import read_exr
 
     monkeypatch.setenv("HYBRIDSIM_CACHE", str(tmp_path))
-    paths = [procedural_environment(s) for s in (0, 1, 6, 7)]
-    assert all(p.startswith(str(tmp_path / "environments")) for p in paths)
-    kinds = {p.split("/")[-1].split("1_")[0] for p in paths}
-    assert kinds == {"sky", "graded"}  # seeds 0, 1 draw skies, 6, 7 graded maps
-    assert not any("forest" in p or "sunset" in p for p in paths)  # held-out maps are never graded
-    assert paths[0] == str(procedural_file("sky:0"))  # the training draw and the scenario name share a file
-    first = read_exr(paths[0])
-    name = paths[0].split("/")[-1]
-    (tmp_path / "environments" / name).unlink()
-    # a clip made on another machine names its map by that machine's path: rebuilt here, bit for bit
-    again = read_exr(rebuild(f"/elsewhere/.cache/hybridsim/environments/{name}"))  # (the header holds a date)
+    names = [procedural_environment(s) for s in range(500)]  # names only: nothing is made yet
+    assert not (tmp_path / "environments").exists()
+    kinds = {n.split(":")[0] for n in names}
+    assert kinds == {"sky", "graded"} and 0.5 < sum(n.startswith("sky:") for n in names) / 500 < 0.7
+    assert {n.split(":")[1] for n in names if n.startswith("graded:")} <= set(TRAIN_HDRIS)  # never held out
+    assert not any(h in n for n in names for h in HELD_OUT_HDRIS)
+    assert names[0] == "sky:0" and names[6] == "graded:city:6"
+    path = procedural_file(names[0])
+    assert path == tmp_path / "environments" / "sky1_0.exr" and procedural_file("sky:0") == path
+    first = read_exr(path)
+    path.unlink()
+    # clips made before names were stored hold another machine's cache path: rebuilt here, same pixels
+    again = read_exr(rebuild(f"/elsewhere/.cache/hybridsim/environments/{path.name}"))  # (the header holds a date)
     assert sorted(again) == sorted(first) and all(np.array_equal(again[k], first[k]) for k in first)
     assert rebuild("/elsewhere/holiday.exr") is None and rebuild("/x/graded1_mars_3.exr") is None
+    # a cached map holding inf (written before bright suns were clipped) is made again, finite
+    from render.environment import _oiio
+
+    oiio = _oiio()
+    img = np.stack([first["R"], first["G"], first["B"]], -1)
+    img[0, 0, 0] = np.inf
+    out = oiio.ImageOutput.create(str(path))  # written as save_environment did before the fix
+    out.open(str(path), oiio.ImageSpec(img.shape[1], img.shape[0], 3, "half"))
+    out.write_image(np.ascontiguousarray(img))
+    out.close()
+    assert not np.isfinite(read_exr(path)["R"]).all()
+    from render.environment import load_hdri
+    from render.errors import RenderError
+
+    with pytest.raises(RenderError, match="non-finite radiance"):  # the lit render refuses such a map
+        load_hdri(str(path))
+    fixed = read_exr(procedural_file("sky:0"))
+    assert all(np.array_equal(fixed[k], first[k]) for k in first)
     with pytest.raises(SpecError, match="unknown map 'mars'"):
         procedural_file("graded:mars:3")
-    with pytest.raises(SpecError, match="sky:<seed>"):
-        procedural_file("sky:five")
+    with pytest.raises(SpecError, match="non-negative integers"):
+        procedural_file("sky:-1")
 
 
 def test_a_scenario_names_a_procedural_environment(tmp_path, monkeypatch):
@@ -144,16 +165,24 @@ def test_photo_scene_procedural_option(tmp_path, monkeypatch):
     from hybridsim.training.pathtrace_data import DataError, PTClipOptions, random_photo_scene
 
     monkeypatch.setenv("HYBRIDSIM_CACHE", str(tmp_path / "cache"))
+    # values of random_photo_scene(seed) computed by the code before the option (d6e6a36)
+    before = {0: (("sunrise", 44.285066, 0.887011), 4.290464), 1: (("night", 244.148802, 0.934699), 0.505656),
+              2: (("sunrise", 46.784206, 0.5615), 2.545389), 3: (("courtyard", 129.414249, 0.894663), 1.979648),
+              4: (None, 2.679521)}
+    for seed, (env, intensity) in before.items():
+        got = random_photo_scene(seed, procedural=0.0)
+        e = got.lighting.environment
+        assert (None if e is None else (e.hdri, round(e.rotation, 6), round(e.strength, 6))) == env
+        assert round(got.lighting.intensity, 6) == intensity
     swapped = 0
     for seed in range(8):
         base = random_photo_scene(seed, robot=0.5)
-        assert random_photo_scene(seed, robot=0.5, procedural=0.0) == base
         p = random_photo_scene(seed, robot=0.5, procedural=1.0)
         if base.lighting.environment is None:
             assert p == base
             continue
         swapped += 1
-        assert "/environments/" in p.lighting.environment.hdri
+        assert p.lighting.environment.hdri.startswith(("sky:", "graded:"))
         assert dataclasses.replace(p.lighting.environment, hdri=base.lighting.environment.hdri) == \
             base.lighting.environment
         assert p.entities == base.entities and p.cameras == base.cameras

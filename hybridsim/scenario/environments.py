@@ -3,7 +3,8 @@ sky with a skyline and a ground, render.skies.procedural_sky) or `graded:<map>:<
 map mirrored, white-balanced and re-graded, render.skies.graded_map), besides a shipped name or an
 .exr file. The map is made on first use (~1 s) and cached under $HYBRIDSIM_CACHE/environments as
 `sky<V>_<seed>.exr` / `graded<V>_<map>_<seed>.exr` (V = render.skies.SKY_VERSION), so both
-renderers read one file and a missing file is rebuilt from its name, bit for bit.
+renderers read one file and a missing file is rebuilt from its name (the same pixels with the
+same numpy and, for graded maps, the same bpy wheel's HDRIs).
 
 A seed distribution gives a new world per episode, e.g. `hdri: {choice: [sky:1, sky:2, graded:city:7]}`.
 """
@@ -12,6 +13,8 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+
+import numpy as np
 
 from hybridsim.scenario.errors import SpecError
 from hybridsim.scenario.files import cache_dir
@@ -30,7 +33,8 @@ def name_problem(name: str) -> str | None:
     """Why `name` is no valid procedural environment name (None if it is one)."""
     m = NAME.fullmatch(name)
     if m is None:
-        return f"{name!r} is no procedural environment name: use sky:<seed> or graded:<map>:<seed> (integer seeds)"
+        return (f"{name!r} is no procedural environment name: use sky:<seed> or graded:<map>:<seed> "
+                "(seeds are non-negative integers)")
     if m[2] is not None and m[2] not in HDRI_NAMES:
         return f"{name!r} grades an unknown map {m[2]!r}; use one of {', '.join(HDRI_NAMES)}"
     return None
@@ -59,12 +63,20 @@ def rebuild(path: str | Path) -> Path | None:
     return _ensure(cache_dir("environments") / Path(path).name)
 
 
+def _finite(path: Path) -> bool:
+    from render.environment import read_exr
+
+    return all(bool(np.isfinite(c).all()) for c in read_exr(path).values())
+
+
 def _ensure(path: Path) -> Path:
     from render.environment import load_hdri
     from render.skies import graded_map, procedural_sky, save_environment
 
     if path.exists():
-        return path
+        if _finite(path):
+            return path
+        path.unlink()  # our own cache file, written before save_environment clipped bright suns (inf)
     m = FILE.fullmatch(path.stem)
     if m[2] is not None:
         img = procedural_sky(derive_seed(int(m[2]), "sky"))

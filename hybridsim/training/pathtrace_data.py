@@ -5,8 +5,8 @@ Scenes are refine_data's random scenes with randomised looks on top: every objec
 roughness, some are metallic or glass; the world is lit by one of the training HDRIs (rotated,
 scaled) or a uniform ambient, plus a sun of random direction and strength; with option
 `procedural`, some HDRI worlds are procedural maps instead (render.skies: random skies with
-skylines and grounds, or graded variants of the training HDRIs), made once per seed under
-$HYBRIDSIM_CACHE/environments. The HDRIs in HELD_OUT_HDRIS never appear in training data, not even
+skylines and grounds, or graded variants of the training HDRIs), named in the scenario
+(`sky:<seed>`, `graded:<map>:<seed>`) and made once under $HYBRIDSIM_CACHE/environments. The HDRIs in HELD_OUT_HDRIS never appear in training data, not even
 graded, so evaluations under them are held out in lighting as well as in scene. Each scene is `<out>/scene_XXXX.npz` in ClipDataset's format, written
 atomically; Cycles is the slow part (~0.8 s per 128^2 frame at 16 samples + denoising on one
 core), so a killed `make_pathtraced_clips` resumes at the first missing scene.
@@ -40,14 +40,11 @@ PROCEDURAL_SKY_SHARE = 0.6  # of the procedural environments, skies (the rest gr
 
 
 def procedural_environment(seed: int) -> str:
-    """The .exr path of `seed`'s procedural environment map: a sky (`sky:<seed>`) or a graded
-    variant of one of TRAIN_HDRIS (`graded:<map>:<seed>`), made on first use
-    (hybridsim.scenario.environments)."""
-    from hybridsim.scenario.environments import procedural_file
-
+    """`seed`'s procedural environment map by name (hybridsim.scenario.environments): a sky
+    (`sky:<seed>`) or a graded variant of one of TRAIN_HDRIS (`graded:<map>:<seed>`), never of a
+    held-out map. The renderers make its file on first use."""
     rng = np.random.default_rng(derive_seed(seed, "procedural-env"))
-    name = f"sky:{seed}" if rng.random() < PROCEDURAL_SKY_SHARE else f"graded:{rng.choice(TRAIN_HDRIS)}:{seed}"
-    return str(procedural_file(name))
+    return f"sky:{seed}" if rng.random() < PROCEDURAL_SKY_SHARE else f"graded:{rng.choice(TRAIN_HDRIS)}:{seed}"
 
 
 def random_photo_scene(seed: int, *, frames: int = 12, res: int = 128, n_cameras: int = 2,
@@ -253,7 +250,8 @@ def recondition_clips(files: list[Path], progress: bool = True) -> int:
         spec = json.loads(scenario)
         env = (spec.get("lighting") or {}).get("environment") or {}
         if env.get("hdri") and not is_procedural(env["hdri"]) and not Path(env["hdri"]).exists():
-            env["hdri"] = str(rebuild(env["hdri"]) or env["hdri"])  # a procedural map made on another machine
+            # clips made before procedural maps were stored by name hold this machine's cache path
+            env["hdri"] = str(rebuild(env["hdri"]) or env["hdri"])
         scen = Scenario.from_dict(spec)
         cond, _ = _render_clip(scen, old.shape[0] // len(scen.cameras))
         gap = float(np.abs(cond[:, :, _GEOMETRY].astype(np.float32) - old[:, :, _GEOMETRY].astype(np.float32)).max())

@@ -565,6 +565,11 @@ class ClipDataset:
     def __len__(self) -> int:
         return len(self.index)
 
+    def describe(self, i: int) -> str:
+        """Where item i comes from: its scene file and clip (camera-major: camera * n_envs + env)."""
+        s, k = self.index[i]
+        return f"{self.cond[s].path} clip {k}"
+
     def __getitem__(self, i: int):
         import torch
 
