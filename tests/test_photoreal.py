@@ -242,6 +242,25 @@ def test_a_clip_folder_made_before_an_option_resumes_only_without_it(tmp_path, o
     assert not list(tmp_path.glob("scene_*"))
 
 
+def test_a_robot_clip_folder_made_by_an_older_arm_placement_is_not_resumed(tmp_path):
+    """Folders with robots record the arm generator (ARM_GENERATOR): one made before the arm kept
+    clear of the objects (no entry: generator 1) is refused, so one folder never mixes two; folders
+    without robots are not affected."""
+    import dataclasses
+
+    from hybridsim.training.pathtrace_data import DataError, PTClipOptions, make_pathtraced_clips
+    from hybridsim.training.refine_data import ARM_GENERATOR, arm_generator_option, folder_options
+
+    meta = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(PTClipOptions(robot=0.5)).items()}
+    (tmp_path / "clips.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=rf"'arm_generator': \(1, {ARM_GENERATOR}\)"):
+        make_pathtraced_clips(tmp_path, PTClipOptions(robot=0.5), progress=False)
+    assert not list(tmp_path.glob("scene_*"))
+    no_robot = {**meta, "robot": 0.0}
+    (tmp_path / "clips.json").write_text(json.dumps(no_robot))
+    assert folder_options(tmp_path / "clips.json", {**no_robot, **arm_generator_option(0.0)}, {"arm_generator": 1})
+
+
 def test_a_sampled_roughness_reaches_the_lit_render_and_the_refiner():
     """A scenario whose appearance is a distribution runs through the lit render and the refiner:
     their material table comes from the sampled episode, not from the template (whose roughness is

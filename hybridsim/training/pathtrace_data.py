@@ -130,15 +130,16 @@ def make_pathtraced_clips(out_dir: str | Path, opts: PTClipOptions, progress: bo
     """Generate (or resume) the path-traced clips; returns the finished scene files in order."""
     from render.pathtrace import preload
 
-    from hybridsim.training.refine_data import code_commit, folder_options
+    from hybridsim.training.refine_data import arm_generator_option, code_commit, folder_options
 
     preload()  # before Genesis (see preload)
     opts.check()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(opts).items()}
+    meta.update(arm_generator_option(opts.robot))
     meta_path = out / "clips.json"
-    old = folder_options(meta_path, meta, {"default_light": 0.0, "robot": 0.0, "procedural": 0.0})
+    old = folder_options(meta_path, meta, {"default_light": 0.0, "robot": 0.0, "procedural": 0.0, "arm_generator": 1})
     made_by = old.get("code_commit") if old is not None else code_commit()
     meta_path.write_text(json.dumps({**meta, "target": "pathtraced", "code_commit": made_by}, indent=1))
     files = [out / f"scene_{i:04d}.npz" for i in range(opts.scenes)]

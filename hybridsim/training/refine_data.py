@@ -102,6 +102,15 @@ ROBOTS = (
 )
 ROBOT_MIMIC = {"finger_joint2": "finger_joint1"}
 ROBOT_CLEARANCE = 0.05  # metres kept between the arm's link axes and the floor or the table (a link's radius)
+# how robot arms are placed; clip folders with robots record it, and one made by an older placement
+# is not resumed by a newer one (its scenes would mix two generators). 1: kinematic aim, clear of the
+# floor and the table (session 14); 2: also clear of the dropped objects' spawn spheres (session 15)
+ARM_GENERATOR = 2
+
+
+def arm_generator_option(robot: float) -> dict:
+    """The clips.json entry recording ARM_GENERATOR for a folder with robots ({} without)."""
+    return {"arm_generator": ARM_GENERATOR} if robot > 0 else {}
 
 
 def _look_from(rng: np.random.Generator, target: np.ndarray, res: int, name: str,
@@ -181,6 +190,7 @@ def random_scene(seed: int, *, frames: int = 16, res: int = 128, n_cameras: int 
             ents.append(Entity(type="cylinder", radius=float(s / 3), height=float(s),
                                appearance=Appearance(color=_color(rng)), semantic_class="can", **common))
         bound = {"sphere": 0.5, "cylinder": math.hypot(1 / 3, 1 / 2)}.get(kind, 0.7 * math.sqrt(3)) * s
+        # + pos_jitter (0.05 per axis; a diagonal shift of up to 0.07 can eat 2 cm of ROBOT_CLEARANCE)
         spawns.append((pos, bound + 0.05))
     target = np.array([0.0, 0.0, top + 0.1])
     reach = 1.0
@@ -234,7 +244,8 @@ def _robot_arm(rng: np.random.Generator, table: tuple[float, float, float] | Non
         if kin.clear(start, pos, yaw, table, objects) and kin.clear(goal, pos, yaw, table, objects):
             break
     else:
-        raise DataError(f"no clear pose for {file} beside a table of {table} (a bug in ROBOTS)")
+        raise DataError(f"no clear pose for {file} beside a table of {table} and objects at "
+                        f"{[tuple(round(c, 2) for c in o[0]) for o in objects]} in 100 draws")
     arm = Entity(name="robot", type="mjcf", file=file, pos=tuple(float(v) for v in pos),
                  euler=(0.0, 0.0, float(math.degrees(yaw))), semantic_class="robot", joints=start)
     event = Event(name="robot_move", at=float(rng.uniform(1.0, 3.0) / fps), kind="joint_targets", entity="robot",
@@ -365,12 +376,13 @@ def make_clips(out_dir: str | Path, opts: ClipOptions, progress: bool = True,
     meta["elevation"] = [float(v) for v in opts.elevation]
     meta["plain_floor"], meta["default_light"] = float(opts.plain_floor), float(opts.default_light)
     meta["robot"] = float(opts.robot)
+    meta.update(arm_generator_option(opts.robot))
     meta["cond_channels"] = CLIP_COND_CHANNELS  # clips made before the shading cues have 7
     meta_path = out / "clips.json"
     skipped: list[int] = []
     made_by = None
     old = folder_options(meta_path, meta, {"elevation": list(ELEVATION), "plain_floor": PLAIN_FLOOR,
-                                           "default_light": DEFAULT_LIGHT, "robot": 0.0})
+                                           "default_light": DEFAULT_LIGHT, "robot": 0.0, "arm_generator": 1})
     if old is not None:
         skipped = [int(i) for i in old.get("skipped", [])]
         made_by = old.get("code_commit")
