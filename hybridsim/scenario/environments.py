@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from hybridsim.scenario.errors import SpecError
-from hybridsim.scenario.files import cache_dir
+from hybridsim.scenario.cache import cache_dir
 from hybridsim.scenario.parts import HDRI_NAMES
 from hybridsim.scenario.seeding import derive_seed
 

@@ -21,14 +21,6 @@ MAX_IMAGE_PIXELS = 16384 * 16384  # a texture larger than this is a decompressio
 EXR_MAGIC = b"\x76\x2f\x31\x01"
 
 
-def cache_dir(kind: str) -> Path:
-    """$HYBRIDSIM_CACHE (default ~/.cache/hybridsim)/<kind>: files the project makes once and reuses
-    (textured box meshes, texture PNGs, procedural environment maps). Not created here."""
-    import os
-
-    return Path(os.environ.get("HYBRIDSIM_CACHE", Path.home() / ".cache" / "hybridsim")) / kind
-
-
 def resolve_file(name: str, path: str = "", base_dir=None) -> Path:
     """Find a mesh/robot file: absolute, relative to the YAML or CWD, or 'genesis:' assets."""
     candidates: list[Path] = []

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
+
+from hybridsim.scenario.cache import cache_dir
 
 _PHOTOS = ("brick", "grass", "gravel", "coffee", "chelsea", "rocket", "astronaut", "camera", "moon", "text")
 
@@ -36,8 +37,6 @@ def texture_file(name: str) -> str:
     """A PNG path for a texture (Genesis' raster camera takes files); photographs are cached."""
     if not name.startswith("skimage:"):
         return name
-    from hybridsim.scenario.files import cache_dir
-
     cache = cache_dir("textures")
     path = cache / f"{name.split(':', 1)[1]}.png"
     if not path.exists():

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hybridsim.scenario.files import cache_dir
+from hybridsim.scenario.cache import cache_dir
 from hybridsim.scenario.seeding import derive_seed
 from hybridsim.scenario.spec import Appearance, Camera, Entity, Event, Lighting, Scenario, Timing, validate
 from hybridsim.scenario.textures import skimage_names
