@@ -32,11 +32,16 @@ HALF_MAX = 65000.0  # below float16's largest finite value, 65504
 _LUMA = np.array([0.2126, 0.7152, 0.0722], dtype=np.float32)
 
 
+def _elevations(height: int) -> np.ndarray:
+    """Elevation [H, 1] (radians) of the pixel rows' centres, row 0 at the top."""
+    v = 1.0 - (np.arange(height) + 0.5) / height
+    return ((v - 0.5) * math.pi)[:, None]
+
+
 def _directions(height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Elevation [H, 1], azimuth [1, W] (radians) and unit directions [H, W, 3] of the pixel centres."""
-    v = 1.0 - (np.arange(height) + 0.5) / height
     u = (np.arange(2 * height) + 0.5) / (2 * height)
-    elev = ((v - 0.5) * math.pi)[:, None]
+    elev = _elevations(height)
     phi = ((0.5 - u) * 2 * math.pi)[None, :]
     d = np.stack(np.broadcast_arrays(np.cos(elev) * np.cos(phi), np.cos(elev) * np.sin(phi), np.sin(elev)), -1)
     return elev, phi, d.astype(np.float32)
@@ -137,8 +142,7 @@ def graded_map(img: np.ndarray, seed: int) -> np.ndarray:
     out = luma[..., None] + sat * (out - luma[..., None])
     gamma = rng.uniform(0.8, 1.15)
     out = out * (np.maximum(luma, 1e-6) ** (gamma - 1.0))[..., None]
-    h = out.shape[0]
-    elev, _, _ = _directions(h)
+    elev = _elevations(out.shape[0])
     out = out * np.where(elev < 0, np.exp(rng.uniform(math.log(0.3), math.log(2.0))), 1.0)[..., None]
     return _normalised(np.clip(out, 0.0, None).astype(np.float32), elev)
 

@@ -11,6 +11,7 @@ A seed distribution gives a new world per episode, e.g. `hdri: {choice: [sky:1, 
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -64,6 +65,14 @@ def rebuild(path: str | Path) -> Path | None:
 
 
 def _finite(path: Path) -> bool:
+    """Whether the cached map holds only finite radiance; read once per file version (size, mtime),
+    not on every Simulation build that names the map."""
+    st = path.stat()
+    return _finite_file(str(path), st.st_size, st.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=256)
+def _finite_file(path: str, size: int, mtime_ns: int) -> bool:
     from render.environment import read_exr
 
     return all(bool(np.isfinite(c).all()) for c in read_exr(path).values())

@@ -94,9 +94,10 @@ def absolute_files(scenario, base_dir=None):
 
 
 def _absolute(name: str, base_dir) -> str:
+    from hybridsim.scenario.environments import is_procedural
     from hybridsim.scenario.parts import HDRI_NAMES
 
-    if name.startswith(("genesis:", "skimage:", "sky:", "graded:")) or name in HDRI_NAMES:
+    if name.startswith(("genesis:", "skimage:")) or is_procedural(name) or name in HDRI_NAMES:
         return name
     p = Path(name).expanduser()
     if p.is_absolute():

@@ -508,6 +508,7 @@ class NpzArray:
         import zipfile
 
         self.path, self.key, self._data = Path(path), key, None
+        fortran = False
         try:
             with zipfile.ZipFile(path) as zf:
                 info = zf.getinfo(f"{key}.npy")
@@ -520,13 +521,14 @@ class NpzArray:
                 raise DataError(f"{path}: broken zip member {key}.npy; make the clips again")
             name_len, extra_len = struct.unpack("<HH", local[26:30])
             fh.seek(info.header_offset + 30 + name_len + extra_len)
-            if info.compress_type == zipfile.ZIP_STORED:
+            if info.compress_type == zipfile.ZIP_STORED:  # else np.load reads it below
                 version = np.lib.format.read_magic(fh)
                 read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                         else np.lib.format.read_array_header_2_0)
                 self.shape, fortran, self.dtype = read(fh)
                 self._offset = fh.tell()
-        if info.compress_type != zipfile.ZIP_STORED or fortran or self.dtype.hasobject or not self.shape:
+        stored = info.compress_type == zipfile.ZIP_STORED
+        if not stored or fortran or self.dtype.hasobject or not self.shape:
             with np.load(path) as z:  # compressed, Fortran order or a scalar: in memory (objects refused)
                 self._data = z[key]
             self.shape, self.dtype = self._data.shape, self._data.dtype
